@@ -1,0 +1,212 @@
+"""Core model and BSQ quantizer: shapes, index arithmetic, gradients, precision, config errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from transcoder.models.audiobsq import PRESETS, AudioBSQModel, AudioConfig
+from transcoder.models.quantizer.bsq import BinarySphericalQuantizer
+
+
+def tiny_model(**overrides) -> AudioBSQModel:
+    audioconfig = {"input_size": 32, "input_length": 64, "patch_size": 16, "width": 32, "layers": 2,
+                   "heads": 2, "use_conv_module": True, "conv_kernel_size": 3}
+    audioconfig.update(overrides.pop("audioconfig", {}))
+    torch.manual_seed(0)
+    return AudioBSQModel(audioconfig=audioconfig, **{"embed_dim": 18, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("patch_size", "frames", "bins"),
+    [(16, 64, 32), ([16, 8], 64, 32), ([4, 16], 128, 32), ((8, 32), 32, 32)],
+)
+def test_shapes_for_patch_sizes_and_lengths(patch_size, frames: int, bins: int) -> None:
+    model = tiny_model(audioconfig={"patch_size": patch_size, "input_size": bins})
+    pt, pf = model.patch_size
+    mel = torch.randn(2, frames, bins)
+    recon, loss, info = model(mel)
+    assert recon.shape == mel.shape
+    assert loss.ndim == 0
+    assert info["indices"].shape == (2, frames // pt, bins // pf)
+    assert info["indices"].dtype == torch.int64
+    codes, _, _ = model.encode(mel)
+    assert codes.shape == (2, (frames // pt) * (bins // pf), 18)
+    torch.testing.assert_close(codes.norm(dim=-1), torch.ones(codes.shape[:2]))
+
+
+@pytest.mark.parametrize("frames", [16, 48, 64, 160])
+def test_other_lengths_resample_time_position_embedding(frames: int) -> None:
+    model = tiny_model().eval()
+    mel = torch.rand(1, frames, 32) * 2 - 1
+    with torch.no_grad():
+        recon, _, info = model(mel)
+    assert recon.shape == (1, frames, 32)
+    assert info["grid"] == (frames // 16, 2)
+    assert recon.min() >= -1 and recon.max() <= 1  # clamp_range outside training
+
+
+def test_bad_input_shapes_raise_value_errors_naming_the_numbers() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match="T=50.*time patch 16"):
+        model(torch.randn(1, 50, 32))
+    with pytest.raises(ValueError, match="32 mel bins"):
+        model(torch.randn(1, 64, 40))
+    with pytest.raises(ValueError, match=r"\(B, T, F\)"):
+        model(torch.randn(64, 32))
+
+
+@pytest.mark.parametrize("bits", [9, 18, 36, 62])
+def test_index_round_trip_is_exact(bits: int) -> None:
+    quantizer = BinarySphericalQuantizer(embed_dim=bits)
+    generator = torch.Generator().manual_seed(bits)
+    z = torch.randn(257, bits, generator=generator)
+    codes, _, info = quantizer(z)
+    indices = info["indices"]
+    assert indices.dtype == torch.int64
+    assert int(indices.min()) >= 0 and int(indices.max()) < 2**bits
+    torch.testing.assert_close(quantizer.indices_to_codes(indices), codes.detach(), rtol=0, atol=0)
+    # Bits read back one at a time agree with the sign pattern (no float rounding at 36/62 bits).
+    for dim in (0, bits // 2, bits - 1):
+        assert torch.equal((indices >> dim) & 1, (z[:, dim] > 0).long())
+    extreme = torch.tensor([0, 2**bits - 1])
+    torch.testing.assert_close(quantizer.codes_to_indices(quantizer.indices_to_codes(extreme)), extreme)
+
+
+def test_index_of_a_known_code() -> None:
+    quantizer = BinarySphericalQuantizer(embed_dim=4)
+    _, _, info = quantizer(torch.tensor([[1.0, -1.0, 1.0, 1.0]]))
+    assert info["indices"].tolist() == [1 + 4 + 8]
+
+
+def test_decode_indices_equals_continuous_path_exactly() -> None:
+    model = tiny_model().eval()
+    mel = torch.randn(3, 64, 32)
+    with torch.no_grad():
+        codes, _, info = model.encode(mel)
+        torch.testing.assert_close(model.decode(codes), model.decode_indices(info["indices"]), rtol=0, atol=0)
+        recon, _, _ = model(mel)
+        torch.testing.assert_close(recon, model.decode_indices(info["indices"]), rtol=0, atol=0)
+
+
+def test_gradients_reach_encoder_through_straight_through_estimator() -> None:
+    model = tiny_model()
+    recon, quant_loss, _ = model(torch.randn(2, 64, 32))
+    ((recon - 0.5) ** 2).mean().backward()
+    for name in ("encoder.patch_embed.weight", "encoder.pos_embed", "quant_embed.weight",
+                 "encoder.blocks.0.conv.depthwise_weight"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("mode", ["analytical", "group"])
+def test_entropies_are_finite_and_bounded(mode: str) -> None:
+    bits = 18
+    quantizer = BinarySphericalQuantizer(embed_dim=bits, persample_entropy_compute=mode,
+                                         cb_entropy_compute=mode, group_size=9)
+    _, loss, info = quantizer(torch.randn(512, bits) * 5)
+    upper = bits * math.log(2)
+    for key in ("per_sample_entropy", "codebook_entropy"):
+        value = float(info[key])
+        assert math.isfinite(value) and -1e-5 <= value <= upper + 1e-4, (key, value)
+    assert torch.isfinite(loss)
+    # With a sharp temperature, a batch collapsed onto one code has (near) zero codebook entropy,
+    # while uniformly random signs reach (near) the maximum.
+    sharp = BinarySphericalQuantizer(embed_dim=bits, persample_entropy_compute=mode, cb_entropy_compute=mode,
+                                     group_size=9, inv_temperature=100.0)
+    _, _, collapsed = sharp(torch.ones(64, bits))
+    _, _, spread = sharp(torch.randn(4096, bits))
+    assert float(spread["codebook_entropy"]) > 0.9 * upper
+    assert float(collapsed["codebook_entropy"]) < 0.05 * upper
+
+
+def test_analytical_and_group_entropy_agree_for_independent_bits() -> None:
+    z = torch.randn(300, 6)
+    analytical = BinarySphericalQuantizer(embed_dim=6, persample_entropy_compute="analytical",
+                                          cb_entropy_compute="analytical")
+    grouped = BinarySphericalQuantizer(embed_dim=6, persample_entropy_compute="group",
+                                       cb_entropy_compute="group", group_size=3)
+    _, _, a = analytical(z)
+    _, _, g = grouped(z)
+    # Per token the soft distribution factorises over bits, so per-sample entropies are equal.
+    torch.testing.assert_close(a["per_sample_entropy"], g["per_sample_entropy"], rtol=1e-4, atol=1e-5)
+    # The grouped codebook entropy keeps correlations inside a group: never above the per-bit sum.
+    assert float(g["codebook_entropy"]) <= float(a["codebook_entropy"]) + 1e-5
+
+
+def test_checkpointed_and_plain_gradients_are_equal() -> None:
+    mel = torch.randn(2, 64, 32)
+
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = tiny_model(audioconfig={"grad_checkpointing": checkpointing, "drop_path": 0.1})
+        torch.manual_seed(1)
+        recon, quant_loss, _ = model(mel)
+        (recon.abs().mean() + quant_loss).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_runs_and_quantizer_stays_fp32() -> None:
+    model = tiny_model()
+    seen: dict[str, torch.dtype] = {}
+    model.quantizer.register_forward_hook(lambda _m, _i, out: seen.update(codes=out[0].dtype, loss=out[1].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recon, quant_loss, info = model(torch.randn(2, 64, 32))
+    assert seen == {"codes": torch.float32, "loss": torch.float32}
+    assert quant_loss.dtype == torch.float32 and info["codebook_entropy"].dtype == torch.float32
+    assert recon.dtype == torch.bfloat16 and torch.isfinite(recon.float()).all()
+    (recon.float().mean() + quant_loss).backward()
+
+
+def test_spec_usage_example_with_reduced_size() -> None:
+    # The spec's example (see README) with a smaller width so the test stays fast on a CPU.
+    config = {"input_size": 128, "input_length": 1024, "patch_size": 16, "width": 64, "layers": 1, "heads": 4,
+              "use_conv_module": True}
+    model = AudioBSQModel(audioconfig=config, embed_dim=18, l2_norm=True)
+    audio = torch.randn(1, 1024, 128)
+    reconstructed, quant_loss, info = model(audio)
+    encoded, _, _ = model.encode(audio)
+    assert reconstructed.shape == (1, 1024, 128) and encoded.shape == (1, 512, 18)
+    assert model.tokens_per_second(hop_length=160, sample_rate=16000) == 50.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"audioconfig": {"input_length": 100}}, "input_length=100 is not a multiple of the time patch 16"),
+        ({"audioconfig": {"patch_size": [16, 5]}}, "input_size=32 is not a multiple of the frequency patch 5"),
+        ({"audioconfig": {"patch_size": [1, 2, 3]}}, "patch_size"),
+        ({"audioconfig": {"width": 30, "heads": 4}}, "width=30 is not divisible by heads=4"),
+        ({"audioconfig": {"conv_kernel_size": 4}}, "conv_kernel_size=4"),
+        ({"audioconfig": {"grad_checkpoint": True}}, r"unknown audioconfig key\(s\) \['grad_checkpoint'\]"),
+        ({"embed_dim": 64}, "embed_dim=64"),
+        ({"group_size": 4}, "group_size"),
+        ({"persample_entropy_compute": "exact"}, "persample_entropy_compute='exact'"),
+        ({"clamp_range": (1.0, -1.0)}, "clamp_range"),
+        ({"inv_temperature": 0.0}, "inv_temperature"),
+    ],
+)
+def test_bad_config_values_raise_clear_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**kwargs)
+
+
+def test_indices_to_codes_rejects_bad_indices() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"\[0, 2\^18\)"):
+        model.indices_to_codes(torch.full((1, 4, 2), 2**18))
+    with pytest.raises(TypeError, match="integer"):
+        model.indices_to_codes(torch.zeros(1, 4, 2))
+
+
+def test_presets_match_the_spec_variants() -> None:
+    assert PRESETS["small_b9"]["embed_dim"] == 9 and PRESETS["large_b36"]["audioconfig"]["layers"] == 24
+    model = AudioBSQModel.from_preset("small_b9", audioconfig={"layers": 1, "input_length": 64})
+    assert model.embed_dim == 9 and model.config.width == 512 and model.config.layers == 1
+    assert AudioConfig.from_dict({"patch_size": [16, 8]}).grid == (64, 16)

@@ -1,0 +1,375 @@
+"""Audio BSQ-ViT: a ViT encoder/decoder over log-mel patches with Binary Spherical Quantization.
+
+Data flow (shapes for the standard config)::
+
+    mel (B, T=1024, F=128) → patches (B, Nt*Nf = 64*8, pt*pf) → Linear → + pos-embed
+    → encoder blocks [attention, Conformer conv module, MLP] → LayerNorm → Linear(width → d)
+    → BSQ codes (B, 512, d) → Linear(d → width) → + pos-embed → decoder blocks → LayerNorm
+    → Linear(width → pt*pf) → mel (B, T, F)
+
+Tokens are ordered time-major (token ``t * Nf + f``), so the token grid is ``(B, Nt, Nf, C)``
+channels-last. The Conformer module's depthwise convolution runs along time within each
+frequency band (see AUDIO_ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer import Attention
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from transcoder.models.depthwise_conv import depthwise_conv_time
+from transcoder.models.quantizer.bsq import BinarySphericalQuantizer
+
+
+@dataclass
+class AudioConfig:
+    """Architecture of the encoder and (mirrored) decoder: the ``audioconfig`` of the spec."""
+
+    input_size: int = 128  # mel bins F
+    input_length: int = 1024  # time frames T the position embeddings are trained on
+    patch_size: int | tuple[int, int] = 16  # int or (time, freq)
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    use_conv_module: bool = True
+    conv_kernel_size: int = 31
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path: float = 0.0
+    grad_checkpointing: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | AudioConfig | None) -> AudioConfig:
+        """Build and validate from a dict; an unknown key raises a ``ValueError`` naming it."""
+        if isinstance(values, AudioConfig):
+            return values
+        values = dict(values or {})
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown audioconfig key(s) {unknown}; valid keys: {sorted(valid)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @property
+    def patch_tf(self) -> tuple[int, int]:
+        """Patch size as ``(time, freq)``."""
+        if isinstance(self.patch_size, int):
+            return (self.patch_size, self.patch_size)
+        return (int(self.patch_size[0]), int(self.patch_size[1]))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid ``(Nt, Nf)`` for ``input_length`` frames."""
+        pt, pf = self.patch_tf
+        return (self.input_length // pt, self.input_size // pf)
+
+    def validate(self) -> None:
+        if not isinstance(self.patch_size, int):
+            if len(self.patch_size) != 2:
+                raise ValueError(f"patch_size={self.patch_size!r}: expected an int or a [time, freq] pair")
+            self.patch_size = (int(self.patch_size[0]), int(self.patch_size[1]))
+        pt, pf = self.patch_tf
+        if pt < 1 or pf < 1:
+            raise ValueError(f"patch_size={self.patch_size!r}: sizes must be positive")
+        if self.input_length % pt:
+            raise ValueError(f"input_length={self.input_length} is not a multiple of the time patch {pt}")
+        if self.input_size % pf:
+            raise ValueError(f"input_size={self.input_size} is not a multiple of the frequency patch {pf}")
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} is not divisible by heads={self.heads}")
+        if self.layers < 1:
+            raise ValueError(f"layers={self.layers}: expected at least 1")
+        if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
+            raise ValueError(f"conv_kernel_size={self.conv_kernel_size}: expected a positive odd number")
+        for name in ("drop_rate", "attn_drop_rate", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a value in [0, 1)")
+
+
+#: The spec's model variants (width / layers / heads / bits).
+PRESETS: dict[str, dict[str, Any]] = {
+    "small_b9": {"embed_dim": 9, "audioconfig": {"width": 512, "layers": 6, "heads": 8}},
+    "base_b18": {"embed_dim": 18, "audioconfig": {"width": 768, "layers": 12, "heads": 12}},
+    "large_b36": {"embed_dim": 36, "audioconfig": {"width": 1024, "layers": 24, "heads": 16}},
+}
+
+
+class ConformerConvModule(nn.Module):
+    """Conformer convolution module (Gulati et al., 2020) on a channels-last token grid.
+
+    LayerNorm → pointwise (Linear C→2C) → GLU → depthwise conv along time (kernel k, per
+    frequency band) → BatchNorm → SiLU → pointwise (Linear C→C) → dropout. The caller adds the
+    residual. Pointwise convolutions are Linear layers on the channels-last layout, and
+    BatchNorm runs on the ``(B*N, C)`` view, so no transposes are needed around them.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 31, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.pointwise_in = nn.Linear(dim, 2 * dim)
+        self.depthwise_weight = nn.Parameter(torch.empty(dim, kernel_size))
+        self.depthwise_bias = nn.Parameter(torch.zeros(dim))
+        self.batch_norm = nn.BatchNorm1d(dim)
+        self.pointwise_out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        # Same fan-in scaling as nn.Conv1d's default for a depthwise kernel.
+        nn.init.kaiming_uniform_(self.depthwise_weight, a=5**0.5)
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, N, C) tokens on a ``grid = (Nt, Nf)`` → (B, N, C)."""
+        batch, tokens, channels = x.shape
+        nt, nf = grid
+        x = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
+        x = depthwise_conv_time(x.reshape(batch, nt, nf, channels), self.depthwise_weight, self.depthwise_bias)
+        x = self.batch_norm(x.reshape(batch * tokens, channels)).reshape(batch, tokens, channels)
+        return self.dropout(self.pointwise_out(F.silu(x)))
+
+
+class AudioTransformerBlock(nn.Module):
+    """Pre-norm block: attention, optional Conformer conv module, MLP; each with a residual."""
+
+    def __init__(self, config: AudioConfig, drop_path: float) -> None:
+        super().__init__()
+        dim = config.width
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads=config.heads, qkv_bias=config.qkv_bias,
+                              attn_drop=config.attn_drop_rate, proj_drop=config.drop_rate)
+        self.conv = (ConformerConvModule(dim, config.conv_kernel_size, config.drop_rate)
+                     if config.use_conv_module else None)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), act_layer=nn.GELU, drop=config.drop_rate)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, N, C) → (B, N, C)."""
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        if self.conv is not None:
+            x = x + self.drop_path(self.conv(x, grid))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class _AudioTransformer(nn.Module):
+    """Learnable time-frequency position embedding + a stack of blocks + final LayerNorm."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.grid = config.grid
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], config.width))
+        trunc_normal_(self.pos_embed, std=0.02)
+        rates = torch.linspace(0, config.drop_path, config.layers).tolist()
+        self.blocks = nn.ModuleList(AudioTransformerBlock(config, rate) for rate in rates)
+        self.norm = nn.LayerNorm(config.width)
+        self.grad_checkpointing = config.grad_checkpointing
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def position_embedding(self, grid: tuple[int, int]) -> Tensor:
+        """(1, Nt*Nf, C) position embedding, resampled along time when ``Nt`` differs from training."""
+        if grid == self.grid:
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, new_size=list(grid), old_size=list(self.grid),
+                                      num_prefix_tokens=0, interpolation="bilinear", antialias=False)
+
+    def run_blocks(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, N, C) tokens → (B, N, C) after position embedding, blocks and norm."""
+        x = x + self.position_embedding(grid).to(x.dtype)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, grid, use_reentrant=False)
+            else:
+                x = block(x, grid)
+        return self.norm(x)
+
+
+class AudioTransformerEncoder(_AudioTransformer):
+    """Log-mel (B, T, F) → token features (B, Nt*Nf, width). T may be any multiple of ``pt``."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__(config)
+        pt, pf = config.patch_tf
+        self.patch_embed = nn.Linear(pt * pf, config.width)
+
+    def token_grid(self, mel: Tensor) -> tuple[int, int]:
+        """Token grid ``(Nt, Nf)`` for a (B, T, F) input; raises ``ValueError`` on a bad shape."""
+        if mel.ndim != 3:
+            raise ValueError(f"expected a log-mel batch (B, T, F), got shape {tuple(mel.shape)}")
+        _, frames, bins = mel.shape
+        pt, pf = self.config.patch_tf
+        if bins != self.config.input_size:
+            raise ValueError(f"expected {self.config.input_size} mel bins (input_size), got {bins}")
+        if frames % pt or frames == 0:
+            raise ValueError(f"time frames T={frames} must be a positive multiple of the time patch {pt}")
+        return (frames // pt, bins // pf)
+
+    def forward(self, mel: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        grid = self.token_grid(mel)
+        pt, pf = self.config.patch_tf
+        patches = rearrange(mel, "b (nt pt) (nf pf) -> b (nt nf) (pt pf)", pt=pt, pf=pf)
+        return self.run_blocks(self.patch_embed(patches), grid), grid
+
+
+class AudioTransformerDecoder(_AudioTransformer):
+    """Token features (B, Nt*Nf, width) on ``grid`` → log-mel (B, Nt*pt, Nf*pf)."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__(config)
+        pt, pf = config.patch_tf
+        self.to_patches = nn.Linear(config.width, pt * pf)
+
+    def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        pt, pf = self.config.patch_tf
+        patches = self.to_patches(self.run_blocks(tokens, grid))
+        return rearrange(patches, "b (nt nf) (pt pf) -> b (nt pt) (nf pf)", nt=grid[0], pt=pt, pf=pf)
+
+
+class AudioBSQModel(nn.Module):
+    """Audio tokenizer: encoder → BSQ → decoder on log-mel spectrograms.
+
+    Args:
+        audioconfig: architecture (dict or :class:`AudioConfig`).
+        embed_dim: bits per token.
+        l2_norm: quantize on the unit sphere (BSQ); codes have norm 1.
+        clamp_range: range the reconstruction is clamped to outside training (model space).
+        beta, gamma0, gamma, zeta, inv_temperature, group_size, persample_entropy_compute,
+        cb_entropy_compute: see :class:`BinarySphericalQuantizer`.
+    """
+
+    def __init__(
+        self,
+        audioconfig: dict[str, Any] | AudioConfig | None = None,
+        embed_dim: int = 18,
+        l2_norm: bool = True,
+        clamp_range: tuple[float, float] = (-1.0, 1.0),
+        beta: float = 0.0,
+        gamma0: float = 1.0,
+        gamma: float = 1.0,
+        zeta: float = 1.0,
+        inv_temperature: float = 1.0,
+        group_size: int | None = None,
+        persample_entropy_compute: str = "analytical",
+        cb_entropy_compute: str = "group",
+    ) -> None:
+        super().__init__()
+        self.config = AudioConfig.from_dict(audioconfig)
+        if len(clamp_range) != 2 or clamp_range[0] >= clamp_range[1]:
+            raise ValueError(f"clamp_range={clamp_range!r}: expected [low, high] with low < high")
+        self.embed_dim = embed_dim
+        self.clamp_range = (float(clamp_range[0]), float(clamp_range[1]))
+        self.encoder = AudioTransformerEncoder(self.config)
+        self.quant_embed = nn.Linear(self.config.width, embed_dim)
+        self.quantizer = BinarySphericalQuantizer(
+            embed_dim=embed_dim, beta=beta, gamma0=gamma0, gamma=gamma, zeta=zeta,
+            inv_temperature=inv_temperature, group_size=group_size,
+            persample_entropy_compute=persample_entropy_compute,  # type: ignore[arg-type]
+            cb_entropy_compute=cb_entropy_compute,  # type: ignore[arg-type]
+            l2_norm=l2_norm,
+        )
+        self.post_quant_embed = nn.Linear(embed_dim, self.config.width)
+        self.decoder = AudioTransformerDecoder(self.config)
+        self.apply(_init_weights)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> AudioBSQModel:
+        """Build a spec variant (``small_b9``, ``base_b18``, ``large_b36``); ``audioconfig``
+        overrides are merged key by key."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
+        preset = dict(PRESETS[name])
+        audioconfig = {**preset.pop("audioconfig"), **overrides.pop("audioconfig", {})}
+        return cls(audioconfig=audioconfig, **{**preset, **overrides})
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return self.config.patch_tf
+
+    @property
+    def input_length(self) -> int:
+        return self.config.input_length
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+        self.decoder.set_grad_checkpointing(enable)
+
+    # -- API --------------------------------------------------------------------------------
+    def encode(self, mel: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """(B, T, F) log-mel → codes (B, N, embed_dim) on the unit sphere, quantizer loss, info.
+
+        ``info["indices"]`` has shape (B, T/pt, F/pf), int64; ``info["grid"]`` is (Nt, Nf).
+        """
+        features, grid = self.encoder(mel)
+        codes, quant_loss, info = self.quantizer(self.quant_embed(features))
+        info["indices"] = info["indices"].reshape(mel.shape[0], *grid)
+        info["grid"] = grid
+        return codes, quant_loss, info
+
+    def decode(self, codes: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """Codes (B, N, embed_dim) → log-mel (B, Nt*pt, F). ``grid`` defaults to ``N / Nf`` time rows.
+
+        Outside training the output is clamped to ``clamp_range``; in training it is returned
+        unclamped so the loss sees (and can correct) values beyond the range.
+        """
+        if codes.ndim != 3 or codes.shape[-1] != self.embed_dim:
+            raise ValueError(f"expected codes (B, N, {self.embed_dim}), got shape {tuple(codes.shape)}")
+        nf = self.config.grid[1]
+        if grid is None:
+            if codes.shape[1] % nf:
+                raise ValueError(f"{codes.shape[1]} tokens is not a whole number of time rows of {nf}")
+            grid = (codes.shape[1] // nf, nf)
+        mel = self.decoder(self.post_quant_embed(codes.to(self.post_quant_embed.weight.dtype)), grid)
+        if not self.training:
+            mel = mel.clamp(*self.clamp_range)
+        return mel
+
+    def forward(self, mel: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """(B, T, F) → reconstruction (B, T, F), quantizer loss (scalar), info."""
+        codes, quant_loss, info = self.encode(mel)
+        return self.decode(codes, info["grid"]), quant_loss, info
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """(B, Nt, Nf) int64 → codes (B, Nt*Nf, embed_dim)."""
+        if indices.ndim != 3:
+            raise ValueError(f"expected indices (B, Nt, Nf), got shape {tuple(indices.shape)}")
+        return self.quantizer.indices_to_codes(indices.flatten(1))
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        """(B, Nt, Nf) int64 → log-mel (B, Nt*pt, F); equals ``decode(encode(x)[0])`` exactly."""
+        return self.decode(self.indices_to_codes(indices), tuple(indices.shape[1:]))
+
+    def tokens_per_second(self, hop_length: int, sample_rate: int) -> float:
+        """Tokens per second of audio for mel frames every ``hop_length`` samples."""
+        pt, pf = self.patch_size
+        return sample_rate / hop_length / pt * (self.input_size // pf)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that AdamW should not decay (besides norms and biases)."""
+        return {"encoder.pos_embed", "decoder.pos_embed"}
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,188 @@
+"""Binary Spherical Quantization (BSQ).
+
+Zhao, Xiong and Krähenbühl, "Image and Video Tokenization with Binary Spherical Quantization",
+arXiv 2406.07548. A token ``z`` (``embed_dim`` numbers) is projected onto the unit sphere,
+``u = z / |z|``, and quantized to the nearest corner of the hypercube scaled onto the same
+sphere, ``q = sign(u) / sqrt(d)``. The codebook is implicit (2^d codes, no lookup table) and
+the index of a code is its bits read as an integer.
+
+Loss (all terms computed in fp32, even under autocast)::
+
+    beta * |sg(q) - u|^2 + zeta * (gamma0 * H_per_sample - gamma * H_codebook) / inv_temperature
+
+The entropies are soft: each token gets a distribution over codes from its distance to them.
+"analytical" factorises it per bit (exact for BSQ, since the code distribution of one token is
+a product over bits); "group" computes it over sub-codebooks of ``group_size`` bits (2^group_size
+entries), so memory never grows with 2^d.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EntropyMode = Literal["analytical", "group"]
+
+#: Largest code width whose indices fit a signed int64 with a bit to spare.
+MAX_INDEX_BITS = 62
+
+
+def binary_entropy(prob: Tensor) -> Tensor:
+    """Entropy in nats of Bernoulli variables with ``P(1) = prob``; elementwise, 0 log 0 = 0."""
+    return -(torch.special.xlogy(prob, prob) + torch.special.xlogy(1.0 - prob, 1.0 - prob))
+
+
+def categorical_entropy(prob: Tensor, dim: int = -1) -> Tensor:
+    """Entropy in nats of categorical distributions along ``dim``; 0 log 0 = 0."""
+    return -torch.special.xlogy(prob, prob).sum(dim)
+
+
+class BinarySphericalQuantizer(nn.Module):
+    """Quantize vectors on the unit sphere to signed binary codes.
+
+    Args:
+        embed_dim: code width ``d`` in bits.
+        beta: weight of the commitment term ``|sg(q) - u|^2``.
+        gamma0: weight of the per-sample entropy (pushes each token towards one code).
+        gamma: weight of the codebook entropy (pushes the batch to use every code).
+        zeta: overall weight of the entropy terms.
+        inv_temperature: sharpness of the soft code distribution.
+        group_size: bits per sub-codebook for the "group" entropy mode; ``None`` picks the
+            largest divisor of ``embed_dim`` that is at most 9 (512-entry sub-codebooks).
+        persample_entropy_compute: "analytical" (per bit) or "group".
+        cb_entropy_compute: "analytical" (per bit) or "group".
+        l2_norm: project inputs onto the unit sphere and scale codes by ``1/sqrt(d)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        beta: float = 0.0,
+        gamma0: float = 1.0,
+        gamma: float = 1.0,
+        zeta: float = 1.0,
+        inv_temperature: float = 1.0,
+        group_size: int | None = None,
+        persample_entropy_compute: EntropyMode = "analytical",
+        cb_entropy_compute: EntropyMode = "group",
+        l2_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 1 <= embed_dim <= MAX_INDEX_BITS:
+            raise ValueError(f"embed_dim={embed_dim}: expected 1..{MAX_INDEX_BITS} bits (indices are int64)")
+        if inv_temperature <= 0:
+            raise ValueError(f"inv_temperature={inv_temperature}: expected a positive number")
+        if group_size is None:
+            group_size = max(g for g in range(1, 10) if embed_dim % g == 0)
+        for name, mode in (("persample_entropy_compute", persample_entropy_compute),
+                           ("cb_entropy_compute", cb_entropy_compute)):
+            if mode not in ("analytical", "group"):
+                raise ValueError(f"{name}={mode!r}: expected 'analytical' or 'group'")
+            if mode == "group" and (group_size < 1 or embed_dim % group_size != 0 or group_size > 16):
+                raise ValueError(
+                    f"{name}='group' needs group_size (got {group_size}) between 1 and 16 dividing "
+                    f"embed_dim ({embed_dim}); use 'analytical' or another group_size"
+                )
+        self.embed_dim = embed_dim
+        self.beta = beta
+        self.gamma0 = gamma0
+        self.gamma = gamma
+        self.zeta = zeta
+        self.inv_temperature = inv_temperature
+        self.group_size = group_size
+        self.persample_entropy_compute = persample_entropy_compute
+        self.cb_entropy_compute = cb_entropy_compute
+        self.l2_norm = l2_norm
+        self.q_scale = 1.0 / math.sqrt(embed_dim) if l2_norm else 1.0
+        self.register_buffer("bit_weights", 2 ** torch.arange(embed_dim, dtype=torch.int64), persistent=False)
+        if "group" in (persample_entropy_compute, cb_entropy_compute):
+            # Every sub-code of group_size bits as +-1 vectors, bit order matching the indices.
+            sub_indices = torch.arange(2**group_size)
+            sub_bits = (sub_indices[:, None] >> torch.arange(group_size)) & 1
+            self.register_buffer("group_codebook", (2.0 * sub_bits - 1.0), persistent=False)
+
+    @property
+    def bits(self) -> int:
+        return self.embed_dim
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Quantize ``z`` (..., d) → codes (..., d) in fp32, the scalar loss and an info dict.
+
+        The info dict holds ``indices`` (...) int64, ``per_sample_entropy`` and
+        ``codebook_entropy`` (nats, in [0, d ln 2]), ``commit_loss``, ``entropy_loss``.
+        """
+        if z.shape[-1] != self.embed_dim:
+            raise ValueError(f"expected last dim {self.embed_dim}, got shape {tuple(z.shape)}")
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            u = F.normalize(z, dim=-1) if self.l2_norm else z
+            hard = self.sign_codes(u)
+            # Exact straight-through: the value is `hard` bit for bit (u - sg(u) == 0), the gradient
+            # reaches u unchanged. decode(encode(x)) therefore equals decode_indices(indices).
+            codes = hard + (u - u.detach())
+            commit_loss = ((hard - u) ** 2).sum(-1).mean()
+            per_sample_entropy, codebook_entropy = self.soft_entropies(u)
+            entropy_loss = (self.gamma0 * per_sample_entropy - self.gamma * codebook_entropy) / self.inv_temperature
+            loss = self.beta * commit_loss + self.zeta * entropy_loss
+        info = {
+            "indices": self.codes_to_indices(hard),
+            "per_sample_entropy": per_sample_entropy.detach(),
+            "codebook_entropy": codebook_entropy.detach(),
+            "commit_loss": commit_loss.detach(),
+            "entropy_loss": entropy_loss.detach(),
+        }
+        return codes, loss, info
+
+    def sign_codes(self, u: Tensor) -> Tensor:
+        """(..., d) → the corner codes ``+-q_scale`` (0 maps to the negative code)."""
+        return torch.where(u > 0, self.q_scale, -self.q_scale).to(torch.float32)
+
+    def codes_to_indices(self, codes: Tensor) -> Tensor:
+        """(..., d) codes → (...) int64 indices; bit ``i`` of the index is the sign of dim ``i``."""
+        return ((codes > 0).long() * self.bit_weights).sum(-1)
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """(...) integer indices → (..., d) fp32 codes on the sphere (exact inverse of the above)."""
+        if indices.dtype.is_floating_point:
+            raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
+        indices = indices.long()
+        if indices.numel() and (indices.min() < 0 or indices.max() >= 2**self.embed_dim):
+            raise ValueError(f"indices must lie in [0, 2^{self.embed_dim}), got min {int(indices.min())} "
+                             f"max {int(indices.max())}")
+        bits = (indices.unsqueeze(-1) >> torch.arange(self.embed_dim, device=indices.device)) & 1
+        return torch.where(bits.bool(), self.q_scale, -self.q_scale).to(torch.float32)
+
+    def soft_entropies(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample and codebook entropy (nats) of the soft code distribution of (..., d) ``u``."""
+        flat = u.reshape(-1, self.embed_dim)
+        if self.persample_entropy_compute == "analytical" or self.cb_entropy_compute == "analytical":
+            # Softmax over the two codes +-q_scale of one bit, logits 2 * inv_temperature * <u, c>.
+            bit_prob = torch.sigmoid(4.0 * self.inv_temperature * self.q_scale * flat)
+        if self.persample_entropy_compute == "group" or self.cb_entropy_compute == "group":
+            group_prob = self._group_probabilities(flat)
+
+        if self.persample_entropy_compute == "analytical":
+            per_sample = binary_entropy(bit_prob).sum(-1).mean()
+        else:
+            per_sample = categorical_entropy(group_prob).sum(-1).mean()
+        if self.cb_entropy_compute == "analytical":
+            codebook = binary_entropy(bit_prob.mean(0)).sum()
+        else:
+            codebook = categorical_entropy(group_prob.mean(0)).sum()
+        return per_sample, codebook
+
+    def _group_probabilities(self, flat: Tensor) -> Tensor:
+        """(N, d) → (N, d / group_size, 2^group_size) soft assignment to each sub-codebook."""
+        groups = flat.reshape(flat.shape[0], -1, self.group_size)
+        logits = 2.0 * self.inv_temperature * self.q_scale * torch.einsum("ngb,kb->ngk", groups, self.group_codebook)
+        return logits.softmax(-1)
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, beta={self.beta}, gamma0={self.gamma0}, gamma={self.gamma}, "
+                f"zeta={self.zeta}, inv_temperature={self.inv_temperature}, group_size={self.group_size}, "
+                f"l2_norm={self.l2_norm}")
