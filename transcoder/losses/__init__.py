@@ -1,0 +1,5 @@
+"""Training losses."""
+
+from transcoder.losses.reconstruction import AudioTokenizerLoss
+
+__all__ = ["AudioTokenizerLoss"]

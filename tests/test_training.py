@@ -1,0 +1,169 @@
+"""Training: the demo learns, resume is bitwise exact, torchrun DDP, SIGTERM, non-finite losses, config errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from transcoder.training.trainer import NonFiniteLossError, Trainer
+from transcoder.utils.checkpoint import load_checkpoint
+from transcoder.utils.config import ConfigError, load_config
+from transcoder.utils.distributed import init_distributed
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "tokenizer" / "audio_demo_librivox_mini.yaml"
+SCRIPT = REPO / "scripts" / "main_audio_tokenizer.py"
+DATA_ROOT = REPO / "data" / "librivox-mini" / "LibriSpeech"
+
+# A smaller model than the demo's so each test trains in seconds on two cores.
+TINY = [
+    f"data.train.params.root={DATA_ROOT}", f"data.val.params.root={DATA_ROOT}",
+    "data.target_length=64", "model.params.audioconfig.input_length=64", "model.params.audioconfig.width=32",
+    "model.params.audioconfig.layers=1", "model.params.audioconfig.heads=2", "data.batch_size=4",
+    "data.num_workers=0", "training.log_every=2", "training.val_every=1000", "training.image_every=0",
+    "training.latest_every=1000", "training.ckpt_every=1000",
+]
+
+
+def make_trainer(output_dir: Path, *overrides: str, resume: Path | None = None) -> Trainer:
+    config = load_config(DEMO, [*TINY, *overrides])
+    return Trainer(config, output_dir, init_distributed("cpu"), resume=resume)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_demo_config_loss_falls(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, "training.max_steps=40", "training.log_every=5",
+                           "data.specaugment=null", "data.val=null")
+    trainer.fit()
+    losses = [entry["loss/l1"] for entry in trainer.history]
+    assert len(losses) == 8
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert (tmp_path / "checkpoints" / "latest.pt").is_file()
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "train.log").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
+    common = ("training.max_steps=8", "training.val_every=3", "training.ema_decay=0.9")
+    make_trainer(tmp_path / "straight", *common).fit()
+    first = make_trainer(tmp_path / "split", *common)
+    state = first.fit(stop_at_step=4)
+    assert state.step == 4
+    # Re-running on the same folder resumes from checkpoints/latest.pt automatically.
+    second = make_trainer(tmp_path / "split", *common)
+    assert second.resumed_from == tmp_path / "split" / "checkpoints" / "latest.pt" and second.state.step == 4
+    second.fit()
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    split = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
+    assert straight["step"] == split["step"] == 8
+    for key in ("model", "ema"):
+        assert straight[key].keys() == split[key].keys()
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, split[key][name]), f"{key}.{name} differs after resume"
+    assert straight["state"]["best_val_loss"] == split["state"]["best_val_loss"]
+
+
+def test_resume_from_explicit_path(tmp_path: Path) -> None:
+    make_trainer(tmp_path / "a", "training.max_steps=4").fit(stop_at_step=2)
+    trainer = make_trainer(tmp_path / "b", "training.max_steps=4", resume=tmp_path / "a" / "checkpoints" / "latest.pt")
+    assert trainer.state.step == 2
+    assert trainer.fit().step == 4
+
+
+def test_non_finite_losses_skip_steps_then_abort(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, "training.max_steps=20", "training.max_nonfinite_steps=3")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    original_forward = trainer.loss_fn.forward
+
+    def nan_loss(*args, **kwargs):
+        total, terms = original_forward(*args, **kwargs)
+        return total * float("nan"), terms
+
+    trainer.loss_fn.forward = nan_loss
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        trainer.fit()
+    assert trainer.state.skipped_steps == 3
+    for name, tensor in trainer.model.state_dict().items():
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(tensor, before[name]), name
+
+
+def _cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_torchrun_two_process_gloo_run(tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--standalone", "--nproc_per_node=2", str(SCRIPT), str(DEMO), "--output-dir",
+               str(tmp_path), "--device", "cpu", *TINY, "training.max_steps=6", "training.val_every=6"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_cli_env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "weights identical on all 2 ranks" in result.stderr
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["best.pt", "latest.pt"], checkpoints
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert checkpoint["step"] == 6 and checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("validation:") == 1  # rank 0 alone writes the log
+
+
+def test_sigterm_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    command = [sys.executable, str(SCRIPT), str(DEMO), "--output-dir", str(tmp_path), "--device", "cpu", *TINY,
+               "training.max_steps=100000", "training.log_every=1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(),
+                               cwd=REPO)
+    log = tmp_path / "train.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and "step 3 |" in log.read_text()):
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert checkpoint["step"] >= 3
+    assert "received signal 15" in log.read_text()
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.grad_clip=1.0", r"unknown key\(s\) \['grad_clip'\] in section 'optimizer'.*grad_clip_norm"),
+        ("training.max_step=10", r"unknown key\(s\) \['max_step'\] in section 'training'"),
+        ("data.n_mel=80", r"unknown key\(s\) \['n_mel'\] in section 'data'"),
+        ("trainig.seed=1", r"unknown key\(s\) \['trainig'\] in top level"),
+        ("training.precision=fp8", "training.precision='fp8'"),
+        ("data.batch_size=0", "data.batch_size=0: expected a positive integer"),
+        ("model.params.audioconfig.widht=64", r"unknown audioconfig key\(s\) \['widht'\]"),
+    ],
+)
+def test_config_errors_are_clear(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=message):
+        make_trainer(tmp_path, override)
+
+
+def test_model_and_data_shape_mismatch_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="input_length=64 but data.target_length=128"):
+        make_trainer(tmp_path, "data.target_length=128")
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), str(DEMO), "--output-dir", str(tmp_path),
+                             "optimizer.lr_peak=1"], capture_output=True, text=True, env=_cli_env(), cwd=REPO)
+    assert result.returncode == 2
+    assert "lr_peak" in result.stderr and "audio_demo_librivox_mini.yaml" in result.stderr

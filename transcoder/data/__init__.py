@@ -1,0 +1,45 @@
+"""Data pipeline: audio decoding, dataset layouts, the log-mel front end and SpecAugment.
+
+See docs/DATA.md. Workers decode and crop (``AudioClipDataset`` subclasses + ``collate_audio``);
+the training device turns waveform batches into model-space log-mels (``LogMelFrontend``).
+"""
+
+from transcoder.data.audio_folder import AudioFolderDataset
+from transcoder.data.audio_io import (
+    AUDIO_EXTENSIONS,
+    SF_UNKNOWN_FRAMES,
+    AudioDecodeError,
+    AudioFile,
+    AudioInfo,
+    audio_info,
+    load_audio,
+    resample,
+)
+from transcoder.data.base import AudioClipDataset, AudioSkipWarning, collate_audio
+from transcoder.data.build import build_dataset, resolve_target
+from transcoder.data.common_voice import CommonVoiceDataset
+from transcoder.data.librispeech import LibriSpeechDataset
+from transcoder.data.mel import LogMelFrontend, MelConfig
+from transcoder.data.specaugment import SpecAugment
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "SF_UNKNOWN_FRAMES",
+    "AudioClipDataset",
+    "AudioDecodeError",
+    "AudioFile",
+    "AudioFolderDataset",
+    "AudioInfo",
+    "AudioSkipWarning",
+    "CommonVoiceDataset",
+    "LibriSpeechDataset",
+    "LogMelFrontend",
+    "MelConfig",
+    "SpecAugment",
+    "audio_info",
+    "build_dataset",
+    "collate_audio",
+    "load_audio",
+    "resample",
+    "resolve_target",
+]

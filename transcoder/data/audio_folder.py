@@ -1,0 +1,57 @@
+"""Any folder of audio files, searched recursively (e.g. the spec's ``my_audio/train``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from transcoder.data.audio_io import AUDIO_EXTENSIONS
+from transcoder.data.base import AudioClipDataset
+from transcoder.data.listing import scan_files
+
+__all__ = ["AudioFolderDataset"]
+
+
+class AudioFolderDataset(AudioClipDataset):
+    """Every file under ``root`` (recursively) whose extension is in ``extensions``, sorted by path.
+
+    Args:
+        root: the folder, e.g. ``my_audio/train``.
+        extensions: file name endings to include, case-insensitive (default: wav, flac, mp3, ogg, opus).
+        sample_rate, clip_samples, mode, file_list_cache, max_fallback: see :class:`AudioClipDataset`.
+
+    Items carry no metadata beyond the common keys.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        extensions: Sequence[str] = AUDIO_EXTENSIONS,
+        *,
+        sample_rate: int = 16000,
+        clip_samples: int = 163840,
+        mode: str = "train",
+        file_list_cache: str | None = None,
+        max_fallback: int = 32,
+    ) -> None:
+        self.root = str(root)
+        if isinstance(extensions, str):
+            extensions = [extensions]
+        self.extensions = sorted({e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions})
+        if not self.extensions:
+            raise ValueError("AudioFolderDataset: extensions is empty; expected e.g. ['.wav', '.flac']")
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"AudioFolderDataset: root '{self.root}' is not a directory. {self.layout_help()}")
+        super().__init__(sample_rate=sample_rate, clip_samples=clip_samples, mode=mode,
+                         file_list_cache=file_list_cache, max_fallback=max_fallback)
+
+    def _signature(self) -> dict[str, Any]:
+        return {"root": os.path.abspath(self.root), "extensions": self.extensions}
+
+    def layout_help(self) -> str:
+        return (f"Expected audio files with extensions {self.extensions} anywhere below the root "
+                f"(e.g. my_audio/train/**/*.wav).")
+
+    def _scan(self) -> dict[str, list[Any]]:
+        return {"path": scan_files(self.root, self.extensions)}

@@ -1,0 +1,228 @@
+"""Decode audio files to mono float32 at a target sample rate, reading only the segment asked for.
+
+Decoding uses soundfile (libsndfile >= 1.1: WAV, FLAC, Ogg Vorbis/Opus, MP3 and the other
+formats it lists). ``torchaudio.load`` is not used because it needs torchcodec + ffmpeg.
+
+Resampling uses soxr (the "HQ" preset), not ``torchaudio.functional.resample``. Measured on
+this project's CPU machine (10 s of audio to 16 kHz, one thread):
+
+============================  ============  ===================  =======================
+method                        time          error, 1 kHz tone    9 kHz tone from 44.1 kHz
+                                                                 (aliases to 7 kHz)
+============================  ============  ===================  =======================
+soxr HQ                       1.1-1.3 ms    -134 dB              -144 dB
+torchaudio default (sinc 6)   1.7-1.9 ms    -68 dB               -17 dB
+torchaudio kaiser, width 64   6.9-9.6 ms    -113 dB              -118 dB
+============================  ============  ===================  =======================
+
+soxr is both the fastest and the cleanest (torchaudio's default filter lets a 9 kHz tone alias
+into the band at -17 dB), and it is already installed as a librosa dependency.
+
+A segment is read with a margin of context on both sides and resampled on a grid aligned to the
+whole file's, so a segment equals the same samples of the resampled whole file (to ~1e-7).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "SF_UNKNOWN_FRAMES",
+    "AudioDecodeError",
+    "AudioFile",
+    "AudioInfo",
+    "audio_info",
+    "load_audio",
+    "resample",
+]
+
+#: Extensions the datasets look for by default (soundfile decodes all of them).
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg", ".opus")
+
+#: Frame count libsndfile reports when a header does not say how long the stream is (e.g. a FLAC
+#: header with total_samples = 0 from a streaming encoder, or a header with no audio after it).
+SF_UNKNOWN_FRAMES = 2**63 - 1
+
+# Context read on each side of a resampled segment, in samples of the lower of the two rates;
+# 256 makes a segment match the whole-file resample to float precision (measured, soxr HQ).
+_RESAMPLE_CONTEXT = 256
+# A decoder may deliver a little less than the header promised (MP3 encoder delay/padding);
+# a shortfall above this many source frames means the file is truncated.
+_SHORT_READ_TOLERANCE = 4096
+
+
+class AudioDecodeError(RuntimeError):
+    """A file could not be used as audio; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of an audio file (no decoding)."""
+
+    path: str
+    sample_rate: int
+    frames: int
+    channels: int
+    format: str
+    subtype: str
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.sample_rate
+
+    def num_samples(self, sample_rate: int | None = None) -> int:
+        """Length in samples once resampled to ``sample_rate`` (floor; the file's own rate if None)."""
+        if sample_rate is None or sample_rate == self.sample_rate:
+            return self.frames
+        return self.frames * sample_rate // self.sample_rate
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample a mono ``(S,)`` float array from ``orig_sr`` to ``target_sr`` with soxr HQ.
+
+    Returns ``(ceil-or-floor(S * target_sr / orig_sr),)`` float32 (soxr's rounding); the input
+    is returned unchanged when the rates match.
+    """
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got orig_sr={orig_sr}, target_sr={target_sr}")
+    if wave.ndim != 1:
+        raise ValueError(f"resample expects a mono (S,) array, got shape {wave.shape}")
+    if orig_sr == target_sr:
+        return wave
+    return soxr.resample(wave, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+class AudioFile:
+    """One open audio file: validated header plus segment reads at any sample rate.
+
+    Opening fails with :class:`AudioDecodeError` for an unreadable file, a file with no frames,
+    or one whose header gives no length (``SF_UNKNOWN_FRAMES``; such a file is never seeked).
+    Use as a context manager::
+
+        with AudioFile(path) as f:
+            n = f.info.num_samples(16000)
+            wave = f.read(16000, offset=n // 2, num_samples=16000)  # (16000,)
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        try:
+            self._file = sf.SoundFile(self.path)
+        except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            raise AudioDecodeError(self.path, f"cannot open as audio ({_describe(err)})") from err
+        f = self._file
+        self.info = AudioInfo(self.path, int(f.samplerate), int(f.frames), int(f.channels), f.format, f.subtype)
+        if self.info.frames >= SF_UNKNOWN_FRAMES:
+            self.close()
+            raise AudioDecodeError(self.path, "header reports an unknown length (2^63-1 frames): "
+                                              "header without audio or an unfinished stream")
+        if self.info.frames <= 0:
+            self.close()
+            raise AudioDecodeError(self.path, "file contains no audio frames")
+        if self.info.sample_rate <= 0:
+            self.close()
+            raise AudioDecodeError(self.path, f"invalid sample rate {self.info.sample_rate} in header")
+
+    def __enter__(self) -> AudioFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read(self, sample_rate: int | None = None, offset: int = 0, num_samples: int | None = None) -> Tensor:
+        """Decode ``num_samples`` samples from ``offset`` (both at ``sample_rate``), mono float32.
+
+        Args:
+            sample_rate: output rate; ``None`` keeps the file's rate.
+            offset: first output sample, in ``[0, info.num_samples(sample_rate))``.
+            num_samples: how many samples; ``None`` reads to the end.
+
+        Returns:
+            ``(S,)`` float32 tensor, ``S <= num_samples`` (shorter only at the end of the file).
+
+        Raises:
+            AudioDecodeError: decoding failed, the file is truncated, or it holds NaN/Inf samples.
+        """
+        sr_in = self.info.sample_rate
+        sr_out = sr_in if sample_rate is None else int(sample_rate)
+        if sr_out <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        total = self.info.num_samples(sr_out)
+        if not 0 <= offset < total:
+            raise ValueError(f"{self.path}: offset {offset} outside [0, {total}) samples at {sr_out} Hz")
+        stop = total if num_samples is None else min(total, offset + int(num_samples))
+        if stop <= offset:
+            return torch.zeros(0)
+        if sr_in == sr_out:
+            return torch.from_numpy(self._read_frames(offset, stop))
+
+        # Start the read on a sample that falls on both rates' grids, so the resampled chunk's
+        # samples are the whole file's resampled samples (not shifted by a fraction of a sample).
+        g = math.gcd(sr_in, sr_out)
+        block_in, block_out = sr_in // g, sr_out // g
+        context = -(-_RESAMPLE_CONTEXT * sr_out // min(sr_in, sr_out))
+        start_out = max(0, offset - context) // block_out * block_out
+        start_in = start_out // block_out * block_in
+        stop_in = min(self.info.frames, -(-(stop + context) * sr_in // sr_out))
+        chunk = resample(self._read_frames(start_in, stop_in), sr_in, sr_out)
+        return torch.from_numpy(np.ascontiguousarray(chunk[offset - start_out: stop - start_out]))
+
+    def _read_frames(self, start: int, stop: int) -> np.ndarray:
+        """Source frames ``[start, stop)`` mixed to mono: ``(stop - start,)`` float32 or shorter."""
+        f = self._file
+        try:
+            if start:
+                f.seek(start)
+            data = f.read(stop - start, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioDecodeError(self.path, f"decoding failed at frame {start} ({_describe(err)})") from err
+        got = data.shape[0]
+        if got < stop - start and (got == 0 or stop - start - got > _SHORT_READ_TOLERANCE):
+            raise AudioDecodeError(
+                self.path, f"truncated: header promises {self.info.frames} frames but decoding stopped "
+                           f"at frame {start + got} (asked for frames {start}-{stop})")
+        mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+        if not np.isfinite(mono).all():
+            raise AudioDecodeError(self.path, f"contains NaN or Inf samples (frames {start}-{start + got})")
+        return np.ascontiguousarray(mono)
+
+
+def audio_info(path: str) -> AudioInfo:
+    """Header facts of ``path`` without decoding; :class:`AudioDecodeError` if it is not usable audio."""
+    with AudioFile(path) as f:
+        return f.info
+
+
+def load_audio(
+    path: str, sample_rate: int | None = None, *, offset: int = 0, num_samples: int | None = None
+) -> Tensor:
+    """Decode ``path`` to a mono float32 ``(S,)`` tensor at ``sample_rate`` (the file's rate if None).
+
+    ``offset`` and ``num_samples`` are counted at ``sample_rate``; only that segment (plus a little
+    resampling context) is decoded, seeking where the format allows (WAV, FLAC, Ogg, MP3 all do
+    with libsndfile 1.2). Raises :class:`AudioDecodeError` for unusable files.
+    """
+    with AudioFile(path) as f:
+        return f.read(sample_rate, offset=offset, num_samples=num_samples)
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

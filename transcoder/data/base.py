@@ -1,0 +1,268 @@
+"""Map-style dataset of fixed-length audio clips, shared by every dataset layout.
+
+Train mode: item ``i`` is a random crop of ``clip_samples`` samples from file ``i`` (zero-padded
+when the file is shorter). ``dataset[(i, seed)]`` draws the crop offset from
+``numpy.random.default_rng(seed)``, so a resumed run that replays its sampler's (index, seed)
+pairs sees the same crops; ``dataset[i]`` draws from fresh OS entropy.
+
+Eval mode: the items are consecutive non-overlapping windows covering every file, the last one
+padded; index -> (file, window). Counting windows needs each file's length, so the first
+``len()`` (or item access) reads every file's header once (``sf.info``, ~0.05 ms per FLAC/MP3,
+no decoding); train mode never probes files up front.
+
+Bad files (unreadable, truncated, empty, header with unknown length, NaN/Inf samples) are
+skipped: one :class:`AudioSkipWarning` per file naming it and the reason, and the item falls
+back to the next index (so batches keep their size). The failed paths are listed in the item's
+``"skipped"`` and, per process, in ``dataset.skipped_files`` / ``dataset.num_skipped``; with
+DataLoader workers only the batch's ``"skipped"`` reaches the main process. A file is only
+checked where it is decoded: NaN samples outside the cropped segment go unnoticed.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from transcoder.data.audio_io import AudioDecodeError, AudioFile, audio_info
+from transcoder.data.listing import StringColumn, load_list_cache, save_list_cache
+
+__all__ = ["AudioClipDataset", "AudioSkipWarning", "collate_audio"]
+
+Modes = ("train", "eval")
+
+
+class AudioSkipWarning(UserWarning):
+    """A dataset skipped an unusable audio file (filter with ``warnings.simplefilter``)."""
+
+
+class AudioClipDataset(Dataset):
+    """Base class: subclasses list their files (and metadata) in :meth:`_scan`.
+
+    Args:
+        sample_rate: output sample rate (files are resampled to it).
+        clip_samples: samples per item; use ``MelConfig.clip_samples`` so the front end yields
+            exactly ``target_length`` frames.
+        mode: ``"train"`` (random crops) or ``"eval"`` (windows covering every file).
+        file_list_cache: optional JSON path; the listing is read from it when it was written for
+            the same root and settings, else scanned and written there. Delete it after adding files.
+        max_fallback: consecutive failing items tolerated before an index raises.
+
+    Item: ``{"audio": (clip_samples,) float32, "path": str, "num_valid": int (unpadded samples),
+    "offset": int (first sample, at sample_rate), "skipped": list[str]}`` plus the subclass's
+    metadata (:attr:`metadata_keys`).
+    """
+
+    #: Metadata columns a subclass adds to each item.
+    metadata_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        clip_samples: int = 163840,
+        mode: str = "train",
+        file_list_cache: str | None = None,
+        max_fallback: int = 32,
+    ) -> None:
+        name = type(self).__name__
+        for key, value in (("sample_rate", sample_rate), ("clip_samples", clip_samples),
+                           ("max_fallback", max_fallback)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: {key}={value!r}, expected a positive integer")
+        if mode not in Modes:
+            raise ValueError(f"{name}: mode={mode!r}, expected one of {list(Modes)}")
+        self.sample_rate = sample_rate
+        self.clip_samples = clip_samples
+        self.mode = mode
+        self.max_fallback = max_fallback
+        self._failed: dict[str, str] = {}
+        self._window_ends: np.ndarray | None = None  # eval: cumulative window count per file
+
+        columns = self._listing(file_list_cache)
+        if not columns["path"]:
+            raise FileNotFoundError(f"{name}: no audio files found under '{self.root}'. {self.layout_help()}")
+        self._paths = StringColumn(columns["path"])
+        self._meta: dict[str, Any] = {}
+        for key in self.metadata_keys:
+            values = columns[key]
+            self._meta[key] = (np.asarray(values, dtype=np.int64) if values and isinstance(values[0], int)
+                               else StringColumn(values))
+
+    # --- to implement -----------------------------------------------------------------------
+    root: str
+
+    def _scan(self) -> dict[str, list[Any]]:
+        """Columns ``{"path": [paths relative to root, sorted], <metadata key>: [...]}``."""
+        raise NotImplementedError
+
+    def _signature(self) -> dict[str, Any]:
+        """What the listing depends on (root and layout options), to validate the cache."""
+        raise NotImplementedError
+
+    def layout_help(self) -> str:
+        """One or two sentences on the expected folder layout, for error messages."""
+        raise NotImplementedError
+
+    # --- public -----------------------------------------------------------------------------
+    @property
+    def num_files(self) -> int:
+        return len(self._paths)
+
+    def path(self, file_index: int) -> str:
+        """Absolute path of file ``file_index`` (in the sorted order every DDP rank shares)."""
+        return os.path.join(self.root, self._paths[file_index])
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Files that failed in this process, in order of failure."""
+        return list(self._failed)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self._failed)
+
+    @property
+    def skip_reasons(self) -> dict[str, str]:
+        """``{path: reason}`` for :attr:`skipped_files`."""
+        return dict(self._failed)
+
+    def __len__(self) -> int:
+        if self.mode == "train":
+            return self.num_files
+        return int(self._eval_windows()[-1])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """``dataset[i]`` or ``dataset[(i, seed)]`` (the seed fixes a train crop; eval ignores it)."""
+        index, seed = self._parse_key(key)
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"{type(self).__name__}: index {index} out of range for {n} items")
+        index %= n
+        skipped: list[str] = []
+        for attempt in range(min(self.max_fallback, n)):
+            try:
+                item = self._load((index + attempt) % n, seed)
+            except AudioDecodeError as err:
+                self._record_failure(err.path, err.reason)
+                if err.path not in skipped:
+                    skipped.append(err.path)
+                continue
+            item["skipped"] = skipped
+            return item
+        raise RuntimeError(
+            f"{type(self).__name__}: {min(self.max_fallback, n)} consecutive items from index {index} "
+            f"failed to decode (last files: {skipped[-3:]}); reasons: "
+            f"{[self._failed.get(p) for p in skipped[-3:]]}")
+
+    # --- internals --------------------------------------------------------------------------
+    def _listing(self, cache: str | None) -> dict[str, list[Any]]:
+        signature = {"dataset": type(self).__name__, **self._signature()}
+        columns = load_list_cache(cache, signature) if cache else None
+        if columns is None:
+            columns = self._scan()
+            if cache and columns["path"]:
+                save_list_cache(cache, signature, columns)
+        return columns
+
+    @staticmethod
+    def _parse_key(key: Any) -> tuple[int, int | None]:
+        if isinstance(key, (tuple, list)):
+            if len(key) != 2:
+                raise TypeError(f"dataset key {key!r}: expected an int index or an (index, seed) pair")
+            return operator.index(key[0]), operator.index(key[1])
+        if isinstance(key, Tensor) and key.numel() == 1:
+            key = key.item()
+        try:
+            return operator.index(key), None
+        except TypeError:
+            raise TypeError(f"dataset key {key!r}: expected an int index or an (index, seed) pair") from None
+
+    def _record_failure(self, path: str, reason: str) -> None:
+        if path not in self._failed:
+            self._failed[path] = reason
+            warnings.warn(f"{type(self).__name__}: skipping '{path}': {reason}", AudioSkipWarning, stacklevel=3)
+
+    def _metadata(self, file_index: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, column in self._meta.items():
+            value = column[file_index]
+            out[key] = int(value) if isinstance(value, np.integer) else value
+        return out
+
+    def _load(self, index: int, seed: int | None) -> dict[str, Any]:
+        if self.mode == "train":
+            file_index, window = index, None
+        else:
+            ends = self._eval_windows()
+            file_index = int(np.searchsorted(ends, index, side="right"))
+            window = index - (int(ends[file_index - 1]) if file_index else 0)
+        path = self.path(file_index)
+        if path in self._failed:
+            raise AudioDecodeError(path, self._failed[path])
+        with AudioFile(path) as f:
+            total = f.info.num_samples(self.sample_rate)
+            if total <= 0:
+                raise AudioDecodeError(path, f"shorter than one sample at {self.sample_rate} Hz")
+            if window is not None:
+                offset = window * self.clip_samples
+            elif total > self.clip_samples:
+                rng = np.random.default_rng(seed)
+                offset = int(rng.integers(0, total - self.clip_samples + 1))
+            else:
+                offset = 0
+            wave = f.read(self.sample_rate, offset=offset, num_samples=self.clip_samples)
+        audio = torch.zeros(self.clip_samples, dtype=torch.float32)
+        audio[: wave.shape[0]] = wave
+        return {"audio": audio, "path": path, "num_valid": int(wave.shape[0]), "offset": offset,
+                **self._metadata(file_index)}
+
+    def _eval_windows(self) -> np.ndarray:
+        """Cumulative window counts per file (eval mode), from one header read per file."""
+        if self._window_ends is None:
+            counts = np.zeros(self.num_files, dtype=np.int64)
+            for i in range(self.num_files):
+                path = self.path(i)
+                try:
+                    total = audio_info(path).num_samples(self.sample_rate)
+                except AudioDecodeError as err:
+                    self._record_failure(err.path, err.reason)
+                    continue
+                counts[i] = math.ceil(total / self.clip_samples)
+            if counts.sum() == 0:
+                raise RuntimeError(f"{type(self).__name__}: none of the {self.num_files} files under "
+                                   f"'{self.root}' is readable audio; first reason: "
+                                   f"{next(iter(self._failed.items()), None)}")
+            self._window_ends = np.cumsum(counts)
+        return self._window_ends
+
+
+def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch dataset items: audio → (B, S) tensor, ints → (B,) int64 tensor, strings → lists,
+    ``"skipped"`` → one flat list of the failed paths behind this batch."""
+    if not items:
+        raise ValueError("collate_audio: empty list of items")
+    keys = list(items[0])
+    for item in items[1:]:
+        if list(item) != keys:
+            raise ValueError(f"collate_audio: items have different keys: {keys} vs {list(item)}")
+    batch: dict[str, Any] = {}
+    for key in keys:
+        values = [item[key] for item in items]
+        first = values[0]
+        if key == "skipped":
+            batch[key] = [path for value in values for path in value]
+        elif isinstance(first, Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+            batch[key] = torch.tensor(values, dtype=torch.int64)
+        else:
+            batch[key] = values
+    return batch

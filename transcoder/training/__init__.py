@@ -1,0 +1,1 @@
+"""Training loop pieces: resumable sampler, trainer state and the trainer itself."""

@@ -1,0 +1,105 @@
+"""Rank-0 monitoring: plain-text log, tqdm bar, TensorBoard scalars, spectrogram images and audio."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+
+def setup_text_logger(output_dir: Path | None, is_main: bool) -> logging.Logger:
+    """Logger ``transcoder``: console + ``output_dir/train.log`` on rank 0, warnings only elsewhere."""
+    logger = logging.getLogger("transcoder")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    logger.addHandler(console)
+    if is_main and output_dir is not None:
+        file_handler = logging.FileHandler(output_dir / "train.log")
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    return logger
+
+
+def spectrogram_figure(target_db: Tensor, recon_db: Tensor, title: str = "") -> plt.Figure:
+    """Input and reconstruction, each (T, F) in dB, one above the other."""
+    figure, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+    for axis, mel, name in zip(axes, (target_db, recon_db), ("input", "reconstruction"), strict=True):
+        image = axis.imshow(mel.float().T.cpu().numpy(), origin="lower", aspect="auto", vmin=-80, vmax=0,
+                            cmap="magma", interpolation="nearest")
+        axis.set_ylabel(f"{name}\nmel bin")
+        figure.colorbar(image, ax=axis, label="dB")
+    axes[-1].set_xlabel("frame")
+    if title:
+        axes[0].set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+class Monitor:
+    """Writes to TensorBoard and the progress bar on rank 0; does nothing on other ranks."""
+
+    def __init__(self, output_dir: Path, is_main: bool, total_steps: int, initial_step: int) -> None:
+        self.is_main = is_main
+        self.writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main else None
+        self.bar = (tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, desc="train")
+                    if is_main else None)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def progress(self, steps: int, postfix: dict[str, str] | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def spectrograms(self, tag: str, target_db: Tensor, recon_db: Tensor, step: int) -> None:
+        """(N, T, F) dB pairs as figures."""
+        if self.writer is None:
+            return
+        for i in range(target_db.shape[0]):
+            figure = spectrogram_figure(target_db[i], recon_db[i], f"step {step}")
+            self.writer.add_figure(f"{tag}/{i}", figure, step, close=True)
+
+    def audio(self, tag: str, wave: Tensor, sample_rate: int, step: int) -> None:
+        """(N, S) waveforms."""
+        if self.writer is None:
+            return
+        for i in range(wave.shape[0]):
+            clip = wave[i].float().cpu()
+            peak = clip.abs().max().clamp_min(1e-8)
+            self.writer.add_audio(f"{tag}/{i}", (clip / peak * 0.9).unsqueeze(0), step, sample_rate=sample_rate)
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+def detach_to_float(values: dict[str, Tensor]) -> dict[str, float]:
+    """One device sync for a dict of scalar tensors."""
+    if not values:
+        return {}
+    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()]).cpu().tolist()
+    return dict(zip(values.keys(), stacked, strict=True))

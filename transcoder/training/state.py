@@ -1,0 +1,60 @@
+"""What a training checkpoint holds, and how it is gathered from (and given back to) every rank."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the weights, optimizer and RNG states, define where a run stands."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    nonfinite_in_row: int = 0
+    skipped_steps: int = 0
+    skipped_files: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        return cls(**values)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy, torch CPU and CUDA generator states."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective: call it on all ranks)."""
+    local = capture_rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [local]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    return gathered

@@ -1,0 +1,183 @@
+"""YAML configs in the original BSQ-ViT ``target`` + ``params`` style, validated on load.
+
+A config has five sections: ``model``, ``loss``, ``data``, ``optimizer`` and ``training``.
+Every key is checked against the schema below: an unknown or misspelt key is an error naming it
+and the valid keys (the original silently ignored keys such as ``grad_clip_norm``). Command-line
+overrides ``key.sub=value`` are parsed as YAML values (``training.max_steps=100``,
+``optimizer.betas=[0.9,0.95]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transcoder.data.mel import MelConfig
+
+# Defaults of every section; `None` means "no default, may be left out".
+OPTIMIZER_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-4,  # peak learning rate (per the global batch; not rescaled automatically)
+    "betas": [0.9, 0.99],
+    "eps": 1e-8,
+    "weight_decay": 1e-4,  # not applied to norms, biases or position embeddings
+    "warmup_steps": 1000,
+    "min_lr_ratio": 0.0,  # the cosine decays to lr * min_lr_ratio at max_steps
+    "grad_clip_norm": 1.0,  # clipping is on by default; null or 0 turns it off
+}
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "max_steps": 100000,
+    "seed": 0,
+    "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    "log_every": 50,
+    "val_every": 2000,
+    "val_max_batches": None,  # None: the whole validation split
+    "ckpt_every": 5000,  # a numbered checkpoint besides `latest`
+    "latest_every": 500,  # refresh `latest` for crash recovery
+    "image_every": 2000,  # spectrogram images and Griffin-Lim audio in TensorBoard
+    "num_images": 2,
+    "ema_decay": None,  # e.g. 0.999 keeps EMA weights; None disables
+    "compile": False,  # torch.compile the model
+    "grad_checkpointing": None,  # None keeps the model's own setting
+    "sync_batchnorm": False,  # SyncBatchNorm for the conv module under DDP
+    "max_nonfinite_steps": 10,  # abort after this many non-finite losses in a row
+    "deterministic": False,  # torch.use_deterministic_algorithms (slower on GPU)
+}
+LOSS_DEFAULTS: dict[str, Any] = {"target": "transcoder.losses.AudioTokenizerLoss", "params": {}}
+DATA_DEFAULTS: dict[str, Any] = {
+    # the log-mel front end's settings (MelConfig: sample_rate, n_mels, n_fft, hop_length, target_length,
+    # ...), saved with every checkpoint
+    **MelConfig().to_dict(),
+    # loading
+    "batch_size": 8,  # per process
+    "val_batch_size": None,  # defaults to batch_size
+    "num_workers": 4,
+    "prefetch_factor": 2,
+    "pin_memory": True,
+    "train": None,  # {target, params}
+    "val": None,  # {target, params} or null
+    "specaugment": None,  # {time_masks, time_width, freq_masks, freq_width} or null
+}
+SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "loss": LOSS_DEFAULTS,
+    "data": DATA_DEFAULTS,
+    "optimizer": OPTIMIZER_DEFAULTS,
+    "training": TRAINING_DEFAULTS,
+}
+TARGET_KEYS = {"target", "params"}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, key and what was expected."""
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply ``key.sub=value`` overrides, validate and fill defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with path.open() as handle:
+        try:
+            raw = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections model/loss/data/optimizer/training")
+    for override in overrides or []:
+        apply_override(raw, override)
+    try:
+        return resolve_config(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def apply_override(config: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in ``config`` in place; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected KEY.SUB=VALUE")
+    dotted, value = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = config
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(value)
+
+
+def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``raw`` against the schema and return a new dict with every default filled in."""
+    valid_sections = {"model", *SECTION_DEFAULTS}
+    _reject_unknown(raw, valid_sections, "top level")
+    if "model" not in raw:
+        raise ConfigError("missing section 'model' (target + params)")
+    config: dict[str, Any] = {"model": _target_spec(raw["model"], "model")}
+    for section, defaults in SECTION_DEFAULTS.items():
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"section {section!r} must be a mapping, got {type(given).__name__}")
+        if section == "loss":
+            config[section] = _target_spec({**defaults, **given}, "loss")
+            continue
+        _reject_unknown(given, set(defaults), f"section {section!r}")
+        config[section] = {**copy.deepcopy(defaults), **copy.deepcopy(given)}
+    data = config["data"]
+    if data["train"] is None:
+        raise ConfigError("data.train is required: {target: transcoder.data.AudioFolderDataset, params: {root: ...}}")
+    data["train"] = _target_spec(data["train"], "data.train")
+    if data["val"] is not None:
+        data["val"] = _target_spec(data["val"], "data.val")
+    precision = config["training"]["precision"]
+    if precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"training.precision={precision!r}: expected auto, bf16, fp16 or fp32")
+    for section, key in (("training", "max_steps"), ("data", "batch_size"), ("training", "log_every")):
+        value = config[section][key]
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{section}.{key}={value!r}: expected a positive integer")
+    return config
+
+
+def _reject_unknown(given: dict[str, Any], valid: set[str], where: str) -> None:
+    unknown = sorted(set(given) - valid)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(valid)}")
+
+
+def _target_spec(spec: Any, where: str) -> dict[str, Any]:
+    if not isinstance(spec, dict) or "target" not in spec:
+        raise ConfigError(f"{where} must be a mapping with 'target' (a dotted class path) and 'params'")
+    _reject_unknown(spec, TARGET_KEYS, where)
+    params = spec.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}.params must be a mapping, got {type(params).__name__}")
+    return {"target": str(spec["target"]), "params": copy.deepcopy(params)}
+
+
+def get_obj_from_str(dotted: str) -> Any:
+    """Import ``package.module.Name`` and return ``Name``."""
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"target {dotted!r}: expected a dotted path such as transcoder.data.AudioFolderDataset")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"target {dotted!r} cannot be imported: {err}") from err
+
+
+def instantiate(spec: dict[str, Any], **extra: Any) -> Any:
+    """Build ``target(**params, **extra)``; a bad parameter names the target and the key."""
+    cls = get_obj_from_str(spec["target"])
+    params = {**(spec.get("params") or {}), **extra}
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ConfigError(f"cannot build {spec['target']} with params {sorted(params)}: {err}") from err
+
+
+def save_config(config: dict[str, Any], path: str | Path) -> None:
+    """Write the resolved config as YAML (key order kept)."""
+    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
