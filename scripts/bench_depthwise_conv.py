@@ -12,7 +12,7 @@ On CUDA, in this order, each step guarded so that one failure never stops the re
 
 On CPU it times the reference and says that CUDA is unavailable. Usage::
 
-    python scripts/bench_depthwise_conv.py [--quick] [--json PATH]
+    python scripts/bench_depthwise_conv.py [--quick | --no-sweep] [--json PATH]
 
 With ``$OUT`` set, the JSON report also goes to ``$OUT/bench_depthwise_conv.json``.
 """
@@ -42,31 +42,32 @@ SHAPE = (64, 64, 8, 768)  # (B, T, G, C)
 K = 31
 
 FWD_SWEEP = [
-    {"BLOCK_T": 32, "BLOCK_C": 128, "num_warps": 4},
-    {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 8},
-    {"BLOCK_T": 16, "BLOCK_C": 256, "num_warps": 4},
-    {"BLOCK_T": 64, "BLOCK_C": 64, "num_warps": 4},
-    {"BLOCK_T": 32, "BLOCK_C": 64, "num_warps": 4},
-    {"BLOCK_T": 64, "BLOCK_C": 256, "num_warps": 8},
-    {"BLOCK_T": 16, "BLOCK_C": 128, "num_warps": 2},
-    {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 4},
-    {"BLOCK_T": 32, "BLOCK_C": 256, "num_warps": 8},
+    {"BLOCK_T": 32, "BLOCK_C": 128, "num_warps": 4, "unroll": 1},
+    {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 4, "unroll": 1},
+    {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 4, "unroll": 1, "cache": ".ca"},
+    {"BLOCK_T": 32, "BLOCK_C": 128, "num_warps": 4, "unroll": 0},
+    {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 4, "unroll": 0},
+    {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 4, "unroll": 0, "num_stages": 1},
+    {"BLOCK_T": 32, "BLOCK_C": 128, "num_warps": 4, "unroll": 0, "num_stages": 1},
+    {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 4, "unroll": 0, "cache": ".ca"},
+    {"BLOCK_T": 64, "BLOCK_C": 64, "num_warps": 4, "unroll": 0},
+    {"BLOCK_T": 32, "BLOCK_C": 64, "num_warps": 4, "unroll": 0},
+    {"BLOCK_T": 16, "BLOCK_C": 128, "num_warps": 4, "unroll": 0},
+    {"BLOCK_T": 64, "BLOCK_C": 256, "num_warps": 8, "unroll": 0},
+    {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 8, "unroll": 0},
+    {"BLOCK_T": 16, "BLOCK_C": 64, "num_warps": 2, "unroll": 0},
 ]
 DW_SWEEP = [
     {"BLOCK_T": 4, "BLOCK_C": 64, "num_warps": 4, "programs_per_sm": 4, "reduce_per_tile": 0},
-    {"BLOCK_T": 4, "BLOCK_C": 64, "num_warps": 4, "programs_per_sm": 8, "reduce_per_tile": 0},
-    {"BLOCK_T": 4, "BLOCK_C": 64, "num_warps": 4, "programs_per_sm": 8, "reduce_per_tile": 0, "num_stages": 1},
-    {"BLOCK_T": 4, "BLOCK_C": 64, "num_warps": 4, "programs_per_sm": 16, "reduce_per_tile": 0},
-    {"BLOCK_T": 8, "BLOCK_C": 64, "num_warps": 8, "programs_per_sm": 4, "reduce_per_tile": 0},
     {"BLOCK_T": 2, "BLOCK_C": 128, "num_warps": 4, "programs_per_sm": 4, "reduce_per_tile": 0},
-    {"BLOCK_T": 4, "BLOCK_C": 128, "num_warps": 8, "programs_per_sm": 4, "reduce_per_tile": 0},
-    {"BLOCK_T": 8, "BLOCK_C": 32, "num_warps": 4, "programs_per_sm": 8, "reduce_per_tile": 0},
-    {"BLOCK_T": 2, "BLOCK_C": 256, "num_warps": 8, "programs_per_sm": 4, "reduce_per_tile": 0},
-    {"BLOCK_T": 4, "BLOCK_C": 64, "num_warps": 4, "programs_per_sm": 4, "reduce_per_tile": 1},
-    {"BLOCK_T": 8, "BLOCK_C": 64, "num_warps": 4, "programs_per_sm": 8, "reduce_per_tile": 1},
-    {"BLOCK_T": 8, "BLOCK_C": 64, "num_warps": 4, "programs_per_sm": 8, "reduce_per_tile": 1, "num_stages": 1},
-    {"BLOCK_T": 16, "BLOCK_C": 64, "num_warps": 8, "programs_per_sm": 4, "reduce_per_tile": 1},
-    {"BLOCK_T": 32, "BLOCK_C": 32, "num_warps": 8, "programs_per_sm": 8, "reduce_per_tile": 1},
+    {"BLOCK_T": 2, "BLOCK_C": 128, "num_warps": 4, "programs_per_sm": 4, "reduce_per_tile": 0, "cache": ".ca"},
+    {"BLOCK_T": 2, "BLOCK_C": 128, "num_warps": 4, "programs_per_sm": 2, "reduce_per_tile": 0},
+    {"BLOCK_T": 2, "BLOCK_C": 128, "num_warps": 4, "programs_per_sm": 8, "reduce_per_tile": 0},
+    {"BLOCK_T": 2, "BLOCK_C": 128, "num_warps": 4, "programs_per_sm": 4, "reduce_per_tile": 0, "num_stages": 1},
+    {"BLOCK_T": 2, "BLOCK_C": 64, "num_warps": 2, "programs_per_sm": 8, "reduce_per_tile": 0},
+    {"BLOCK_T": 1, "BLOCK_C": 128, "num_warps": 4, "programs_per_sm": 4, "reduce_per_tile": 0},
+    {"BLOCK_T": 2, "BLOCK_C": 256, "num_warps": 4, "programs_per_sm": 4, "reduce_per_tile": 0},
+    {"BLOCK_T": 2, "BLOCK_C": 128, "num_warps": 8, "programs_per_sm": 4, "reduce_per_tile": 0},
 ]
 
 REPORT: dict = {"checks": [], "sweep_fwd": [], "sweep_dw": [], "timings": []}
@@ -329,7 +330,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two configs per sweep only")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the tile-config sweep")
+    parser.add_argument("--profile-once", action="store_true", help="one fwd and one dw launch (for ncu)")
     args = parser.parse_args()
+    if args.profile_once:
+        x, w, b, dy = make_inputs(SHAPE, K, torch.bfloat16, "cuda", seed=0)
+        dc._triton_conv(x, w, b, flip=False)
+        dc._triton_weight_grad(dy, x, K)
+        torch.cuda.synchronize()
+        print(f"profiled fwd {dc.FWD_CONFIG} and dw {dc.DW_CONFIG}")
+        return
     faulthandler.dump_traceback_later(540, exit=True)  # last resort against a hang
 
     REPORT["torch"] = torch.__version__
@@ -360,7 +370,7 @@ def main() -> None:
     copy_gbs = None
     with step("copy bandwidth", 60):
         copy_gbs = copy_bandwidth()
-    if dc.active_backend("cuda") == "triton":
+    if dc.active_backend("cuda") == "triton" and not args.no_sweep:
         sweep(args.quick)
     timings(copy_gbs)
 

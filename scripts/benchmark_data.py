@@ -31,6 +31,7 @@ import torch
 from transcoder.data import AudioFolderDataset, AudioSkipWarning, LogMelFrontend, MelConfig, collate_audio, resample
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_THREADS = torch.get_num_threads()
 BUNDLED = REPO / "data" / "librivox-mini" / "LibriSpeech" / "dev-clean"
 
 
@@ -92,7 +93,7 @@ def bench_frontend(waves: torch.Tensor, cfg: MelConfig, budget_s: float) -> list
     rows = []
     batch = waves.shape[0]
     frontend = LogMelFrontend(cfg)
-    for threads in sorted({1, torch.get_num_threads()}):
+    for threads in sorted({1, DEFAULT_THREADS}):
         torch.set_num_threads(threads)
         per_batch, n = time_loop(lambda i: frontend(waves), budget_s)
         rows.append((f"LogMelFrontend CPU, {threads} thread(s), batch {batch}", f"{per_batch / batch * 1e3:8.2f}",
@@ -113,7 +114,7 @@ def bench_frontend(waves: torch.Tensor, cfg: MelConfig, budget_s: float) -> list
 
     per_clip, n = time_loop(librosa_clip, budget_s)
     rows.append(("librosa melspectrogram + power_to_db, 1 thread", f"{per_clip * 1e3:8.2f}", f"{n} clips"))
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(DEFAULT_THREADS)
     if torch.cuda.is_available():
         gpu = frontend.to("cuda")
         for gpu_batch in (batch, 256):

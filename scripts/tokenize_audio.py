@@ -45,9 +45,24 @@ class FileSkipWarning(UserWarning):
     """A file was skipped; the message names it and the reason."""
 
 
-def _skip(path: str, err: BaseException) -> None:
-    reason = str(err) if str(err) else type(err).__name__
-    warnings.warn(f"skipping {path}: {type(err).__name__}: {reason}", FileSkipWarning, stacklevel=2)
+def _reason(err: BaseException) -> str:
+    """``Type: message`` without the path that :class:`AudioDecodeError` puts in front."""
+    text = getattr(err, "reason", None) or str(err) or ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _skip(path: str, reason: str) -> None:
+    warnings.warn(f"skipping {path}: {reason}", FileSkipWarning, stacklevel=2)
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    if issubclass(category, FileSkipWarning):
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+_default_formatwarning = warnings.formatwarning
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +111,7 @@ class _AudioFiles(Dataset):
             item["source_sample_rate"] = audio_info(str(path)).sample_rate
             item["wave"] = load_audio(str(path), self.sample_rate)
         except Exception as err:  # noqa: BLE001 - any failure of one file is reported and skipped
-            item["error"] = f"{type(err).__name__}: {err}"
+            item["error"] = _reason(err)
         return item
 
 
@@ -152,7 +167,7 @@ def encode(args: argparse.Namespace) -> int:
         for item in group:
             if item["error"] is not None:
                 failed[item["path"]] = item["error"]
-                _skip(item["path"], RuntimeError(item["error"]))
+                _skip(item["path"], item["error"])
             else:
                 ok.append(item)
         try:
@@ -164,14 +179,14 @@ def encode(args: argparse.Namespace) -> int:
                 try:
                     pairs.append((item, tokenizer.encode_waves([item["wave"]])[0]))
                 except Exception as err:  # noqa: BLE001
-                    failed[item["path"]] = f"{type(err).__name__}: {err}"
-                    _skip(item["path"], err)
+                    failed[item["path"]] = _reason(err)
+                    _skip(item["path"], failed[item["path"]])
         for item, result in pairs:
             try:
                 write(item, result.indices, result.num_samples)
             except OSError as err:
-                failed[item["path"]] = f"{type(err).__name__}: {err}"
-                _skip(item["path"], err)
+                failed[item["path"]] = _reason(err)
+                _skip(item["path"], failed[item["path"]])
         progress.update(len(group))
     progress.close()
 
@@ -300,8 +315,8 @@ def decode(args: argparse.Namespace) -> int:
                 sf.write(str(target), wave.numpy(), tokenizer.sample_rate, subtype="PCM_16")
             done += 1
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
-            failed[str(path)] = f"{type(err).__name__}: {err}"
-            _skip(str(path), err)
+            failed[str(path)] = _reason(err)
+            _skip(str(path), failed[str(path)])
     return _summary("decoded", done, failed, len(rel_paths))
 
 
@@ -350,12 +365,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    warnings.simplefilter("always", FileSkipWarning)
-    try:
-        return encode(args) if args.command == "encode" else decode(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FileSkipWarning)
+        warnings.formatwarning = _format_warning
+        try:
+            return encode(args) if args.command == "encode" else decode(args)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        finally:
+            warnings.formatwarning = _default_formatwarning
 
 
 if __name__ == "__main__":

@@ -262,7 +262,8 @@ def test_nnls_rejects_mismatched_fbank() -> None:
 def test_griffin_lim_renders_a_tone() -> None:
     sr, n_fft, hop = 16000, 512, 128
     fb = _fbank(n_fft=n_fft, n_mels=64)
-    vocoder = GriffinLimVocoder(fb, n_fft=n_fft, hop_length=hop, n_iter=32)
+    # torch.stft's convention: S // hop + 1 frames (this repo's front end drops the last one).
+    vocoder = GriffinLimVocoder(fb, n_fft=n_fft, hop_length=hop, n_iter=32, last_frame_dropped=False)
     t = torch.arange(sr) / sr
     wave = 0.5 * torch.sin(2 * math.pi * 1000 * t)
     power = torch.stft(wave, n_fft, hop, n_fft, torch.hann_window(n_fft), return_complex=True).abs() ** 2
@@ -278,6 +279,26 @@ def test_griffin_lim_renders_a_tone() -> None:
     assert 0.66 < (out.norm() / wave.norm()).item() < 1.5
     unbatched = vocoder(mel[0], seed=0)
     assert unbatched.shape == ((mel.shape[1] - 1) * hop,)
+    torch.testing.assert_close(unbatched, out[0, : unbatched.numel()])
+
+
+def test_griffin_lim_matches_the_front_end() -> None:
+    """With the repo's front end (S // hop frames): the default length is S and the result is speech-like."""
+    from transcoder.data.mel import LogMelFrontend, MelConfig
+
+    frontend = LogMelFrontend(MelConfig(n_mels=64, n_fft=512, hop_length=128))
+    vocoder = GriffinLimVocoder.from_frontend(frontend)
+    assert vocoder.floor_power is not None
+    assert vocoder.floor_fill_power == pytest.approx(vocoder.floor_power / 100)
+    wave = _speechlike(2.0)[: 2 * 16000 // 128 * 128]
+    mel = frontend(wave[None])
+    out = vocoder(frontend.inverse(mel), seed=0)
+    assert out.shape == wave[None].shape
+    assert 0.5 < (out.norm() / wave.norm()).item() < 2.0
+    # The rendered audio's mel is close to the mel it came from (Griffin-Lim is not exact).
+    err = (frontend.model_to_db(frontend(out)) - frontend.model_to_db(mel)).abs().mean().item()
+    assert err < 2.0
+    assert stoi(wave, out[0], 16000) > 0.9
 
 
 def test_vocoder_validates_settings() -> None:
@@ -298,3 +319,15 @@ def test_vocoder_on_gpu() -> None:
     out = vocoder(mel)
     assert out.device.type == "cuda" and out.shape == (2, 29 * 128)
     assert torch.isfinite(out).all()
+
+
+def test_seeded_rendering_leaves_the_global_rng_alone() -> None:
+    vocoder = GriffinLimVocoder(_fbank(), n_fft=512, hop_length=128, n_iter=2, nnls_iter=2)
+    mel = torch.rand(1, 12, 40)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = vocoder(mel, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(vocoder(mel, seed=5), first)
+    assert not torch.equal(vocoder(mel, seed=6), first)

@@ -84,7 +84,7 @@ def load_model_from_checkpoint(
     ``"ema"`` or ``"model"`` (which weights were loaded).
     """
     path = Path(checkpoint) if not isinstance(checkpoint, dict) else Path("<dict>")
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(path)
+    state = dict(checkpoint) if isinstance(checkpoint, dict) else load_checkpoint(path)
     config = state["config"]
     model_spec = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model_spec, dict) or "target" not in model_spec:
@@ -119,7 +119,7 @@ class EncodedAudio:
 
     indices: Tensor  # (n_time_tokens, n_freq_patches) int64, on the CPU
     num_samples: int  # samples at the tokenizer's sample rate before padding
-    num_frames: int  # mel frames before window padding
+    num_frames: int  # mel frames covering the unpadded signal, ceil(num_samples / hop_length)
 
 
 class AudioTokenizer:
@@ -136,6 +136,8 @@ class AudioTokenizer:
         vocoder_kwargs: overrides for :meth:`GriffinLimVocoder.from_frontend` (``n_iter`` ...).
         checkpoint_path: where the weights came from (for :attr:`checkpoint_sha256`).
         weights: ``"ema"`` or ``"model"``, which weights of the checkpoint were loaded (informative).
+        checkpoint_config: the checkpoint's resolved training config (informative).
+        checkpoint_step: the training step of the checkpoint (informative).
     """
 
     def __init__(
@@ -147,8 +149,12 @@ class AudioTokenizer:
         vocoder_kwargs: dict[str, Any] | None = None,
         checkpoint_path: str | Path | None = None,
         weights: str = "model",
+        checkpoint_config: dict[str, Any] | None = None,
+        checkpoint_step: int | None = None,
     ) -> None:
         self.weights = weights
+        self.checkpoint_config = checkpoint_config or {}
+        self.checkpoint_step = checkpoint_step
         self.device = torch.device(device) if device is not None else _default_device()
         self.model = model.to(self.device).eval()
         self.mel_config = mel_config
@@ -286,7 +292,7 @@ class AudioTokenizer:
         for w in prepared:
             n = self.num_windows(w.numel())
             codes = indices[start:start + n].reshape(n * self.tokens_per_window, self.n_freq_patches)
-            out.append(EncodedAudio(codes, int(w.numel()), self.mel_config.num_frames(w.numel())))
+            out.append(EncodedAudio(codes, int(w.numel()), -(-int(w.numel()) // self.hop_length)))
             start += n
         return out
 
@@ -310,7 +316,11 @@ class AudioTokenizer:
 
     # -- decoding ----------------------------------------------------------------------------
     def _check_indices(self, indices: Tensor | np.ndarray) -> Tensor:
-        x = torch.as_tensor(np.asarray(indices) if isinstance(indices, np.ndarray) else indices)
+        if isinstance(indices, np.ndarray):
+            if indices.dtype.kind not in "iu":
+                raise TypeError(f"indices must be integers, got numpy {indices.dtype}")
+            indices = indices.astype(np.int64)
+        x = torch.as_tensor(indices)
         if x.dtype.is_floating_point or x.dtype == torch.bool:
             raise TypeError(f"indices must be integers, got {x.dtype}")
         if x.ndim != 2 or x.shape[1] != self.n_freq_patches:
@@ -398,4 +408,5 @@ def load_tokenizer(
     """
     model, mel_config, state = load_model_from_checkpoint(checkpoint, use_ema=use_ema)
     return AudioTokenizer(model, mel_config, device=device, batch_size=batch_size,
-                          vocoder_kwargs=vocoder_kwargs, checkpoint_path=checkpoint, weights=state["weights"])
+                          vocoder_kwargs=vocoder_kwargs, checkpoint_path=checkpoint, weights=state["weights"],
+                          checkpoint_config=state["config"], checkpoint_step=state.get("step"))

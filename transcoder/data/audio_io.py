@@ -94,8 +94,8 @@ class AudioInfo:
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample a mono ``(S,)`` float array from ``orig_sr`` to ``target_sr`` with soxr HQ.
 
-    Returns ``(ceil-or-floor(S * target_sr / orig_sr),)`` float32 (soxr's rounding); the input
-    is returned unchanged when the rates match.
+    Returns about ``S * target_sr / orig_sr`` float32 samples (soxr rounds to the nearest); the
+    input is returned unchanged when the rates match.
     """
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sample rates must be positive, got orig_sr={orig_sr}, target_sr={target_sr}")

@@ -36,7 +36,7 @@ from transcoder.data.listing import StringColumn, load_list_cache, save_list_cac
 
 __all__ = ["AudioClipDataset", "AudioSkipWarning", "collate_audio"]
 
-Modes = ("train", "eval")
+_MODES = ("train", "eval")
 
 
 class AudioSkipWarning(UserWarning):
@@ -77,8 +77,8 @@ class AudioClipDataset(Dataset):
                            ("max_fallback", max_fallback)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}: {key}={value!r}, expected a positive integer")
-        if mode not in Modes:
-            raise ValueError(f"{name}: mode={mode!r}, expected one of {list(Modes)}")
+        if mode not in _MODES:
+            raise ValueError(f"{name}: mode={mode!r}, expected one of {list(_MODES)}")
         self.sample_rate = sample_rate
         self.clip_samples = clip_samples
         self.mode = mode

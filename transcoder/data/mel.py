@@ -175,7 +175,7 @@ class LogMelFrontend(nn.Module):
 
     @property
     def stft_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of the ``torch.stft`` call (window included), e.g. for ``torch.istft``."""
+        """Keyword arguments of the ``torch.stft`` call, window included (``torch.istft`` takes all but pad_mode)."""
         return {"n_fft": self.n_fft, "hop_length": self.hop_length, "win_length": self.win_length,
                 "window": self.window, "center": True, "pad_mode": self.config.pad_mode}
 
@@ -209,7 +209,7 @@ class LogMelFrontend(nn.Module):
         return mel.reshape(*lead, frames, self.config.n_mels)
 
     def power_to_db(self, mel: Tensor) -> Tensor:
-        """Power mel → dB re. ``ref_power`` (unclamped; zero power maps to about -450 dB, not -inf)."""
+        """Power mel → dB re. ``ref_power``, unclamped (zero power gives about -430 dB, not -inf)."""
         tiny = torch.finfo(torch.float32).tiny
         return 10.0 * torch.log10(mel.float().clamp_min(tiny)) - self._db_offset
 

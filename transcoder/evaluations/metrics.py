@@ -36,6 +36,7 @@ __all__ = [
     "si_snr",
     "pesq_wb",
     "stoi",
+    "speech_quality",
     "PESQ_SAMPLE_RATE",
 ]
 
@@ -331,3 +332,16 @@ def stoi(
         warnings.warn("STOI skipped a clip (too short or silent after silent-frame removal)", stacklevel=2)
         return float("nan")
     return value
+
+
+def speech_quality(
+    reference: Tensor | np.ndarray, estimate: Tensor | np.ndarray, sample_rate: int
+) -> tuple[float, float]:
+    """``(PESQ-WB, STOI)`` of one mono pair ``(S,)``; ``nan`` for a score the clip is unfit for.
+
+    Silent about skipped clips (no warnings), so it can run in worker processes; importable at
+    module level so that ``ProcessPoolExecutor`` with the ``spawn`` start method can pickle it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pesq_wb(reference, estimate, sample_rate), stoi(reference, estimate, sample_rate)

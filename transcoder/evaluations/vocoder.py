@@ -107,10 +107,16 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     if seed is None:
         yield
         return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
-        torch.manual_seed(seed)
-        yield
+    # Seed only the generator the random phase is drawn from, inside a fork that restores it, so
+    # rendering audio never changes any other random stream (the trainer relies on this).
+    if device.type == "cuda":
+        with torch.random.fork_rng(devices=[device], device_type="cuda"), torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+            yield
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            yield
 
 
 class GriffinLimVocoder(nn.Module):

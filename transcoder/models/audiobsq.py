@@ -170,7 +170,7 @@ class _AudioTransformer(nn.Module):
         self.grid = config.grid
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], config.width))
         trunc_normal_(self.pos_embed, std=0.02)
-        rates = torch.linspace(0, config.drop_path, config.layers).tolist()
+        rates = [config.drop_path * i / max(config.layers - 1, 1) for i in range(config.layers)]
         self.blocks = nn.ModuleList(AudioTransformerBlock(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(config.width)
         self.grad_checkpointing = config.grad_checkpointing

@@ -23,10 +23,16 @@ library conv needs two transposes around it. Here it runs on that layout directl
 ``torch.compile``: the Triton path is a ``torch.library.custom_op`` (``transcoder::dwconv_time_fwd``
 and ``transcoder::dwconv_time_bwd``) with ``register_fake`` shape functions and
 ``register_autograd``. The compiler treats the ops as opaque calls, so neither Dynamo nor Inductor
-traces into Triton's launcher, and the graph does not break. This API exists unchanged in torch
-2.4 to 2.14; ``torch.library.triton_op`` (which lets Inductor see the kernels) would buy nothing for
-three fixed kernels and its API has moved between releases. Backend choice is read from module
+traces into Triton's launcher, and the graph does not break (``fullgraph=True`` works). The API dates
+from torch 2.4; this module was run on torch 2.11 with Triton 3.6 (H200) and torch 2.14 with
+Triton 3.8 (CPU, interpreter). ``torch.library.triton_op`` (which lets Inductor see the kernels)
+would buy nothing for three fixed kernels and its API has moved between releases. Backend choice is read from module
 globals, never from the environment at call time, so Dynamo guards on it cheaply.
+
+Measured on an H200 (bf16, (B, T, G, C, K) = (64, 64, 8, 768, 31), fwd+bwd): 0.80 ms against
+3.2 ms for ``F.conv1d`` and 3.0 ms for it compiled; the memory floor is about 0.06 ms there. Nsight
+Compute shows the kernels latency-bound (L1 hit rate 93%, L1 throughput 28-46%, occupancy 18-24%):
+each element is loaded ``K`` times from L1, and Triton cannot keep a sliding window in registers.
 
 Autocast: like ``F.conv1d``, under an enabled autocast the input is cast to the autocast dtype;
 ``weight`` and ``bias`` are left in theirs (fp32 master weights are read as fp32 by the kernels,
@@ -66,14 +72,17 @@ _backend: Backend = "auto"
 
 #: Tile shapes. ``fwd`` also serves the input gradient. ``dw``: ``BLOCK_T`` time rows per step,
 #: ``programs_per_sm`` sizes the partial-sum grid, ``reduce_per_tile`` sums over time each step
-#: (smaller accumulator) instead of once at the end. ``num_warps`` and an optional ``num_stages`` go
-#: to the launch. The bench script sweeps these.
-FWD_CONFIG: dict[str, int] = {"BLOCK_T": 32, "BLOCK_C": 128, "num_warps": 4}
-DW_CONFIG: dict[str, int] = {
-    "BLOCK_T": 4,
+#: (smaller accumulator) instead of once at the end. ``unroll``: unroll the tap loop of the forward.
+#: ``cache``: Triton ``cache_modifier`` of the shifted loads. ``num_warps`` and an optional
+#: ``num_stages`` go to the launch. The bench script sweeps these; the defaults were the fastest on an
+#: H200 (Triton 3.6) at (B, T, G, C, K) = (64, 64, 8, 768, 31) in bf16, though most configs were
+#: within 10%: fwd 0.18 ms, dw 0.29 ms.
+FWD_CONFIG: dict[str, int | str] = {"BLOCK_T": 64, "BLOCK_C": 128, "num_warps": 4, "unroll": 0}
+DW_CONFIG: dict[str, int | str] = {
+    "BLOCK_T": 2,
     "BLOCK_C": 64,
-    "num_warps": 4,
-    "programs_per_sm": 4,
+    "num_warps": 2,
+    "programs_per_sm": 8,
     "reduce_per_tile": 0,
 }
 
@@ -189,6 +198,17 @@ def depthwise_conv_time(x: Tensor, weight: Tensor, bias: Tensor | None = None) -
 if TRITON_AVAILABLE:
 
     @triton.jit
+    def _conv_tap(acc, x_ptr, w_ptr, base, offs_t, offs_c, mask_c, k, T, row, K, FLIP, CACHE):
+        """acc += w[:, k'] * x[t + k - K//2] for one tap k of a (BLOCK_T, BLOCK_C) tile."""
+        t_in = offs_t + (k - K // 2)
+        mask = ((t_in >= 0) & (t_in < T))[:, None] & mask_c[None, :]
+        ptrs = x_ptr + base + t_in[:, None] * row + offs_c[None, :]
+        xv = tl.load(ptrs, mask=mask, other=0.0, cache_modifier=CACHE)
+        tap = K - 1 - k if FLIP else k
+        wv = tl.load(w_ptr + offs_c * K + tap, mask=mask_c, other=0.0)
+        return acc + xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+
+    @triton.jit
     def _dwconv_time_kernel(
         x_ptr,
         w_ptr,
@@ -202,6 +222,8 @@ if TRITON_AVAILABLE:
         HAS_BIAS: tl.constexpr,
         BLOCK_T: tl.constexpr,
         BLOCK_C: tl.constexpr,
+        UNROLL: tl.constexpr,
+        CACHE: tl.constexpr,
     ):
         """y[b, t, g, c] = sum_k w[c, k'] x[b, t + k - K//2, g, c] (+ bias), k' = K-1-k if FLIP else k.
 
@@ -218,15 +240,12 @@ if TRITON_AVAILABLE:
         offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
-        for k in tl.static_range(K):
-            t_in = offs_t + (k - K // 2)
-            mask = ((t_in >= 0) & (t_in < T))[:, None] & mask_c[None, :]
-            xv = tl.load(x_ptr + base + t_in[:, None] * row + offs_c[None, :], mask=mask, other=0.0)
-            if FLIP:
-                wv = tl.load(w_ptr + offs_c * K + (K - 1 - k), mask=mask_c, other=0.0)
-            else:
-                wv = tl.load(w_ptr + offs_c * K + k, mask=mask_c, other=0.0)
-            acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+        if UNROLL:
+            for k in tl.static_range(K):
+                acc = _conv_tap(acc, x_ptr, w_ptr, base, offs_t, offs_c, mask_c, k, T, row, K, FLIP, CACHE)
+        else:
+            for k in range(K):
+                acc = _conv_tap(acc, x_ptr, w_ptr, base, offs_t, offs_c, mask_c, k, T, row, K, FLIP, CACHE)
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
         mask_out = (offs_t < T)[:, None] & mask_c[None, :]
@@ -249,6 +268,7 @@ if TRITON_AVAILABLE:
         BLOCK_T: tl.constexpr,
         BLOCK_C: tl.constexpr,
         REDUCE_PER_TILE: tl.constexpr,
+        CACHE: tl.constexpr,
     ):
         """Partial sums dw_part[s, c, k] = sum dy[b, t, g, c] x[b, t + k - K//2, g, c], db_part[s, c].
 
@@ -284,7 +304,10 @@ if TRITON_AVAILABLE:
             t_in = offs_t[None, :] + offs_k[:, None] - K // 2
             mask_x = ((t_in >= 0) & (t_in < T) & mask_k[:, None])[:, :, None] & mask_c[None, None, :]
             xs = tl.load(
-                x_ptr + base + t_in[:, :, None] * row + offs_c[None, None, :], mask=mask_x, other=0.0
+                x_ptr + base + t_in[:, :, None] * row + offs_c[None, None, :],
+                mask=mask_x,
+                other=0.0,
+                cache_modifier=CACHE,
             )
             prod = xs.to(tl.float32) * dy[None, :, :]
             if REDUCE_PER_TILE:
@@ -321,7 +344,7 @@ def _programs_target(device: torch.device, programs_per_sm: int) -> int:
     return programs_per_sm * _num_sms(index)
 
 
-def _launch_options(cfg: dict[str, int]) -> dict[str, int]:
+def _launch_options(cfg: dict[str, int | str]) -> dict[str, int | str]:
     return {key: cfg[key] for key in ("num_warps", "num_stages") if key in cfg}
 
 
@@ -348,6 +371,8 @@ def _triton_conv(x: Tensor, weight: Tensor, bias: Tensor | None, flip: bool) -> 
             HAS_BIAS=bias is not None,
             BLOCK_T=cfg["BLOCK_T"],
             BLOCK_C=cfg["BLOCK_C"],
+            UNROLL=bool(cfg.get("unroll", 1)),
+            CACHE=cfg.get("cache", ""),
             **_launch_options(cfg),
         )
     return y
@@ -382,6 +407,7 @@ def _triton_weight_grad(dy: Tensor, x: Tensor, K: int) -> tuple[Tensor, Tensor]:
             BLOCK_T=cfg["BLOCK_T"],
             BLOCK_C=cfg["BLOCK_C"],
             REDUCE_PER_TILE=bool(cfg["reduce_per_tile"]),
+            CACHE=cfg.get("cache", ""),
             **_launch_options(cfg),
         )
     return dw_part.sum(0), db_part.sum(0)

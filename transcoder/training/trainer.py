@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from transcoder.data import LogMelFrontend, MelConfig, SpecAugment, build_dataset, collate_audio
 from transcoder.evaluations.metrics import CodebookUsage
 from transcoder.evaluations.vocoder import GriffinLimVocoder
-from transcoder.optim import build_param_groups, warmup_cosine_schedule
+from transcoder.optim import build_optimizer
 from transcoder.training.monitor import Monitor, detach_to_float, setup_text_logger
 from transcoder.training.sampler import ResumableTrainSampler
 from transcoder.training.state import TrainState, gather_rng_states, restore_rng_state
@@ -78,13 +78,8 @@ class Trainer:
 
         self.model = self._build_model()
         self.loss_fn = instantiate(config["loss"]).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            build_param_groups(self.model, float(self.optim_cfg["weight_decay"])),
-            lr=float(self.optim_cfg["lr"]), betas=tuple(self.optim_cfg["betas"]), eps=float(self.optim_cfg["eps"]),
-            fused=self.device.type == "cuda",
-        )
-        self.scheduler = warmup_cosine_schedule(self.optimizer, int(self.optim_cfg["warmup_steps"]),
-                                                int(self.train_cfg["max_steps"]), float(self.optim_cfg["min_lr_ratio"]))
+        self.optimizer, self.scheduler = build_optimizer(self.model, self.optim_cfg, int(self.train_cfg["max_steps"]),
+                                                         self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == torch.float16)
         ema_decay = self.train_cfg["ema_decay"]
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(float(ema_decay)), use_buffers=True)
@@ -125,15 +120,7 @@ class Trainer:
         return PRECISIONS[name]
 
     def _build_model(self) -> nn.Module:
-        model = instantiate(self.config["model"])
-        config = getattr(model, "config", None)
-        if config is not None:
-            if config.input_size != self.mel_config.n_mels:
-                raise ConfigError(f"model audioconfig.input_size={config.input_size} but data.n_mels="
-                                  f"{self.mel_config.n_mels}: they must be equal")
-            if config.input_length != self.mel_config.target_length:
-                raise ConfigError(f"model audioconfig.input_length={config.input_length} but data.target_length="
-                                  f"{self.mel_config.target_length}: they must be equal")
+        model = build_model(self.config["model"], self.mel_config)
         if self.train_cfg["grad_checkpointing"] is not None:
             model.set_grad_checkpointing(bool(self.train_cfg["grad_checkpointing"]))
         if self.train_cfg["sync_batchnorm"] and self.env.distributed:
@@ -450,6 +437,20 @@ class Trainer:
         if any(not torch.equal(g, gathered[0]) for g in gathered):
             raise RuntimeError(f"model weights differ between ranks after training: {[g.tolist() for g in gathered]}")
         self.logger.info("weights identical on all %d ranks", self.env.world_size)
+
+def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
+    """Instantiate the model and check that its input grid matches the front end's mel settings."""
+    model = instantiate(spec)
+    config = getattr(model, "config", None)
+    if config is not None:
+        if config.input_size != mel_config.n_mels:
+            raise ConfigError(f"model audioconfig.input_size={config.input_size} but data.n_mels="
+                              f"{mel_config.n_mels}: they must be equal")
+        if config.input_length != mel_config.target_length:
+            raise ConfigError(f"model audioconfig.input_length={config.input_length} but data.target_length="
+                              f"{mel_config.target_length}: they must be equal")
+    return model
+
 
 class _Window:
     """Running sums between two log lines (on the device: no per-step sync)."""

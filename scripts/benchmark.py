@@ -1,0 +1,255 @@
+"""Training-throughput benchmark: the real model, front end, loss and AdamW step of a config.
+
+Prints samples/s, seconds of audio per second, model FLOP utilisation (FLOPs counted by
+``torch.utils.flop_counter`` for one step, against ``--peak-tflops``), peak memory, and the
+time split between data wait, the log-mel front end, forward (with the loss), backward and the optimizer step.
+
+Synthetic batch on the device (default)::
+
+    python scripts/benchmark.py configs/tokenizer/audio_simple_bsq_b18.yaml --batch-size 64 --precision bf16
+
+Real data from a folder (decoding + cropping in loader workers, as in training)::
+
+    python scripts/benchmark.py CONFIG --data-dir my_audio/train --num-workers 8
+
+Tiny CPU check (what CI runs)::
+
+    python scripts/benchmark.py configs/tokenizer/audio_demo_librivox_mini.yaml --steps 3 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from transcoder.data import AudioFolderDataset, LogMelFrontend, MelConfig, collate_audio
+from transcoder.models import depthwise_conv
+from transcoder.optim import build_optimizer
+from transcoder.training.sampler import ResumableTrainSampler
+from transcoder.training.trainer import build_model
+from transcoder.utils.config import instantiate, load_config
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the config's data.batch_size")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, autotuning)")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None,
+                        help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--conv-module", choices=["config", "on", "off"], default="config",
+                        help="override audioconfig.use_conv_module")
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--reference-conv", action="store_true",
+                        help="use the library depthwise conv instead of the Triton kernel")
+    parser.add_argument("--data-dir", default=None,
+                        help="read real audio from this folder instead of a synthetic batch")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: the config's)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="peak dense bf16 TFLOP/s of the device for MFU (H100 SXM: 989)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("overrides", nargs="*", help="config overrides KEY.SUB=VALUE")
+    return parser.parse_intermixed_args(argv)
+
+
+@dataclass
+class Timings:
+    """Seconds per phase, summed over the timed steps."""
+
+    data: float = 0.0
+    frontend: float = 0.0
+    forward: float = 0.0
+    backward: float = 0.0
+    optimizer: float = 0.0
+    total: float = 0.0
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def synthetic_batches(batch_size: int, clip_samples: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """The same random waveform batch forever (already on the device: no data cost)."""
+    wave = (torch.rand(batch_size, clip_samples, device=device) * 2 - 1) * 0.3
+    while True:
+        yield wave
+
+
+def real_batches(folder: str, mel: MelConfig, batch_size: int, workers: int,
+                 device: torch.device) -> Iterator[torch.Tensor]:
+    dataset = AudioFolderDataset(folder, sample_rate=mel.sample_rate, clip_samples=mel.clip_samples, mode="train")
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=ResumableTrainSampler(len(dataset)),
+                        num_workers=workers, collate_fn=collate_audio, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    for batch in loader:
+        yield batch["audio"].to(device, non_blocking=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides)
+    if args.batch_size is not None:
+        overrides.append(f"data.batch_size={args.batch_size}")
+    if args.conv_module != "config":
+        overrides.append(f"model.params.audioconfig.use_conv_module={args.conv_module == 'on'}")
+    if args.grad_checkpointing:
+        overrides.append("model.params.audioconfig.grad_checkpointing=true")
+    config = load_config(args.config, overrides)
+    device = torch.device(args.device)
+    precision = PRECISIONS[args.precision or ("bf16" if device.type == "cuda" else "fp32")]
+    if args.reference_conv:
+        depthwise_conv.set_backend("reference")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    mel = MelConfig.from_dict(config["data"], strict=False)
+    batch_size = int(config["data"]["batch_size"])
+    frontend = LogMelFrontend(mel).to(device)
+    model = build_model(config["model"], mel).to(device)
+    loss_fn = instantiate(config["loss"]).to(device)
+    optimizer, _ = build_optimizer(model, config["optimizer"], 1000, device)
+    train_model = torch.compile(model) if args.compile else model
+    autocast = (torch.autocast(device.type, dtype=precision) if precision != torch.float32
+                else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    workers = args.num_workers if args.num_workers is not None else int(config["data"]["num_workers"])
+    batches = (real_batches(args.data_dir, mel, batch_size, workers, device) if args.data_dir
+               else synthetic_batches(batch_size, mel.clip_samples, device))
+
+    def step(wave: torch.Tensor, timings: Timings | None, net: torch.nn.Module = train_model) -> None:
+        marks = [_mark(device)]
+        with torch.no_grad():
+            target = frontend(wave)
+        marks.append(_mark(device))
+        with autocast:
+            recon, quant_loss, _ = net(target)
+        loss, _ = loss_fn(recon, target, quant_loss, 0)
+        marks.append(_mark(device))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        marks.append(_mark(device))
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        marks.append(_mark(device))
+        if timings is not None:
+            timings.events.append(tuple(marks))
+
+    model.train()
+    for _ in range(args.warmup):
+        step(next(batches), None)
+    # Counted on the eager model: the counter's global module hooks would make a compiled one recompile.
+    flops = count_flops(lambda: step(next(batches), None, model))
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    timings = Timings()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        wait = time.perf_counter()
+        wave = next(batches)
+        timings.data += time.perf_counter() - wait
+        step(wave, timings)
+    _sync(device)
+    timings.total = time.perf_counter() - start
+    for first, after_frontend, after_forward, after_backward, after_optimizer in timings.events:
+        timings.frontend += _elapsed(first, after_frontend)
+        timings.forward += _elapsed(after_frontend, after_forward)
+        timings.backward += _elapsed(after_forward, after_backward)
+        timings.optimizer += _elapsed(after_backward, after_optimizer)
+
+    results = summarise(args, config, mel, batch_size, precision, flops, timings, device, workers)
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+    return 0
+
+
+def count_flops(run_step: Any) -> float:
+    """FLOPs of one training step (forward + backward), as counted by PyTorch's FlopCounterMode."""
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            run_step()
+    except Exception as err:  # noqa: BLE001 - a custom op may not be countable; report, don't fail
+        print(f"warning: FLOP counting failed ({type(err).__name__}: {err}); MFU not reported", file=sys.stderr)
+        return float("nan")
+    return float(counter.get_total_flops())
+
+
+def summarise(args: argparse.Namespace, config: dict[str, Any], mel: MelConfig, batch_size: int,
+              precision: torch.dtype, flops: float, timings: Timings, device: torch.device,
+              workers: int) -> dict[str, Any]:
+    audio = config["model"]["params"].get("audioconfig", {})
+    step_seconds = timings.total / args.steps
+    clip_seconds = mel.clip_samples / mel.sample_rate
+    samples_per_second = batch_size / step_seconds
+    return {
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({torch.get_num_threads()} threads)"),
+        "config": args.config,
+        "batch_size": batch_size,
+        "precision": str(precision).replace("torch.", ""),
+        "compile": args.compile,
+        "conv_module": bool(audio.get("use_conv_module", True)),
+        "depthwise_backend": depthwise_conv.active_backend(device),
+        "grad_checkpointing": bool(audio.get("grad_checkpointing", False)),
+        "data": f"{args.data_dir} ({workers} workers)" if args.data_dir else "synthetic (on device)",
+        "samples_per_second": samples_per_second,
+        "audio_seconds_per_second": samples_per_second * clip_seconds,
+        "step_ms": 1000 * step_seconds,
+        "tflops_per_step": flops / 1e12,
+        "achieved_tflops": flops / step_seconds / 1e12,
+        "mfu": flops / step_seconds / (args.peak_tflops * 1e12),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
+        "share_data_wait": timings.data / timings.total,
+        "share_frontend": timings.frontend / timings.total,
+        "share_forward": timings.forward / timings.total,
+        "share_backward": timings.backward / timings.total,
+        "share_optimizer": timings.optimizer / timings.total,
+    }
+
+
+def print_table(results: dict[str, Any]) -> None:
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {text}")
+
+
+def _mark(device: torch.device) -> Any:
+    if device.type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
+
+
+def _elapsed(start: Any, end: Any) -> float:
+    if isinstance(start, float):
+        return end - start
+    return start.elapsed_time(end) / 1000.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
