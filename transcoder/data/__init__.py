@@ -1,6 +1,6 @@
 """Data pipeline: audio decoding, dataset layouts, the log-mel front end and SpecAugment.
 
-See docs/DATA.md. Workers decode and crop (``AudioClipDataset`` subclasses + ``collate_audio``);
+See AUDIO_README.md ("Data pipeline"). Workers decode and crop (``AudioClipDataset`` subclasses + ``collate_audio``);
 the training device turns waveform batches into model-space log-mels (``LogMelFrontend``).
 """
 

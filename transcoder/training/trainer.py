@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from transcoder.data import LogMelFrontend, MelConfig, SpecAugment, build_dataset, collate_audio
 from transcoder.evaluations.metrics import CodebookUsage
@@ -64,6 +65,7 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict[str, float]] = []  # every logged scalar dict, in order (rank 0 and others)
         self._stop_signal: int | None = None
+        self._last_saved_step: int | None = None
 
         seed = int(self.train_cfg["seed"])
         _seed_everything(seed + env.rank)
@@ -159,6 +161,8 @@ class Trainer:
     def save(self, *names: str) -> None:
         """Write ``checkpoints/<name>.pt`` for each name (a collective: call on every rank)."""
         checkpoint = self._checkpoint()
+        if "latest" in names:
+            self._last_saved_step = self.state.step
         if self.env.is_main:
             for name in names:
                 save_atomic(checkpoint, self.ckpt_dir / f"{name}.pt")
@@ -199,46 +203,54 @@ class Trainer:
         monitor = Monitor(self.output_dir, self.env.is_main, max_steps, self.state.step)
         previous_handlers = self._install_signal_handlers()
         window = _Window()
-        try:
-            while self.state.step < end_step:
-                wait_start = time.perf_counter()
-                batch = next(loader)
-                window.data_seconds += time.perf_counter() - wait_start
-                terms, grad_norm, info = self._train_step(batch, window)
-                window.add(terms, grad_norm, batch["audio"].shape[0])
-                self.state.skipped_files += len(batch.get("skipped", []))
-                step = self.state.step
-                if step % int(self.train_cfg["log_every"]) == 0 or step == max_steps:
-                    self._log(monitor, window, info, sampler.epoch_at(step * batch_size))
-                    window = _Window()
-                else:
-                    monitor.progress(1)
-                if self.train_cfg["image_every"] and step % int(self.train_cfg["image_every"]) == 0:
-                    self._log_media(monitor, batch)
-                if self.val_dataset is not None and step % int(self.train_cfg["val_every"]) == 0:
-                    self._validate_and_keep_best(monitor)
-                if step % int(self.train_cfg["ckpt_every"]) == 0:
-                    self.save("latest", f"step_{step:07d}")
-                elif step % int(self.train_cfg["latest_every"]) == 0:
-                    self.save("latest")
-                if self._stop_signal is not None:
-                    self.save("latest")
-                    self.logger.warning("received signal %d: saved checkpoints/latest.pt at step %d, exiting",
-                                        self._stop_signal, step)
-                    raise SystemExit(128 + self._stop_signal)
-            finished = self.state.step >= max_steps
-            if finished and self.val_dataset is not None and max_steps % int(self.train_cfg["val_every"]):
-                self._validate_and_keep_best(monitor)
-            self.save("latest")
-            self._verify_replicas()
-            self.logger.info("%s %d steps (%d skipped as non-finite, %d bad audio files skipped)",
-                             "finished" if finished else "stopped at", self.state.step, self.state.skipped_steps,
-                             self.state.skipped_files)
-        finally:
-            monitor.close()
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+        # Log lines go through tqdm.write, so they don't break the progress bar.
+        with logging_redirect_tqdm(loggers=[self.logger]):
+            try:
+                self._loop(loader, sampler, monitor, window, end_step, max_steps, batch_size)
+            finally:
+                monitor.close()
+                for signum, handler in previous_handlers.items():
+                    signal.signal(signum, handler)
         return self.state
+
+    def _loop(self, loader: Any, sampler: ResumableTrainSampler, monitor: Monitor, window: _Window,
+              end_step: int, max_steps: int, batch_size: int) -> None:
+        """Steps until ``end_step``; logging, media, validation and checkpoints on their schedules."""
+        while self.state.step < end_step:
+            wait_start = time.perf_counter()
+            batch = next(loader)
+            window.data_seconds += time.perf_counter() - wait_start
+            terms, grad_norm, info = self._train_step(batch, window)
+            window.add(terms, grad_norm, batch["audio"].shape[0])
+            self.state.skipped_files += len(batch.get("skipped", []))
+            step = self.state.step
+            if step % int(self.train_cfg["log_every"]) == 0 or step == max_steps:
+                self._log(monitor, window, info, sampler.epoch_at(step * batch_size))
+                window = _Window()
+            else:
+                monitor.progress(1)
+            if self.train_cfg["image_every"] and step % int(self.train_cfg["image_every"]) == 0:
+                self._log_media(monitor, batch)
+            if self.val_dataset is not None and step % int(self.train_cfg["val_every"]) == 0:
+                self._validate_and_keep_best(monitor)
+            if step % int(self.train_cfg["ckpt_every"]) == 0:
+                self.save("latest", f"step_{step:07d}")
+            elif step % int(self.train_cfg["latest_every"]) == 0:
+                self.save("latest")
+            if self._stop_signal is not None:
+                self.save("latest")
+                self.logger.warning("received signal %d: saved checkpoints/latest.pt at step %d, exiting",
+                                    self._stop_signal, step)
+                raise SystemExit(128 + self._stop_signal)
+        finished = self.state.step >= max_steps
+        if finished and self.val_dataset is not None and max_steps % int(self.train_cfg["val_every"]):
+            self._validate_and_keep_best(monitor)
+        if self._last_saved_step != self.state.step:
+            self.save("latest")
+        self._verify_replicas()
+        self.logger.info("%s %d steps (%d skipped as non-finite, %d bad audio files skipped)",
+                         "finished" if finished else "stopped at", self.state.step, self.state.skipped_steps,
+                         self.state.skipped_files)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == torch.float32:
@@ -363,6 +375,8 @@ class Trainer:
         """MSE / MAE in dB, L1 in model space and codebook usage on the validation split, reduced over ranks.
 
         Each rank takes every ``world_size``-th window (no padding duplicates), then sums are all-reduced.
+        The zero padding of a file's last window is left out of the spectrogram metrics, as in
+        ``scripts/evaluate_audio_tokenizer.py``.
         """
         model = self._eval_model()
         was_training = model.training
@@ -371,7 +385,9 @@ class Trainer:
         batch_size = int(self.data_cfg["val_batch_size"] or self.data_cfg["batch_size"])
         loader = self._loader(self.val_dataset, indices, batch_size, train=False)
         max_batches = self.train_cfg["val_max_batches"]
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # se_db, ae_db, l1, quant*n, count
+        # Sums over valid (unpadded) mel elements: squared and absolute dB error, model-space L1, element
+        # count; then quantizer loss times clips and the clip count.
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
         usage = CodebookUsage(self.model.embed_dim)
         for batch_index, batch in enumerate(loader):
             if max_batches is not None and batch_index >= int(max_batches):
@@ -380,27 +396,30 @@ class Trainer:
             with self._autocast():
                 recon, quant_loss, info = model(target)
             recon = recon.float()
-            diff_db = self.frontend.model_to_db(recon) - self.frontend.model_to_db(target)
-            count = target.shape[0]
-            per_clip = target[0].numel()
+            valid_frames = -(-torch.as_tensor(batch["num_valid"], device=self.device) // self.mel_config.hop_length)
+            frame_index = torch.arange(target.shape[1], device=self.device)
+            mask = (frame_index[None, :] < valid_frames[:, None]).unsqueeze(-1).to(recon.dtype)  # (B, T, 1)
+            diff_db = (self.frontend.model_to_db(recon) - self.frontend.model_to_db(target)) * mask
+            clips = target.shape[0]
             sums += torch.stack([
-                diff_db.pow(2).sum().double() / per_clip, diff_db.abs().sum().double() / per_clip,
-                (recon - target).abs().sum().double() / per_clip, quant_loss.double() * count,
-                torch.tensor(count, dtype=torch.float64, device=self.device)])
+                diff_db.pow(2).sum(), diff_db.abs().sum(), ((recon - target).abs() * mask).sum(),
+                mask.sum() * target.shape[2], quant_loss.detach() * clips,
+                torch.tensor(float(clips), device=self.device)]).double()
             usage.update(info["indices"])
         all_reduce_sum(sums)
         usage.all_reduce()
         model.train(was_training)
-        count = max(sums[4].item(), 1.0)
+        elements = max(sums[3].item(), 1.0)
+        clips = max(sums[5].item(), 1.0)
         stats = usage.compute()
         return {
-            "val/mse_db": sums[0].item() / count,
-            "val/mae_db": sums[1].item() / count,
-            "val/l1": sums[2].item() / count,
-            "val/quant_loss": sums[3].item() / count,
+            "val/mse_db": sums[0].item() / elements,
+            "val/mae_db": sums[1].item() / elements,
+            "val/l1": sums[2].item() / elements,
+            "val/quant_loss": sums[4].item() / clips,
             "val/distinct_codes": float(stats.distinct_codes),
             "val/code_entropy_bits": float(stats.entropy_bits),
-            "val/clips": count,
+            "val/clips": clips,
         }
 
     def _validate_and_keep_best(self, monitor: Monitor) -> None:
