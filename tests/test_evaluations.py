@@ -220,6 +220,14 @@ def test_pesq_on_silence_returns_nan_with_warning() -> None:
         assert math.isnan(stoi(torch.zeros(800), torch.zeros(800), 16000))
 
 
+@pytest.mark.parametrize("samples", [10, 100, 300, 420])
+def test_stoi_of_a_clip_shorter_than_its_frame_is_nan_not_an_error(samples: int) -> None:
+    # The tail window of a file can hold only a few samples; pystoi itself raises on those.
+    clip = _speechlike(3.0)[:samples]
+    with pytest.warns(UserWarning, match="STOI skipped"):
+        assert math.isnan(stoi(clip, clip, 16000))
+
+
 # --------------------------------------------------------------------------------------------------
 # vocoder
 # --------------------------------------------------------------------------------------------------

@@ -107,18 +107,53 @@ def _cli_env() -> dict[str, str]:
 
 
 def test_torchrun_two_process_gloo_run(tmp_path: Path) -> None:
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    command = [torchrun, "--standalone", "--nproc_per_node=2", str(SCRIPT), str(DEMO), "--output-dir",
-               str(tmp_path), "--device", "cpu", *TINY, "training.max_steps=6", "training.val_every=6"]
+    # A copy of the demo data with one corrupt file: 6 files, 2 ranks x batch 4 x 6 steps = 48 draws = 8 epochs,
+    # so the corrupt file is drawn (and skipped) exactly 8 times over both ranks.
+    data = tmp_path / "LibriSpeech"
+    shutil.copytree(DATA_ROOT, data)
+    chapter = data / "dev-clean" / "9001" / "1"
+    (chapter / "9001-1-0005.flac").write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    with (chapter / "9001-1.trans.txt").open("a") as handle:
+        handle.write("9001-1-0005 A CORRUPT FILE\n")
+    output = tmp_path / "run"
+    command = [torchrun_path(), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(DEMO), "--output-dir",
+               str(output), "--device", "cpu", *TINY, f"data.train.params.root={data}", "training.max_steps=6",
+               "training.val_every=6", "data.specaugment=null"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_cli_env(), cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "weights identical on all 2 ranks" in result.stderr
-    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (output / "checkpoints").iterdir())
     assert checkpoints == ["best.pt", "latest.pt"], checkpoints
-    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    checkpoint = load_checkpoint(output / "checkpoints" / "latest.pt")
     assert checkpoint["step"] == 6 and checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
-    log = (tmp_path / "train.log").read_text()
+    assert checkpoint["state"]["skipped_files"] == 8  # summed over both ranks
+    assert "9001-1-0005.flac" in result.stderr
+    log = (output / "train.log").read_text()
     assert log.count("validation:") == 1  # rank 0 alone writes the log
+
+
+def torchrun_path() -> str:
+    return shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+
+
+def test_sigterm_to_torchrun_with_loader_workers_writes_a_checkpoint(tmp_path: Path) -> None:
+    # torchrun forwards SIGTERM to every worker process and the loader workers get it too (as on a
+    # pre-empted cluster); the run must still agree to stop, save and exit.
+    command = [torchrun_path(), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(DEMO), "--output-dir",
+               str(tmp_path), "--device", "cpu", *TINY, "data.num_workers=1", "training.max_steps=100000",
+               "training.log_every=1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(),
+                               cwd=REPO, start_new_session=True)
+    log = tmp_path / "train.log"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (log.is_file() and "step 3 |" in log.read_text()):
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    os.killpg(process.pid, signal.SIGTERM)  # the whole process group, as a scheduler does
+    _, stderr = process.communicate(timeout=180)
+    assert "received signal 15: saved checkpoints/latest.pt" in log.read_text(), stderr[-4000:]
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert checkpoint["step"] >= 3 and checkpoint["world_size"] == 2
 
 
 def test_sigterm_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
@@ -150,11 +185,23 @@ def test_sigterm_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
         ("training.precision=fp8", "training.precision='fp8'"),
         ("data.batch_size=0", "data.batch_size=0: expected a positive integer"),
         ("model.params.audioconfig.widht=64", r"unknown audioconfig key\(s\) \['widht'\]"),
+        ("training.val_every=0", "training.val_every=0: expected a positive integer"),
+        ("training.ckpt_every=null", "training.ckpt_every=None: expected a positive integer"),
+        ("data.batch_size=true", "data.batch_size=True: expected a positive integer"),
+        ("training.ema_decay=1.5", r"training.ema_decay=1.5: expected null or a number in \(0, 1\)"),
+        ("optimizer.grad_clip_norm=-1", "optimizer.grad_clip_norm=-1"),
+        ("optimizer.lr=fast", "optimizer.lr='fast': expected a number"),
+        ("optimizer.betas=[0.9]", "optimizer.betas"),
     ],
 )
 def test_config_errors_are_clear(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises((ConfigError, ValueError), match=message):
         make_trainer(tmp_path, override)
+
+
+def test_exponent_without_dot_is_read_as_a_number(tmp_path: Path) -> None:
+    config = load_config(DEMO, [*TINY, "optimizer.lr=3e-4", "training.ema_decay=9e-1"])
+    assert config["optimizer"]["lr"] == 3e-4 and config["training"]["ema_decay"] == 0.9
 
 
 def test_model_and_data_shape_mismatch_is_reported(tmp_path: Path) -> None:

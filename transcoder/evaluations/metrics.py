@@ -307,6 +307,10 @@ def pesq_wb(reference: Tensor | np.ndarray, degraded: Tensor | np.ndarray, sampl
         return float("nan")
 
 
+STOI_SAMPLE_RATE = 10000  # pystoi's internal rate
+STOI_FRAME_10K = 256  # its analysis frame in samples at that rate
+
+
 def stoi(
     reference: Tensor | np.ndarray, degraded: Tensor | np.ndarray, sample_rate: int, extended: bool = False
 ) -> float:
@@ -324,9 +328,17 @@ def stoi(
     if ref.ndim != 1 or deg.ndim != 1:
         raise ValueError(f"expected mono waveforms (S,), got {ref.shape} and {deg.shape}")
     n = min(ref.shape[0], deg.shape[0])
+    # pystoi fails (numpy AxisError) below one 256-sample frame at its internal 10 kHz.
+    if n < math.ceil(STOI_FRAME_10K * sample_rate / STOI_SAMPLE_RATE) + 1:
+        warnings.warn(f"STOI skipped a clip of {n} samples (shorter than one analysis frame)", stacklevel=2)
+        return float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        value = float(_stoi(ref[:n], deg[:n], sample_rate, extended=extended))
+        try:
+            value = float(_stoi(ref[:n], deg[:n], sample_rate, extended=extended))
+        except (ValueError, IndexError, np.exceptions.AxisError) as exc:
+            warnings.warn(f"STOI skipped a clip ({type(exc).__name__}: {exc})", stacklevel=2)
+            return float("nan")
     if not math.isfinite(value) or value == 1e-5:
         # pystoi returns 1e-5 (and warns) when fewer than 30 non-silent frames remain.
         warnings.warn("STOI skipped a clip (too short or silent after silent-frame removal)", stacklevel=2)

@@ -64,7 +64,9 @@ class Trainer:
         self.optim_cfg = config["optimizer"]
         self.state = TrainState()
         self.history: list[dict[str, float]] = []  # every logged scalar dict, in order (rank 0 and others)
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # set by this process's signal handler
+        self._stop_agreed = False  # set once every rank has seen the stop request (all-reduced)
+        self._pending_skipped_files = 0  # this rank's skipped files since the last all-reduce
         self._last_saved_step: int | None = None
 
         seed = int(self.train_cfg["seed"])
@@ -125,6 +127,8 @@ class Trainer:
         model = build_model(self.config["model"], self.mel_config)
         if self.train_cfg["grad_checkpointing"] is not None:
             model.set_grad_checkpointing(bool(self.train_cfg["grad_checkpointing"]))
+        if self.train_cfg["sync_batchnorm"] and self.device.type != "cuda":
+            raise ConfigError("training.sync_batchnorm=true needs CUDA (SyncBatchNorm has no CPU implementation)")
         if self.train_cfg["sync_batchnorm"] and self.env.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model.to(self.device)
@@ -158,8 +162,15 @@ class Trainer:
             "mel": self.mel_config.to_dict(),
         }
 
+    def _sync_skipped_files(self) -> None:
+        """Add every rank's newly skipped files to the run total (a collective)."""
+        pending = torch.tensor([float(self._pending_skipped_files)], device=self.device)
+        self.state.skipped_files += int(all_reduce_sum(pending).item())
+        self._pending_skipped_files = 0
+
     def save(self, *names: str) -> None:
         """Write ``checkpoints/<name>.pt`` for each name (a collective: call on every rank)."""
+        self._sync_skipped_files()
         checkpoint = self._checkpoint()
         if "latest" in names:
             self._last_saved_step = self.state.step
@@ -222,7 +233,7 @@ class Trainer:
             window.data_seconds += time.perf_counter() - wait_start
             terms, grad_norm, info = self._train_step(batch, window)
             window.add(terms, grad_norm, batch["audio"].shape[0])
-            self.state.skipped_files += len(batch.get("skipped", []))
+            self._pending_skipped_files += len(batch.get("skipped", []))
             step = self.state.step
             if step % int(self.train_cfg["log_every"]) == 0 or step == max_steps:
                 self._log(monitor, window, info, sampler.epoch_at(step * batch_size))
@@ -237,18 +248,19 @@ class Trainer:
                 self.save("latest", f"step_{step:07d}")
             elif step % int(self.train_cfg["latest_every"]) == 0:
                 self.save("latest")
-            if self._stop_signal is not None:
+            if self._stop_agreed:
+                signum = self._stop_signal or signal.SIGTERM
                 self.save("latest")
                 self.logger.warning("received signal %d: saved checkpoints/latest.pt at step %d, exiting",
-                                    self._stop_signal, step)
-                raise SystemExit(128 + self._stop_signal)
+                                    signum, step)
+                raise SystemExit(128 + signum)
         finished = self.state.step >= max_steps
         if finished and self.val_dataset is not None and max_steps % int(self.train_cfg["val_every"]):
             self._validate_and_keep_best(monitor)
         if self._last_saved_step != self.state.step:
             self.save("latest")
         self._verify_replicas()
-        self.logger.info("%s %d steps (%d skipped as non-finite, %d bad audio files skipped)",
+        self.logger.info("%s %d steps (%d skipped as non-finite, %d reads of bad audio files skipped)",
                          "finished" if finished else "stopped at", self.state.step, self.state.skipped_steps,
                          self.state.skipped_files)
 
@@ -285,8 +297,8 @@ class Trainer:
         flags = torch.stack([(loss_bad | grad_bad).float(), torch.tensor(float(self._stop_signal is not None),
                                                                          device=loss.device)])
         nonfinite, stop = all_reduce_max(flags).tolist()
-        if stop and self._stop_signal is None:
-            self._stop_signal = signal.SIGTERM
+        # Act on the reduced flag only: a signal arriving after this point is acted on at the next step.
+        self._stop_agreed = bool(stop)
         if nonfinite:
             self.state.nonfinite_in_row += 1
             self.state.skipped_steps += 1
@@ -312,6 +324,7 @@ class Trainer:
 
     # -- logging and validation ------------------------------------------------------------
     def _log(self, monitor: Monitor, window: _Window, info: dict[str, Any], epoch: int) -> None:
+        self._sync_skipped_files()
         values = detach_to_float(window.mean_terms())
         indices = info["indices"]
         distinct = int(torch.unique(indices).numel())
@@ -502,3 +515,7 @@ def _worker_init(_worker_id: int) -> None:
     # Loader workers only decode and crop: one thread each avoids oversubscribing the cores.
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # torchrun and schedulers signal every process; a worker that died of SIGTERM would make the loader
+    # raise before the main process could write its checkpoint. The main process shuts workers down.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

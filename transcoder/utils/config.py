@@ -134,11 +134,61 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
     precision = config["training"]["precision"]
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"training.precision={precision!r}: expected auto, bf16, fp16 or fp32")
-    for section, key in (("training", "max_steps"), ("data", "batch_size"), ("training", "log_every")):
-        value = config[section][key]
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{section}.{key}={value!r}: expected a positive integer")
+    _check_values(config)
     return config
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+FLOAT_KEYS = {"optimizer": ("lr", "eps", "weight_decay", "min_lr_ratio", "grad_clip_norm"),
+              "training": ("ema_decay",)}
+
+
+def _coerce_floats(config: dict[str, Any]) -> None:
+    """PyYAML reads ``1e-4`` (no dot) as a string; accept it as the number it obviously is."""
+    for section, keys in FLOAT_KEYS.items():
+        for key in keys:
+            value = config[section][key]
+            if isinstance(value, str):
+                try:
+                    config[section][key] = float(value)
+                except ValueError:
+                    raise ConfigError(f"{section}.{key}={value!r}: expected a number") from None
+
+
+def _check_values(config: dict[str, Any]) -> None:
+    """Reject values that would only fail (or silently misbehave) mid-run."""
+    _coerce_floats(config)
+    positive = [("data", "batch_size"), ("data", "num_workers", 0), ("training", "max_steps"),
+                ("training", "log_every"), ("training", "val_every"), ("training", "ckpt_every"),
+                ("training", "latest_every"), ("training", "max_nonfinite_steps"), ("training", "image_every", 0),
+                ("training", "num_images", 0), ("optimizer", "warmup_steps", 0)]
+    for section, key, *minimum in positive:
+        low = minimum[0] if minimum else 1
+        value = config[section][key]
+        if not _is_int(value) or value < low:
+            kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+            raise ConfigError(f"{section}.{key}={value!r}: expected {kind}")
+    for key in ("val_batch_size",):
+        value = config["data"][key]
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ConfigError(f"data.{key}={value!r}: expected null or a positive integer")
+    ema = config["training"]["ema_decay"]
+    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1):
+        raise ConfigError(f"training.ema_decay={ema!r}: expected null or a number in (0, 1)")
+    clip = config["optimizer"]["grad_clip_norm"]
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or clip < 0):
+        raise ConfigError(f"optimizer.grad_clip_norm={clip!r}: expected null, 0 (off) or a positive number")
+    optim = config["optimizer"]
+    if not isinstance(optim["lr"], int | float) or optim["lr"] <= 0:
+        raise ConfigError(f"optimizer.lr={optim['lr']!r}: expected a positive number")
+    if not (isinstance(optim["min_lr_ratio"], int | float) and 0 <= optim["min_lr_ratio"] <= 1):
+        raise ConfigError(f"optimizer.min_lr_ratio={optim['min_lr_ratio']!r}: expected a number in [0, 1]")
+    betas = optim["betas"]
+    if not (isinstance(betas, list | tuple) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        raise ConfigError(f"optimizer.betas={betas!r}: expected two numbers in [0, 1)")
 
 
 def _reject_unknown(given: dict[str, Any], valid: set[str], where: str) -> None:
