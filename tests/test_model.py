@@ -152,6 +152,21 @@ def test_checkpointed_and_plain_gradients_are_equal() -> None:
         torch.testing.assert_close(plain[name], checkpointed[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_checkpointing_updates_batchnorm_statistics_once() -> None:
+    mel = torch.randn(2, 64, 32)
+    states = []
+    for checkpointing in (False, True):
+        model = tiny_model(audioconfig={"grad_checkpointing": checkpointing})
+        recon, quant_loss, _ = model(mel)
+        (recon.abs().mean() + quant_loss).backward()
+        states.append({k: v for k, v in model.state_dict().items() if "batch_norm" in k})
+    plain, checkpointed = states
+    assert plain and all(int(v) == 1 for k, v in checkpointed.items() if k.endswith("num_batches_tracked"))
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=0, msg=name)
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+
+
 def test_bf16_autocast_runs_and_quantizer_stays_fp32() -> None:
     model = tiny_model()
     seen: dict[str, torch.dtype] = {}

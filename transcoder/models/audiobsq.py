@@ -14,7 +14,10 @@ frequency band (see AUDIO_ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +193,11 @@ class _AudioTransformer(nn.Module):
         x = x + self.position_embedding(grid).to(x.dtype)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, grid, use_reentrant=False)
+                # torch.compile only accepts dispatch modes as checkpoint contexts: there the recomputation
+                # updates the BatchNorm running statistics a second time (documented).
+                contexts = ({} if torch.compiler.is_compiling()
+                            else {"context_fn": functools.partial(_checkpoint_contexts, block)})
+                x = checkpoint(block, x, grid, use_reentrant=False, **contexts)
             else:
                 x = block(x, grid)
         return self.norm(x)
@@ -363,6 +370,27 @@ class AudioBSQModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names that AdamW should not decay (besides norms and biases)."""
         return {"encoder.pos_embed", "decoder.pos_embed"}
+
+
+def _checkpoint_contexts(block: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
+    """Plain forward; the backward's recomputation leaves BatchNorm running statistics untouched."""
+    return contextlib.nullcontext(), _frozen_batchnorm_stats(block)
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_stats(block: nn.Module) -> Iterator[None]:
+    """Batch statistics are still used (training mode) but the running ones are not updated again."""
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for norm in norms:
+        norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for norm, (momentum, tracked) in zip(norms, saved, strict=True):
+            norm.momentum = momentum
+            if tracked is not None:
+                norm.num_batches_tracked.copy_(tracked)
 
 
 def _init_weights(module: nn.Module) -> None:
