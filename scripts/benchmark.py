@@ -1,4 +1,5 @@
-"""Training-throughput benchmark: the real model, front end, loss and AdamW step of a config.
+"""Training-throughput benchmark: the trainer's step for a config (front end, SpecAugment, model, loss,
+backward, clipping, AdamW, schedule, EMA and the trainer's one host sync per step).
 
 Prints samples/s, seconds of audio per second, model FLOP utilisation (FLOPs counted by
 ``torch.utils.flop_counter`` for one step, against ``--peak-tflops``), peak memory, and the
@@ -29,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from transcoder.data import AudioFolderDataset, LogMelFrontend, MelConfig, collate_audio
+from transcoder.data import AudioFolderDataset, LogMelFrontend, MelConfig, SpecAugment, collate_audio
 from transcoder.models import depthwise_conv
 from transcoder.models.audiobsq import ConformerConvModule
 from transcoder.optim import build_optimizer
@@ -120,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     frontend = LogMelFrontend(mel).to(device)
     model = build_model(config["model"], mel).to(device)
     loss_fn = instantiate(config["loss"]).to(device)
-    optimizer, _ = build_optimizer(model, config["optimizer"], 1000, device)
+    optimizer, scheduler = build_optimizer(model, config["optimizer"], 1000, device)
+    spec_cfg = config["data"]["specaugment"]
+    specaugment = SpecAugment(**spec_cfg).to(device).train() if spec_cfg else None
+    ema_decay = config["training"]["ema_decay"]
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema_decay)), use_buffers=True)
+           if ema_decay else None)
     train_model = torch.compile(model) if args.compile else model
     autocast = (torch.autocast(device.type, dtype=precision) if precision != torch.float32
                 else contextlib.nullcontext())
@@ -133,18 +140,24 @@ def main(argv: list[str] | None = None) -> int:
         marks = [_mark(device)]
         with torch.no_grad():
             target = frontend(wave)
+            model_input = specaugment(target) if specaugment is not None else target
         marks.append(_mark(device))
         with autocast:
-            recon, quant_loss, _ = net(target)
+            recon, quant_loss, _ = net(model_input)
         loss, _ = loss_fn(recon, target, quant_loss, 0)
         marks.append(_mark(device))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         marks.append(_mark(device))
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        # The trainer reads one flag per step (skip / stop decisions): the same host sync here.
+        bool(torch.isfinite(grad_norm) & torch.isfinite(loss.detach()))
         scaler.step(optimizer)
         scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         marks.append(_mark(device))
         if timings is not None:
             timings.events.append(tuple(marks))

@@ -81,6 +81,19 @@ def test_resume_from_explicit_path(tmp_path: Path) -> None:
     assert trainer.fit().step == 4
 
 
+def test_resume_warns_when_the_training_files_changed(tmp_path: Path) -> None:
+    data = tmp_path / "LibriSpeech"
+    shutil.copytree(DATA_ROOT, data)
+    make_trainer(tmp_path / "run", "training.max_steps=4", f"data.train.params.root={data}").fit(stop_at_step=2)
+    chapter = data / "dev-clean" / "9001" / "1"
+    shutil.copy(chapter / "9001-1-0000.flac", chapter / "9001-1-0005.flac")
+    with (chapter / "9001-1.trans.txt").open("a") as handle:
+        handle.write("9001-1-0005 A COPY\n")
+    trainer = make_trainer(tmp_path / "run", "training.max_steps=4", f"data.train.params.root={data}")
+    assert trainer.train_files["count"] == 6
+    assert "training file list changed since the checkpoint (5 files" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_non_finite_losses_skip_steps_then_abort(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "training.max_steps=20", "training.max_nonfinite_steps=3")
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

@@ -233,13 +233,8 @@ class AudioTokenizer:
         return max(1, math.ceil(num_samples / self.window_samples))
 
     def _as_wave(self, wave: Tensor | np.ndarray, sample_rate: int | None) -> Tensor:
-        """Any ``(S,)``/``(1, S)``/``(C, S)`` array -> mono float32 ``(S,)`` at the tokenizer's rate."""
-        x = torch.as_tensor(wave).detach()
-        if x.dtype == torch.int16:
-            x = x.float() / 32768.0
-        x = x.float().cpu()
-        if x.ndim == 2:
-            x = x.mean(0)  # (channels, samples), as torchaudio/soundfile(always_2d).T give it
+        """Any waveform layout (see :func:`waveform_to_mono`) -> mono float32 ``(S,)`` at the tokenizer's rate."""
+        x = waveform_to_mono(wave)
         if x.ndim != 1:
             raise ValueError(f"expected a waveform (S,) or (channels, S), got shape {tuple(x.shape)}")
         if x.numel() == 0:
@@ -391,6 +386,26 @@ class AudioTokenizer:
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def waveform_to_mono(wave: Tensor | np.ndarray) -> Tensor:
+    """A mono ``(S,)`` or multi-channel array -> float32 ``(S,)``, channels averaged.
+
+    Both layouts are accepted: ``(C, S)`` (torchaudio) and ``(S, C)`` (``soundfile.read``); the shorter
+    axis is taken as the channels. Integer PCM is scaled to [-1, 1) (uint8 as offset binary).
+    """
+    array = np.asarray(wave.detach().cpu()) if isinstance(wave, Tensor) else np.asarray(wave)
+    if array.dtype == np.uint8:
+        array = (array.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32) / float(2 ** (8 * array.dtype.itemsize - 1))
+    x = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    if x.ndim == 2:
+        channel_axis = 0 if x.shape[0] <= x.shape[1] else 1
+        if x.shape[channel_axis] > 16:
+            raise ValueError(f"cannot tell channels from samples in a waveform of shape {tuple(x.shape)}")
+        x = x.mean(channel_axis)
+    return x
 
 
 def load_tokenizer(

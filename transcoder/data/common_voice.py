@@ -64,7 +64,7 @@ class CommonVoiceDataset(AudioClipDataset):
 
     def _scan(self) -> dict[str, list[Any]]:
         rows: list[tuple[str, str, str]] = []
-        with open(self.tsv_path, encoding="utf-8", newline="") as fh:
+        with open(self.tsv_path, encoding="utf-8-sig", newline="") as fh:
             # Sentences contain quotes; Common Voice TSVs are not quoted.
             reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)

@@ -181,7 +181,8 @@ def depthwise_conv_time(x: Tensor, weight: Tensor, bias: Tensor | None = None) -
     device_type = x.device.type
     if x.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
         x = x.to(torch.get_autocast_dtype(device_type))
-    if _backend == "reference" or (_backend == "auto" and not triton_runs_on(x.device)):
+    # float64 has no Triton path (the kernels accumulate in fp32): it always takes the reference.
+    if _backend == "reference" or (_backend == "auto" and (x.dtype == torch.float64 or not triton_runs_on(x.device))):
         return depthwise_conv_time_reference(x, weight, bias)
     if not triton_runs_on(x.device):
         raise RuntimeError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -91,6 +92,7 @@ class Trainer:
 
         resume_path = Path(resume) if resume else self.ckpt_dir / "latest.pt"
         self.resumed_from: Path | None = None
+        self._resumed_train_files: dict[str, Any] | None = None
         if resume or resume_path.is_file():
             self._load(resume_path)
 
@@ -107,6 +109,12 @@ class Trainer:
         self.val_dataset = (build_dataset(val_spec, sample_rate=self.mel_config.sample_rate,
                                           clip_samples=self.mel_config.clip_samples, mode="eval")
                             if val_spec else None)
+        self.train_files = self._check_same_files_on_every_rank()
+        if self._resumed_train_files is not None and self._resumed_train_files != self.train_files:
+            self.logger.warning(
+                "the training file list changed since the checkpoint (%s files, list hash %s; now %s, %s): "
+                "training continues, but not with the clips the interrupted run would have seen",
+                *self._resumed_train_files.values(), *self.train_files.values())
         if env.is_main:
             save_config(config, self.output_dir / "config.yaml")
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -145,6 +153,27 @@ class Trainer:
             worker_init_fn=_worker_init, generator=generator,
         )
 
+    def _check_same_files_on_every_rank(self) -> dict[str, Any]:
+        """Count and hash of the training file list; every rank must list the same files in the same
+        order (a node with a partial copy or a stale cache would silently duplicate or drop clips)."""
+        dataset = self.train_dataset
+        count = int(getattr(dataset, "num_files", len(dataset)))
+        digest = hashlib.sha1()
+        if hasattr(dataset, "path"):
+            for index in range(count):
+                digest.update(os.path.relpath(dataset.path(index), getattr(dataset, "root", "/")).encode())
+                digest.update(b"\0")
+        fingerprint = {"count": count, "sha1": digest.hexdigest()[:16]}
+        if self.env.distributed:
+            gathered: list[Any] = [None] * self.env.world_size
+            torch.distributed.all_gather_object(gathered, fingerprint)
+            if any(g != gathered[0] for g in gathered):
+                raise RuntimeError(
+                    "the ranks list different training files (count, hash per rank: "
+                    f"{[(g['count'], g['sha1']) for g in gathered]}); every rank must see the same data "
+                    "(check node-local copies and file-list caches)")
+        return fingerprint
+
     # -- checkpoints -----------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
         return {
@@ -158,6 +187,7 @@ class Trainer:
             "step": self.state.step,
             "rng": gather_rng_states(),
             "world_size": self.env.world_size,
+            "train_files": self.train_files,
             "config": self.config,
             "mel": self.mel_config.to_dict(),
         }
@@ -192,6 +222,7 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = TrainState.from_dict(checkpoint["state"])
+        self._resumed_train_files = checkpoint.get("train_files")
         rng_states = checkpoint["rng"]
         if checkpoint.get("world_size") == self.env.world_size:
             restore_rng_state(rng_states[self.env.rank])
