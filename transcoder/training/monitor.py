@@ -15,6 +15,9 @@ from torch import Tensor  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from transcoder.data import LogMelFrontend  # noqa: E402
+from transcoder.evaluations.vocoder import GriffinLimVocoder  # noqa: E402
+
 
 def setup_text_logger(output_dir: Path | None, is_main: bool) -> logging.Logger:
     """Logger ``transcoder``: console + ``output_dir/train.log`` on rank 0, warnings only elsewhere."""
@@ -84,6 +87,20 @@ class Monitor:
             clip = wave[i].float().cpu()
             peak = clip.abs().max().clamp_min(1e-8)
             self.writer.add_audio(f"{tag}/{i}", (clip / peak * 0.9).unsqueeze(0), step, sample_rate=sample_rate)
+
+    def reconstructions(self, frontend: LogMelFrontend, target: Tensor, recon: Tensor, num_samples: int,
+                        step: int) -> None:
+        """Spectrogram figures and Griffin-Lim audio of (N, T, F) model-space inputs and reconstructions."""
+        if self.writer is None:
+            return
+        self.spectrograms("spectrogram", frontend.model_to_db(target), frontend.model_to_db(recon), step)
+        vocoder = GriffinLimVocoder.from_frontend(frontend).to(target.device)
+        devices = [target.device] if target.device.type == "cuda" else []
+        # The vocoder's random initial phase must not advance the training RNG (exact resume).
+        with torch.random.fork_rng(devices=devices):
+            for tag, mel in (("audio/input", target), ("audio/reconstruction", recon)):
+                wave = vocoder(frontend.inverse(mel), length=num_samples, seed=0)
+                self.audio(tag, wave, frontend.config.sample_rate, step)
 
     def write(self, message: str) -> None:
         if self.bar is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -58,3 +60,15 @@ def gather_rng_states() -> list[dict[str, Any]]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     return gathered
+
+
+def file_list_fingerprint(dataset: Any) -> dict[str, Any]:
+    """Number of files and a hash of their relative paths in dataset order (no file is opened)."""
+    count = int(getattr(dataset, "num_files", len(dataset)))
+    digest = hashlib.sha1()
+    if hasattr(dataset, "path"):
+        root = getattr(dataset, "root", os.sep)
+        for index in range(count):
+            digest.update(os.path.relpath(dataset.path(index), root).encode())
+            digest.update(b"\0")
+    return {"count": count, "sha1": digest.hexdigest()[:16]}

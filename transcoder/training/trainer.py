@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import random
@@ -22,12 +21,11 @@ from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from transcoder.data import LogMelFrontend, MelConfig, SpecAugment, build_dataset, collate_audio
-from transcoder.evaluations.metrics import CodebookUsage
-from transcoder.evaluations.vocoder import GriffinLimVocoder
 from transcoder.optim import build_optimizer
 from transcoder.training.monitor import Monitor, detach_to_float, setup_text_logger
 from transcoder.training.sampler import ResumableTrainSampler
-from transcoder.training.state import TrainState, gather_rng_states, restore_rng_state
+from transcoder.training.state import TrainState, file_list_fingerprint, gather_rng_states, restore_rng_state
+from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import load_checkpoint, save_atomic
 from transcoder.utils.config import ConfigError, instantiate, save_config
 from transcoder.utils.distributed import DistEnv, all_reduce_max, all_reduce_sum, barrier
@@ -156,14 +154,7 @@ class Trainer:
     def _check_same_files_on_every_rank(self) -> dict[str, Any]:
         """Count and hash of the training file list; every rank must list the same files in the same
         order (a node with a partial copy or a stale cache would silently duplicate or drop clips)."""
-        dataset = self.train_dataset
-        count = int(getattr(dataset, "num_files", len(dataset)))
-        digest = hashlib.sha1()
-        if hasattr(dataset, "path"):
-            for index in range(count):
-                digest.update(os.path.relpath(dataset.path(index), getattr(dataset, "root", "/")).encode())
-                digest.update(b"\0")
-        fingerprint = {"count": count, "sha1": digest.hexdigest()[:16]}
+        fingerprint = file_list_fingerprint(self.train_dataset)
         if self.env.distributed:
             gathered: list[Any] = [None] * self.env.world_size
             torch.distributed.all_gather_object(gathered, fingerprint)
@@ -399,17 +390,7 @@ class Trainer:
         with self._autocast():
             recon, _, _ = model(target)
         model.train(was_training)
-        target_db = self.frontend.model_to_db(target)
-        recon_db = self.frontend.model_to_db(recon.float())
-        monitor.spectrograms("spectrogram", target_db, recon_db, self.state.step)
-        vocoder = GriffinLimVocoder.from_frontend(self.frontend).to(self.device)
-        # The vocoder's random initial phase must not advance the training RNG (exact resume).
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            length = batch["audio"].shape[-1]
-            monitor.audio("audio/input", vocoder(self.frontend.inverse(target), length=length, seed=0),
-                          self.mel_config.sample_rate, self.state.step)
-            monitor.audio("audio/reconstruction", vocoder(self.frontend.inverse(recon.float()), length=length,
-                                                          seed=0), self.mel_config.sample_rate, self.state.step)
+        monitor.reconstructions(self.frontend, target, recon.float(), batch["audio"].shape[-1], self.state.step)
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -418,9 +399,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """MSE / MAE in dB, L1 in model space and codebook usage on the validation split, reduced over ranks.
 
-        Each rank takes every ``world_size``-th window (no padding duplicates), then sums are all-reduced.
-        The zero padding of a file's last window is left out of the spectrogram metrics, as in
-        ``scripts/evaluate_audio_tokenizer.py``.
+        Each rank takes every ``world_size``-th window (no padding duplicates), then sums are all-reduced
+        (:class:`~transcoder.training.validation.ValidationMetrics`).
         """
         model = self._eval_model()
         was_training = model.training
@@ -429,42 +409,16 @@ class Trainer:
         batch_size = int(self.data_cfg["val_batch_size"] or self.data_cfg["batch_size"])
         loader = self._loader(self.val_dataset, indices, batch_size, train=False)
         max_batches = self.train_cfg["val_max_batches"]
-        # Sums over valid (unpadded) mel elements: squared and absolute dB error, model-space L1, element
-        # count; then quantizer loss times clips and the clip count.
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)
-        usage = CodebookUsage(self.model.embed_dim)
+        metrics = ValidationMetrics(self.frontend, self.model.embed_dim, self.device)
         for batch_index, batch in enumerate(loader):
             if max_batches is not None and batch_index >= int(max_batches):
                 break
             _, target = self._model_input(batch["audio"])
             with self._autocast():
                 recon, quant_loss, info = model(target)
-            recon = recon.float()
-            valid_frames = -(-torch.as_tensor(batch["num_valid"], device=self.device) // self.mel_config.hop_length)
-            frame_index = torch.arange(target.shape[1], device=self.device)
-            mask = (frame_index[None, :] < valid_frames[:, None]).unsqueeze(-1).to(recon.dtype)  # (B, T, 1)
-            diff_db = (self.frontend.model_to_db(recon) - self.frontend.model_to_db(target)) * mask
-            clips = target.shape[0]
-            sums += torch.stack([
-                diff_db.pow(2).sum(), diff_db.abs().sum(), ((recon - target).abs() * mask).sum(),
-                mask.sum() * target.shape[2], quant_loss.detach() * clips,
-                torch.tensor(float(clips), device=self.device)]).double()
-            usage.update(info["indices"])
-        all_reduce_sum(sums)
-        usage.all_reduce()
+            metrics.update(recon, target, quant_loss, info["indices"], torch.as_tensor(batch["num_valid"]))
         model.train(was_training)
-        elements = max(sums[3].item(), 1.0)
-        clips = max(sums[5].item(), 1.0)
-        stats = usage.compute()
-        return {
-            "val/mse_db": sums[0].item() / elements,
-            "val/mae_db": sums[1].item() / elements,
-            "val/l1": sums[2].item() / elements,
-            "val/quant_loss": sums[4].item() / clips,
-            "val/distinct_codes": float(stats.distinct_codes),
-            "val/code_entropy_bits": float(stats.entropy_bits),
-            "val/clips": clips,
-        }
+        return metrics.compute()
 
     def _validate_and_keep_best(self, monitor: Monitor) -> None:
         metrics = self.validate()
