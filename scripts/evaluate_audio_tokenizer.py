@@ -9,6 +9,12 @@ last window of a file zero-padded). Per window: mel MSE / MAE in dB and L1 in mo
 unpadded frames; codebook usage over the token rows covering them. Audio metrics (PESQ-WB, STOI,
 SI-SNR) compare Griffin-Lim renderings with the original waveform, for the reconstruction AND for the
 input mel itself (the vocoder ceiling: what a perfect tokenizer would score with this vocoder).
+Window ``i`` of the dataset is rendered alone with phase seed ``--seed + i``, so its scores do not
+depend on --batch-size. Griffin-Lim's phase is random, so SI-SNR (phase-sensitive) is reported in
+metrics.json but is not a meaningful quality measure here; PESQ and STOI are.
+
+A window that fails to decode (truncated file, NaN samples) is left out of every metric and count
+and listed under ``skipped_windows``; files whose header is unreadable are listed in ``skipped_files``.
 
 Runs in ONE process (GPU when present); it does not use torchrun/DDP. Writes ``metrics.json``,
 spectrogram PNGs and WAVs for the first ``--num-audio`` windows into ``--output``, and prints a table.
@@ -29,6 +35,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -111,6 +118,22 @@ def _save_examples(out_dir: Path, index: int, tok: AudioTokenizer, item: dict[st
         sf.write(str(out_dir / f"{name}_{suffix}.wav"), item[suffix], tok.sample_rate, subtype="PCM_16")
 
 
+def _render(tok: AudioTokenizer, mel: Tensor, recon: Tensor, seeds: list[int], length: int) -> tuple[Tensor, Tensor]:
+    """Griffin-Lim of the input and reconstructed model-space mels ``(B, T, F)``, window ``b`` rendered
+    on its own with phase seed ``seeds[b]`` (a batched call would draw one random phase for the whole
+    batch, making a window's audio depend on the batch size and its position in the batch).
+
+    Returns:
+        ``(gl_input, gl_recon)``, each ``(B, length)`` float32 on the CPU.
+    """
+    power_in, power_recon = tok.frontend.inverse(mel), tok.frontend.inverse(recon)
+    gl_input = torch.stack([tok.vocoder(power_in[b:b + 1], length=length, seed=seed)[0].cpu()
+                            for b, seed in enumerate(seeds)])
+    gl_recon = torch.stack([tok.vocoder(power_recon[b:b + 1], length=length, seed=seed)[0].cpu()
+                            for b, seed in enumerate(seeds)])
+    return gl_input, gl_recon
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     tok = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema, batch_size=args.batch_size,
                          vocoder_kwargs={"n_iter": args.gl_iters})
@@ -133,7 +156,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     per_clip: list[dict[str, Any]] = []
     files: set[str] = set()
     skipped: list[str] = []
+    skipped_windows: list[dict[str, Any]] = []
     saved = 0
+    next_index = 0  # dataset index of the batch's first window (the loader does not shuffle)
     # spawn, not fork: a forked child of a process that has run torch's OpenMP pool can hang.
     pool = (ProcessPoolExecutor(args.metric_workers, mp_context=multiprocessing.get_context("spawn"))
             if args.metric_workers > 1 and args.audio_metrics else None)
@@ -144,14 +169,27 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             if args.max_batches is not None and batch_index >= args.max_batches:
                 break
             skipped.extend(batch["skipped"])
-            wave = batch["audio"].to(tok.device)
+            # Windows that failed to decode (num_valid == 0) are zeros: keep them out of every metric.
+            indices = range(next_index, next_index + len(batch["path"]))
+            next_index += len(batch["path"])
+            keep = [b for b, n in enumerate(batch["num_valid"].tolist()) if n > 0]
+            skipped_windows += [{"index": indices[b], "path": batch["path"][b], "offset": int(batch["offset"][b])}
+                                for b in sorted(set(range(len(indices))) - set(keep))]
+            if not keep:
+                continue
+            window_index = [indices[b] for b in keep]
+            paths = [batch["path"][b] for b in keep]
+            offsets = [int(batch["offset"][b]) for b in keep]
+            valid_samples = [int(batch["num_valid"][b]) for b in keep]
+            ref = batch["audio"][keep]  # (B', S) on the CPU
+            wave = ref.to(tok.device)
             with torch.inference_mode():
-                mel = tok.frontend(wave)  # (B, T, F) model space
+                mel = tok.frontend(wave)  # (B', T, F) model space
                 recon, quant_loss, info = tok.model(mel)
                 recon = recon.float()
                 input_db, recon_db = tok.frontend.model_to_db(mel), tok.frontend.model_to_db(recon)
             quant_loss_sum += float(quant_loss) * mel.shape[0]
-            valid_samples = batch["num_valid"].tolist()
+            first_clip = len(per_clip)
             for b, n_valid in enumerate(valid_samples):
                 frames = min(mel.shape[1], -(-n_valid // tok.hop_length))
                 rows = -(-frames // pt)
@@ -161,20 +199,17 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 err_l1 = mel_l1(recon[b:b + 1, :frames], mel[b:b + 1, :frames]).item()
                 se, ae, l1 = se + mse * frames, ae + mae * frames, l1 + err_l1 * frames
                 frames_total += frames
-                files.add(batch["path"][b])
-                per_clip.append({"path": batch["path"][b], "offset": int(batch["offset"][b]),
+                files.add(paths[b])
+                per_clip.append({"index": window_index[b], "path": paths[b], "offset": offsets[b],
                                  "seconds": n_valid / tok.sample_rate, "mse_db": mse, "mae_db": mae, "l1": err_l1})
             if not (args.audio_metrics or saved < args.num_audio):
                 continue
             with torch.inference_mode():
-                length = wave.shape[-1]
-                gl_input = tok.vocoder(tok.frontend.inverse(mel), length=length, seed=args.seed).cpu()
-                gl_recon = tok.vocoder(tok.frontend.inverse(recon), length=length, seed=args.seed).cpu()
-            ref = batch["audio"]
+                gl_input, gl_recon = _render(tok, mel, recon, [args.seed + i for i in window_index], ref.shape[-1])
             jobs = []
             for b, n_valid in enumerate(valid_samples):
                 r, c, g = ref[b, :n_valid], gl_input[b, :n_valid], gl_recon[b, :n_valid]
-                clip = per_clip[len(per_clip) - len(valid_samples) + b]
+                clip = per_clip[first_clip + b]
                 if args.audio_metrics:
                     snr_r, snr_c = si_snr(g, r).item(), si_snr(c, r).item()
                     audio["recon_si_snr"].add(snr_r)
@@ -183,7 +218,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     jobs += [(r.numpy(), g.numpy()), (r.numpy(), c.numpy())]
                 if saved < args.num_audio:
                     _save_examples(out_dir / "examples", saved, tok, {
-                        "path": batch["path"][b], "offset": int(batch["offset"][b]),
+                        "path": paths[b], "offset": offsets[b],
                         "input_db": input_db[b].cpu().numpy(), "recon_db": recon_db[b].cpu().numpy(),
                         "original": r.numpy(), "gl_input": c.numpy(), "gl_reconstruction": g.numpy()})
                     saved += 1
@@ -195,15 +230,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 for key, value in (("recon_pesq", p_r), ("recon_stoi", s_r), ("ceiling_pesq", p_c),
                                    ("ceiling_stoi", s_c)):
                     audio[key].add(value)
-                per_clip[len(per_clip) - len(scores) + b].update(pesq=p_r, stoi=s_r, ceiling_pesq=p_c,
-                                                                  ceiling_stoi=s_c)
+                per_clip[first_clip + b].update(pesq=p_r, stoi=s_r, ceiling_pesq=p_c, ceiling_stoi=s_c)
     finally:
         if pool is not None:
             pool.shutdown()
 
     windows = len(per_clip)
     if windows == 0:
-        raise RuntimeError("no windows were evaluated (empty dataset or --max-batches 0)")
+        raise RuntimeError(f"no windows were evaluated ({len(skipped_windows)} failed to decode, e.g. "
+                           f"{skipped_windows[:3]}; skipped files: {sorted(set(skipped))[:3]})")
     stats = usage.compute()
     results: dict[str, Any] = {
         "checkpoint": str(Path(args.checkpoint).resolve()),
@@ -215,7 +250,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": spec,
         "windows": windows,
         "files": len(files),
-        "skipped_files": sorted(set(skipped)),
+        # Header failures are found by the main process while counting windows; decode failures in
+        # the workers reach it through the batches.
+        "skipped_files": sorted(set(skipped) | set(dataset.skipped_files)),
+        "num_skipped_windows": len(skipped_windows),
+        "skipped_windows": skipped_windows,
         "audio_seconds": sum(c["seconds"] for c in per_clip),
         "elapsed_seconds": time.perf_counter() - started,
         "rates": {"tokens_per_second": tok.tokens_per_second, "bits_per_token": tok.bits_per_token,
@@ -225,7 +264,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                         "quant_loss": quant_loss_sum / windows},
         "codebook": stats.to_dict(),
         "vocoder": {"type": "griffin-lim", "n_iter": tok.vocoder.n_iter, "nnls_iter": tok.vocoder.nnls_iter,
-                    "seed": args.seed},
+                    "seed": args.seed, "seed_per_window": "seed + window index"},
         "per_clip": per_clip,
     }
     if args.audio_metrics:
@@ -245,7 +284,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"checkpoint  {results['checkpoint']} (step {results['step']}, {results['weights']} weights)",
         f"data        {results['windows']} windows from {results['files']} files, "
-        f"{results['audio_seconds']:.1f} s of audio, {len(results['skipped_files'])} files skipped",
+        f"{results['audio_seconds']:.1f} s of audio; skipped: {len(results['skipped_files'])} files, "
+        f"{results['num_skipped_windows']} windows that failed to decode",
         f"rate        {r['tokens_per_second']:g} tokens/s x {r['bits_per_token']} bits = {r['bitrate']:g} bit/s",
         "",
         f"{'spectrogram':<28}{'value':>14}",
@@ -263,8 +303,10 @@ def format_table(results: dict[str, Any]) -> str:
     if "audio" in results:
         a = results["audio"]
         lines += ["", f"{'audio (Griffin-Lim)':<28}{'reconstruction':>16}{'GL(input) ceiling':>20}"]
-        for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI"), ("si_snr", "  SI-SNR (dB)")):
+        for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI")):
             lines.append(f"{label:<28}{a['recon'][key]:>16.3f}{a['ceiling'][key]:>20.3f}")
+        lines += ["  Griffin-Lim phase is random, so SI-SNR (phase-sensitive) is not meaningful here:",
+                  f"{'  SI-SNR (dB, not meaningful)':<28}{a['recon']['si_snr']:>16.3f}{a['ceiling']['si_snr']:>20.3f}"]
     return "\n".join(lines)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 import warnings
 
 import numpy as np
@@ -251,9 +254,92 @@ def test_eval_mode_skips_unreadable_headers_when_counting_windows(tmp_path):
     sf.write(tmp_path / "good.wav", noise(0.5), SR)
     ds = AudioFolderDataset(str(tmp_path), clip_samples=3000, mode="eval")
     with pytest.warns(AudioSkipWarning):
-        # good.wav and inf.wav: inf.wav has a valid header; it fails (and falls back) only when decoded.
+        # good.wav and inf.wav: inf.wav has a valid header; it fails (num_valid 0) only when decoded.
         assert len(ds) == 2 * math.ceil(8000 / 3000)
     assert sorted(ds.skipped_files) == sorted(set(bad) - {str(tmp_path / "inf.wav")})
+
+
+def make_partly_bad_files(root) -> tuple[str, str, str]:
+    """Headers fine, later data bad: a 6 s WAV with a NaN at 4 s and a 6 s FLAC cut at ~3.6 s; plus a good
+    3 s WAV. With 2 s windows, window 2 of the WAV and windows 1-2 of the FLAC fail; window 0 decodes."""
+    x = noise(6.0)
+    x[4 * SR + 10] = np.nan
+    sf.write(root / "a_nan.wav", x, SR, subtype="FLOAT")
+    sf.write(root / "b_good.wav", noise(3.0, seed=1), SR)
+    sf.write(root / "src.flac", noise(6.0, seed=2), SR)
+    data = (root / "src.flac").read_bytes()
+    (root / "src.flac").unlink()
+    (root / "c_cut.flac").write_bytes(data[: int(len(data) * 0.6)])
+    return str(root / "a_nan.wav"), str(root / "b_good.wav"), str(root / "c_cut.flac")
+
+
+def test_eval_window_that_fails_keeps_its_place_with_zero_valid_samples(tmp_path):
+    nan_wav, good, cut_flac = make_partly_bad_files(tmp_path)
+    clip = 2 * SR
+    ds = AudioFolderDataset(str(tmp_path), clip_samples=clip, mode="eval")
+    assert len(ds) == 3 + 2 + 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [ds[i] for i in range(len(ds))]
+        again = ds[0]  # an earlier window of a file that failed later is still read (no blacklist)
+    # Every (file, window) appears exactly once, in order: nothing is replaced by another file's window.
+    assert [(it["path"], it["offset"]) for it in items] == (
+        [(nan_wav, w * clip) for w in range(3)] + [(good, w * clip) for w in range(2)]
+        + [(cut_flac, w * clip) for w in range(3)])
+    failed = {2, 6, 7}
+    for i, it in enumerate(items):
+        if i in failed:
+            assert it["num_valid"] == 0 and it["skipped"] == [it["path"]]
+            assert it["audio"].shape == (clip,) and torch.all(it["audio"] == 0)
+        else:
+            assert it["num_valid"] > 0 and it["skipped"] == [] and it["audio"].abs().max() > 0.05
+    assert items[4]["num_valid"] == SR  # the good file's padded last window
+    assert again["num_valid"] == clip and torch.equal(again["audio"], items[0]["audio"])
+    skip_warnings = [str(w.message) for w in caught if issubclass(w.category, AudioSkipWarning)]
+    assert len(skip_warnings) == 2 and ds.num_skipped == 2  # once per file, not per window
+    assert "NaN or Inf" in ds.skip_reasons[nan_wav] and cut_flac in ds.skip_reasons
+    batch = collate_audio(items[1:4])
+    assert batch["num_valid"].tolist() == [clip, 0, clip] and batch["skipped"] == [nan_wav]
+
+
+def _crop_hits(seed: int, total: int, clip: int, sample: int) -> bool:
+    offset = int(np.random.default_rng(seed).integers(0, total - clip + 1))
+    return offset <= sample < offset + clip
+
+
+def test_train_failed_crop_does_not_blacklist_the_file(tmp_path):
+    nan_wav, good, _ = make_partly_bad_files(tmp_path)
+    (tmp_path / "c_cut.flac").unlink()
+    clip = 2 * SR
+    bad_seed = next(s for s in range(100) if _crop_hits(s, 6 * SR, clip, 4 * SR + 10))
+    good_seed = next(s for s in range(100) if not _crop_hits(s, 6 * SR, clip, 4 * SR + 10))
+    fresh = AudioFolderDataset(str(tmp_path), clip_samples=clip)[(0, good_seed)]
+    ds = AudioFolderDataset(str(tmp_path), clip_samples=clip)
+    with pytest.warns(AudioSkipWarning, match="NaN or Inf"):
+        fallback = ds[(0, bad_seed)]
+    assert fallback["path"] == good and fallback["skipped"] == [nan_wav]  # train: batch size kept
+    # The same file's good crop is still served, identical to a dataset that never saw the failure.
+    item = ds[(0, good_seed)]
+    assert item["path"] == nan_wav and item["skipped"] == []
+    assert item["offset"] == fresh["offset"] and torch.equal(item["audio"], fresh["audio"])
+    assert ds[(0, bad_seed)]["skipped"] == [nan_wav]  # retried, fails again
+    assert ds.num_skipped == 1
+
+
+def test_train_header_failure_is_cached_not_retried(tmp_path, monkeypatch):
+    import transcoder.data.base as base
+
+    (tmp_path / "a_garbage.flac").write_bytes(b"\x00garbage" * 50)
+    sf.write(tmp_path / "b_good.wav", noise(0.5), SR)
+    opened: list[str] = []
+    original = base.AudioFile
+    monkeypatch.setattr(base, "AudioFile", lambda path: opened.append(os.path.basename(path)) or original(path))
+    ds = AudioFolderDataset(str(tmp_path), clip_samples=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AudioSkipWarning)
+        for seed in range(3):
+            assert ds[(0, seed)]["path"].endswith("b_good.wav")
+    assert opened.count("a_garbage.flac") == 1 and opened.count("b_good.wav") == 3
 
 
 def test_keys_and_index_errors(tmp_path):
@@ -270,9 +356,20 @@ def test_keys_and_index_errors(tmp_path):
         AudioFolderDataset(str(tmp_path), mode="test")
 
 
+def age_tree(root, seconds: float = 3600.0) -> None:
+    """Set the mtime of every folder and file under ``root`` (and ``root``) ``seconds`` into the past, as
+    for a corpus written long before its listing is cached (fresh stamps are not trusted, see listing.py)."""
+    old = int((time.time() - seconds) * 1e9)
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            os.utime(os.path.join(folder, name), ns=(old, old), follow_symlinks=False)
+    os.utime(root, ns=(old, old))
+
+
 def test_file_list_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     data = tmp_path / "data"
     make_librispeech(data)
+    age_tree(data)
     cache = str(tmp_path / "cache" / "list.json")
     first = LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)
     calls = []
@@ -284,6 +381,72 @@ def test_file_list_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     make_librispeech(data, split="test-clean")
     third = LibriSpeechDataset(str(data), ["dev-clean", "test-clean"], file_list_cache=cache)
     assert calls == [1] and len(third) == 6
+
+
+def test_file_list_cache_sees_added_and_removed_files(tmp_path, monkeypatch):
+    root = tmp_path / "audio"
+    (root / "a" / "b").mkdir(parents=True)
+    sf.write(root / "x.wav", noise(0.1), SR)
+    sf.write(root / "a" / "b" / "y.wav", noise(0.1), SR)
+    age_tree(root)
+    cache = str(tmp_path / "list.json")
+    scans = []
+    original = AudioFolderDataset._scan
+    monkeypatch.setattr(AudioFolderDataset, "_scan", lambda self: scans.append(1) or original(self))
+
+    def listing() -> list[str]:
+        ds = AudioFolderDataset(str(root), file_list_cache=cache)
+        return [ds.path(i)[len(str(root)) + 1:] for i in range(ds.num_files)]
+
+    assert listing() == ["a/b/y.wav", "x.wav"] and len(scans) == 1
+    assert listing() == ["a/b/y.wav", "x.wav"] and len(scans) == 1  # nothing changed: cache reused
+    stamps = json.loads(open(cache).read())["stamps"]
+    assert sorted(stamps) == sorted(str(p) for p in (root, root / "a", root / "a" / "b"))  # folders only
+    sf.write(root / "a" / "b" / "z.wav", noise(0.1), SR)  # added deep down: only that folder changes
+    assert listing() == ["a/b/y.wav", "a/b/z.wav", "x.wav"] and len(scans) == 2
+    age_tree(root)
+    assert listing() == ["a/b/y.wav", "a/b/z.wav", "x.wav"] and len(scans) == 3  # fresh stamps not trusted
+    assert listing() == ["a/b/y.wav", "a/b/z.wav", "x.wav"] and len(scans) == 3
+    for name in ("y.wav", "z.wav"):
+        (root / "a" / "b" / name).unlink()
+    os.rmdir(root / "a" / "b")  # a stamped folder disappears
+    assert listing() == ["x.wav"] and len(scans) == 4
+
+
+def test_librispeech_cache_sees_new_utterances_and_edited_transcripts(tmp_path):
+    data = tmp_path / "data"
+    make_librispeech(data)
+    age_tree(data)
+    cache = str(tmp_path / "list.json")
+    assert len(LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)) == 3
+    chapter = data / "LibriSpeech" / "dev-clean" / "84" / "121123"
+    sf.write(chapter / "84-121123-0002.flac", noise(0.5), SR)
+    ds = LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)
+    assert len(ds) == 4 and ds[(3, 0)]["utterance_id"] == "84-121123-0002"
+    age_tree(data)
+    LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)
+    with open(chapter / "84-121123.trans.txt", "a") as fh:  # in place: the folder's mtime does not change
+        fh.write("84-121123-0002 A NEW LINE\n")
+    ds = LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)
+    assert ds[(3, 0)]["transcript"] == "A NEW LINE"
+
+
+def test_symlinked_files_are_listed_once_and_symlinked_folders_followed(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    (outside / "corpus").mkdir(parents=True)
+    sf.write(root / "full.flac", noise(0.1), SR)
+    sf.write(outside / "ext.wav", noise(0.1), SR)
+    sf.write(outside / "corpus" / "c.wav", noise(0.1), SR)
+    os.symlink(root / "full.flac", root / "sub" / "link.flac")  # target listed: dropped
+    os.symlink(outside / "ext.wav", root / "sub" / "ext1.wav")  # target outside root: kept
+    os.symlink(outside / "ext.wav", root / "sub" / "ext2.wav")  # same target as ext1.wav: dropped
+    os.symlink(outside / "corpus", root / "corpus")  # symlinked corpus folder: followed
+    os.symlink(root / "sub", root / "again")  # folder already walked: not listed twice
+    os.symlink(tmp_path / "missing.wav", root / "broken.wav")  # broken link: ignored
+    ds = AudioFolderDataset(str(root))
+    assert [ds.path(i)[len(str(root)) + 1:] for i in range(ds.num_files)] == [
+        "corpus/c.wav", "full.flac", "sub/ext1.wav"]
 
 
 YAML_SPECS = """

@@ -318,3 +318,61 @@ def test_evaluate_script(audio_tree: tuple[Path, dict[str, int]], tmp_path: Path
     results = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
     assert "audio" not in results and results["files"] == 1
     assert results["windows"] == math.ceil(4.01 * SR / WINDOW_SAMPLES)
+
+
+def _eval_json(ckpt_path: Path, root: Path, out: Path, *extra: str) -> dict[str, Any]:
+    rc = evaluate_script.main([str(ckpt_path), "--output", str(out), "--audio-dir", str(root), "--num-audio", "0",
+                               "--num-workers", "0", "--metric-workers", "1", "--gl-iters", "4", "--quiet",
+                               "--device", "cpu", *extra])
+    assert rc == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluate_window_scores_do_not_depend_on_batch_size(ckpt: Path, tmp_path: Path) -> None:
+    root = tmp_path / "audio"
+    root.mkdir()
+    sf.write(root / "a.wav", _speechlike(3 * WINDOW_SAMPLES / SR, seed=3), SR)  # 3 full windows
+    runs = {bs: _eval_json(ckpt, root, tmp_path / f"bs{bs}", "--batch-size", str(bs)) for bs in (1, 3)}
+    clips = {bs: run["per_clip"] for bs, run in runs.items()}
+    assert [c["offset"] for c in clips[1]] == [c["offset"] for c in clips[3]] == [0, WINDOW_SAMPLES,
+                                                                                  2 * WINDOW_SAMPLES]
+    for one, three in zip(clips[1], clips[3], strict=True):
+        for key in ("pesq", "stoi", "ceiling_pesq", "ceiling_stoi"):
+            assert math.isfinite(one[key]) and one[key] == pytest.approx(three[key], abs=1e-4), key
+    assert [c["index"] for c in clips[1]] == [c["index"] for c in clips[3]] == [0, 1, 2]
+    # Each window has its own phase seed (seed + index): the windows are not rendered alike.
+    assert len({round(c["ceiling_stoi"], 6) for c in clips[1]}) == 3
+    # SI-SNR of a random-phase rendering stays in the JSON but is flagged in the table.
+    assert "si_snr" in runs[1]["audio"]["recon"]
+    assert "SI-SNR (dB, not meaningful)" in evaluate_script.format_table(runs[1])
+
+
+def test_evaluate_leaves_windows_that_failed_to_decode_out_of_every_metric(ckpt: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good", tmp_path / "mixed"
+    good.mkdir()
+    bad.mkdir()
+    clean = _speechlike(2 * WINDOW_SAMPLES / SR, seed=4)
+    for folder in (good, bad):
+        sf.write(folder / "a.wav", clean, SR, subtype="FLOAT")
+    broken = _speechlike(3 * WINDOW_SAMPLES / SR, seed=5)
+    broken[WINDOW_SAMPLES + 7] = np.nan  # window 1 of b.wav fails; windows 0 and 2 decode
+    sf.write(bad / "b.wav", broken, SR, subtype="FLOAT")
+    sf.write(good / "b.wav", np.delete(broken, slice(WINDOW_SAMPLES, 2 * WINDOW_SAMPLES)), SR, subtype="FLOAT")
+    with pytest.warns(UserWarning, match="NaN or Inf"):
+        mixed = _eval_json(ckpt, bad, tmp_path / "out_mixed", "--batch-size", "2", "--no-audio-metrics")
+    reference = _eval_json(ckpt, good, tmp_path / "out_good", "--batch-size", "2", "--no-audio-metrics")
+    assert mixed["windows"] == reference["windows"] == 4 and mixed["files"] == 2
+    assert mixed["num_skipped_windows"] == 1
+    assert mixed["skipped_windows"] == [{"index": 3, "path": str(bad / "b.wav"), "offset": WINDOW_SAMPLES}]
+    assert mixed["skipped_files"] == [str(bad / "b.wav")]
+    assert [(Path(c["path"]).name, c["offset"]) for c in mixed["per_clip"]] == [
+        ("a.wav", 0), ("a.wav", WINDOW_SAMPLES), ("b.wav", 0), ("b.wav", 2 * WINDOW_SAMPLES)]
+    assert mixed["audio_seconds"] == pytest.approx(4 * WINDOW_SAMPLES / SR)
+    # The same windows without the bad one score the same: the zero window counted nowhere.
+    for key in ("mse_db", "mae_db", "l1_model"):
+        assert mixed["spectrogram"][key] == pytest.approx(reference["spectrogram"][key], rel=1e-5), key
+    assert mixed["codebook"]["num_tokens"] == reference["codebook"]["num_tokens"]
+    assert mixed["codebook"]["distinct_codes"] == reference["codebook"]["distinct_codes"]
+    table = evaluate_script.format_table(mixed)
+    assert "1 windows that failed to decode" in table

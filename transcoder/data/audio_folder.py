@@ -16,6 +16,10 @@ __all__ = ["AudioFolderDataset"]
 class AudioFolderDataset(AudioClipDataset):
     """Every file under ``root`` (recursively) whose extension is in ``extensions``, sorted by path.
 
+    Symlinked files and folders are followed; a symlinked file whose target is already listed under
+    ``root`` is listed once (see :func:`~transcoder.data.listing.scan_files`). With ``file_list_cache``
+    the listing is rescanned whenever a folder under ``root`` gained, lost or renamed an entry.
+
     Args:
         root: the folder, e.g. ``my_audio/train``.
         extensions: file name endings to include, case-insensitive (default: wav, flac, mp3, ogg, opus).
@@ -54,4 +58,4 @@ class AudioFolderDataset(AudioClipDataset):
                 f"(e.g. my_audio/train/**/*.wav).")
 
     def _scan(self) -> dict[str, list[Any]]:
-        return {"path": scan_files(self.root, self.extensions)}
+        return {"path": scan_files(self.root, self.extensions, stamps=self._dir_stamps)}

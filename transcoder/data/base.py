@@ -11,11 +11,20 @@ padded; index -> (file, window). Counting windows needs each file's length, so t
 no decoding); train mode never probes files up front.
 
 Bad files (unreadable, truncated, empty, header with unknown length, NaN/Inf samples) are
-skipped: one :class:`AudioSkipWarning` per file naming it and the reason, and the item falls
-back to the next index (so batches keep their size). The failed paths are listed in the item's
-``"skipped"`` and, per process, in ``dataset.skipped_files`` / ``dataset.num_skipped``; with
-DataLoader workers only the batch's ``"skipped"`` reaches the main process. A file is only
-checked where it is decoded: NaN samples outside the cropped segment go unnoticed.
+skipped: one :class:`AudioSkipWarning` per file naming it and the reason, and the failed path is
+listed in the item's ``"skipped"`` and, per process, in ``dataset.skipped_files`` /
+``dataset.num_skipped``; with DataLoader workers only the batch's ``"skipped"`` reaches the main
+process. What the item then holds depends on the mode:
+
+* train: the item falls back to the next index (so batches keep their size). Only a file whose
+  header cannot be read is remembered and never opened again in this process; a failure at one
+  crop offset (truncated data, NaN samples) skips that read only, so a partly bad file's good crops
+  are still used and the data do not depend on which items a worker happened to load before.
+* eval: there is no fallback (it would substitute another file's window and count that window
+  twice). The item is the SAME (file, window) with zero audio and ``num_valid == 0``; metrics must
+  exclude such items (mask by ``num_valid``).
+
+A file is only checked where it is decoded: NaN samples outside the cropped segment go unnoticed.
 """
 
 from __future__ import annotations
@@ -52,12 +61,14 @@ class AudioClipDataset(Dataset):
             exactly ``target_length`` frames.
         mode: ``"train"`` (random crops) or ``"eval"`` (windows covering every file).
         file_list_cache: optional JSON path; the listing is read from it when it was written for
-            the same root and settings, else scanned and written there. Delete it after adding files.
-        max_fallback: consecutive failing items tolerated before an index raises.
+            the same root and settings and none of the scanned folders changed since (mtime, one
+            ``stat`` per folder), else scanned and written there.
+        max_fallback: train mode: consecutive failing items tolerated before an index raises
+            (eval mode never falls back).
 
-    Item: ``{"audio": (clip_samples,) float32, "path": str, "num_valid": int (unpadded samples),
-    "offset": int (first sample, at sample_rate), "skipped": list[str]}`` plus the subclass's
-    metadata (:attr:`metadata_keys`).
+    Item: ``{"audio": (clip_samples,) float32, "path": str, "num_valid": int (unpadded samples; 0 for
+    an eval window that failed to decode), "offset": int (first sample, at sample_rate),
+    "skipped": list[str]}`` plus the subclass's metadata (:attr:`metadata_keys`).
     """
 
     #: Metadata columns a subclass adds to each item.
@@ -83,7 +94,9 @@ class AudioClipDataset(Dataset):
         self.clip_samples = clip_samples
         self.mode = mode
         self.max_fallback = max_fallback
-        self._failed: dict[str, str] = {}
+        self._failed: dict[str, str] = {}  # every failure in this process (first reason), for reporting
+        self._unopenable: dict[str, str] = {}  # header failures: never retried
+        self._dir_stamps: dict[str, int] = {}  # filled by _scan: {path: st_mtime_ns} of what it walked
         self._window_ends: np.ndarray | None = None  # eval: cumulative window count per file
 
         columns = self._listing(file_list_cache)
@@ -100,7 +113,13 @@ class AudioClipDataset(Dataset):
     root: str
 
     def _scan(self) -> dict[str, list[Any]]:
-        """Columns ``{"path": [paths relative to root, sorted], <metadata key>: [...]}``."""
+        """Columns ``{"path": [paths relative to root, sorted], <metadata key>: [...]}``.
+
+        A scan that walks directories records each one's ``st_mtime_ns`` in ``self._dir_stamps``
+        (see :func:`~transcoder.data.listing.stamp`); the file-list cache is rescanned when any of
+        them changed or disappeared. A listing that depends on something else must put it in
+        :meth:`_signature`.
+        """
         raise NotImplementedError
 
     def _signature(self) -> dict[str, Any]:
@@ -146,6 +165,14 @@ class AudioClipDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"{type(self).__name__}: index {index} out of range for {n} items")
         index %= n
+        if self.mode == "eval":
+            try:
+                item = self._load(index, seed)
+            except AudioDecodeError as err:
+                self._record_failure(err.path, err.reason)
+                return self._failed_window(index, err.path)
+            item["skipped"] = []
+            return item
         skipped: list[str] = []
         for attempt in range(min(self.max_fallback, n)):
             try:
@@ -167,9 +194,10 @@ class AudioClipDataset(Dataset):
         signature = {"dataset": type(self).__name__, **self._signature()}
         columns = load_list_cache(cache, signature) if cache else None
         if columns is None:
+            self._dir_stamps = {}
             columns = self._scan()
             if cache and columns["path"]:
-                save_list_cache(cache, signature, columns)
+                save_list_cache(cache, signature, columns, self._dir_stamps)
         return columns
 
     @staticmethod
@@ -197,20 +225,31 @@ class AudioClipDataset(Dataset):
             out[key] = int(value) if isinstance(value, np.integer) else value
         return out
 
-    def _load(self, index: int, seed: int | None) -> dict[str, Any]:
+    def _locate(self, index: int) -> tuple[int, int | None]:
+        """``(file index, eval window or None)`` of item ``index`` (in ``[0, len)``)."""
         if self.mode == "train":
-            file_index, window = index, None
-        else:
-            ends = self._eval_windows()
-            file_index = int(np.searchsorted(ends, index, side="right"))
-            window = index - (int(ends[file_index - 1]) if file_index else 0)
+            return index, None
+        ends = self._eval_windows()
+        file_index = int(np.searchsorted(ends, index, side="right"))
+        return file_index, index - (int(ends[file_index - 1]) if file_index else 0)
+
+    def _load(self, index: int, seed: int | None) -> dict[str, Any]:
+        """Decode item ``index``; :class:`AudioDecodeError` if its file or segment is unusable."""
+        file_index, window = self._locate(index)
         path = self.path(file_index)
-        if path in self._failed:
-            raise AudioDecodeError(path, self._failed[path])
-        with AudioFile(path) as f:
+        if path in self._unopenable:
+            raise AudioDecodeError(path, self._unopenable[path])
+        try:
+            f = AudioFile(path)
+        except AudioDecodeError as err:
+            self._unopenable[path] = err.reason
+            raise
+        with f:
             total = f.info.num_samples(self.sample_rate)
             if total <= 0:
-                raise AudioDecodeError(path, f"shorter than one sample at {self.sample_rate} Hz")
+                reason = f"shorter than one sample at {self.sample_rate} Hz"
+                self._unopenable[path] = reason
+                raise AudioDecodeError(path, reason)
             if window is not None:
                 offset = window * self.clip_samples
             elif total > self.clip_samples:
@@ -218,11 +257,20 @@ class AudioClipDataset(Dataset):
                 offset = int(rng.integers(0, total - self.clip_samples + 1))
             else:
                 offset = 0
+            # A failure here concerns this segment only: it is not cached, other offsets may decode.
             wave = f.read(self.sample_rate, offset=offset, num_samples=self.clip_samples)
         audio = torch.zeros(self.clip_samples, dtype=torch.float32)
         audio[: wave.shape[0]] = wave
         return {"audio": audio, "path": path, "num_valid": int(wave.shape[0]), "offset": offset,
                 **self._metadata(file_index)}
+
+    def _failed_window(self, index: int, failed_path: str) -> dict[str, Any]:
+        """Eval item ``index`` that failed to decode: its own path, offset and metadata, zero audio,
+        ``num_valid == 0`` and ``"skipped": [failed_path]``."""
+        file_index, window = self._locate(index)
+        return {"audio": torch.zeros(self.clip_samples, dtype=torch.float32), "path": self.path(file_index),
+                "num_valid": 0, "offset": (window or 0) * self.clip_samples, **self._metadata(file_index),
+                "skipped": [failed_path]}
 
     def _eval_windows(self) -> np.ndarray:
         """Cumulative window counts per file (eval mode), from one header read per file."""
@@ -233,6 +281,7 @@ class AudioClipDataset(Dataset):
                 try:
                     total = audio_info(path).num_samples(self.sample_rate)
                 except AudioDecodeError as err:
+                    self._unopenable[err.path] = err.reason
                     self._record_failure(err.path, err.reason)
                     continue
                 counts[i] = math.ceil(total / self.clip_samples)
@@ -246,7 +295,11 @@ class AudioClipDataset(Dataset):
 
 def collate_audio(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch dataset items: audio → (B, S) tensor, ints → (B,) int64 tensor, strings → lists,
-    ``"skipped"`` → one flat list of the failed paths behind this batch."""
+    ``"skipped"`` → one flat list of the failed paths behind this batch.
+
+    The flat list only counts failures; to tell WHICH eval items failed use ``num_valid == 0``
+    (an eval item that failed keeps its own path and offset, see :class:`AudioClipDataset`).
+    """
     if not items:
         raise ValueError("collate_audio: empty list of items")
     keys = list(items[0])

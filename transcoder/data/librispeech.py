@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from transcoder.data.base import AudioClipDataset
+from transcoder.data.listing import stamp
 
 __all__ = ["LibriSpeechDataset"]
 
@@ -27,6 +28,9 @@ class LibriSpeechDataset(AudioClipDataset):
     Items carry ``speaker_id`` (int), ``chapter_id`` (int), ``utterance_id`` (str, e.g.
     ``"9001-1-0003"``) and ``transcript`` (str, upper case as distributed; ``""`` when the
     chapter has no transcript file).
+
+    With ``file_list_cache``, the listing (transcripts included) is rescanned when a split, speaker or
+    chapter folder gained, lost or renamed an entry, or a ``*.trans.txt`` file was modified.
     """
 
     metadata_keys = ("speaker_id", "chapter_id", "utterance_id", "transcript")
@@ -75,13 +79,15 @@ class LibriSpeechDataset(AudioClipDataset):
     def _scan(self) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {"path": [], **{k: [] for k in self.metadata_keys}}
         odd: list[str] = []
+        stamps = self._dir_stamps
         for split in self.splits:
-            for speaker_dir in _subdirs(os.path.join(self.root, split)):
-                for chapter_dir in _subdirs(speaker_dir):
+            for speaker_dir in _subdirs(os.path.join(self.root, split), stamps):
+                for chapter_dir in _subdirs(speaker_dir, stamps):
+                    stamp(stamps, chapter_dir)
                     rel_dir = os.path.relpath(chapter_dir, self.root).replace(os.sep, "/")
                     names = sorted(e.name for e in os.scandir(chapter_dir)
                                    if e.name.lower().endswith(".flac") and not e.name.startswith("."))
-                    transcripts = _read_transcripts(chapter_dir) if names else {}
+                    transcripts = _read_transcripts(chapter_dir, stamps) if names else {}
                     for name in names:
                         utt = name[: -len(".flac")]
                         parts = utt.split("-")
@@ -99,15 +105,19 @@ class LibriSpeechDataset(AudioClipDataset):
         return columns
 
 
-def _subdirs(path: str) -> list[str]:
+def _subdirs(path: str, stamps: dict[str, int] | None = None) -> list[str]:
+    """Sorted non-hidden sub-folders of ``path`` (whose mtime goes into ``stamps``, stat before read)."""
+    stamp(stamps, path)
     return sorted(e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
-def _read_transcripts(chapter_dir: str) -> dict[str, str]:
-    """``{utterance_id: text}`` from the chapter's ``*.trans.txt`` (lines ``<utt-id> <TEXT>``)."""
+def _read_transcripts(chapter_dir: str, stamps: dict[str, int] | None = None) -> dict[str, str]:
+    """``{utterance_id: text}`` from the chapter's ``*.trans.txt`` (lines ``<utt-id> <TEXT>``); each
+    transcript file's mtime goes into ``stamps`` (an in-place edit does not change the folder's)."""
     out: dict[str, str] = {}
     for entry in os.scandir(chapter_dir):
         if entry.name.endswith(".trans.txt"):
+            stamp(stamps, entry.path)
             with open(entry.path, encoding="utf-8") as fh:
                 for line in fh:
                     utt, _, text = line.strip().partition(" ")

@@ -1,21 +1,35 @@
 """Fast file listing for the datasets: an os.scandir walk, compact string storage, a JSON list cache.
 
-Nothing here opens an audio file: listing 100k files costs the directory reads only.
+Nothing here opens an audio file: listing 100k files costs the directory reads only (plus one
+``stat`` per directory, and one per symlinked file).
+
+The list cache stores, beside the listing, the ``st_mtime_ns`` of every directory the scan walked
+("stamps"). A directory's mtime changes whenever an entry is added to, removed from or renamed in
+it, so a cache is only reused while none of its directories changed or disappeared; checking it
+costs one ``stat`` per directory, never one per file. Editing a file in place does not change its
+directory's mtime, which is fine for a listing of names (a scan that also caches file contents,
+e.g. transcripts, stamps those files too).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["StringColumn", "scan_files", "load_list_cache", "save_list_cache"]
+__all__ = ["StringColumn", "scan_files", "stamp", "load_list_cache", "save_list_cache"]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: directory mtime stamps
+
+# File systems set mtimes from a coarse clock (a few ms on Linux, up to 2 s on FAT): an entry added
+# within that long of the scan may leave its directory's mtime unchanged. Stamps this recent when the
+# cache is written are stored as unknown (-1), so the next load rescans once instead of trusting them.
+_RACY_NS = 2_000_000_000
 
 
 class StringColumn:
@@ -43,36 +57,82 @@ class StringColumn:
         return [self[i] for i in range(len(self))]
 
 
-def scan_files(root: str, extensions: Sequence[str]) -> list[str]:
+def stamp(stamps: dict[str, int] | None, path: str) -> os.stat_result:
+    """``os.stat(path)`` (following symlinks), recording its ``st_mtime_ns`` in ``stamps`` when given."""
+    st = os.stat(path)
+    if stamps is not None:
+        stamps[os.path.abspath(path)] = st.st_mtime_ns
+    return st
+
+
+def scan_files(root: str, extensions: Sequence[str], stamps: dict[str, int] | None = None) -> list[str]:
     """Paths relative to ``root`` (``/``-separated, sorted) of files whose lower-cased name ends in
-    one of ``extensions``, found recursively. Hidden entries (``.*``, e.g. macOS ``._x.wav``
-    resource forks) are ignored; directory symlinks are followed once (cycles are cut).
+    one of ``extensions``, found recursively.
+
+    Hidden entries (``.*``, e.g. macOS ``._x.wav`` resource forks) are ignored. Symlinks are
+    followed (symlinked corpora work), but every file and directory is listed once:
+
+    * a directory reached twice (a symlink to a folder already walked, or a cycle) is walked once,
+      under its real path when it is inside ``root`` (real directories are walked before symlinked
+      ones, each in sorted order, so the choice does not depend on the file system's entry order);
+    * a symlinked FILE whose target is already listed under ``root`` (the real file, or an earlier
+      symlink in sorted order to the same target) is dropped. Hard links are distinct entries and kept.
+
+    Args:
+        root: folder to search.
+        extensions: name endings such as ``[".wav", ".flac"]``, matched case-insensitively.
+        stamps: when given, receives ``{absolute directory path: st_mtime_ns}`` of every directory
+            walked (for :func:`save_list_cache`).
     """
     suffixes = tuple(e.lower() for e in extensions)
-    found: list[str] = []
-    seen: set[tuple[int, int]] = set()
-    stack = [("", root)]
-    while stack:
+    files: list[str] = []
+    file_dirs: list[int] = []  # index into walked_dirs of each entry of files
+    walked_dirs: list[str] = []
+    linked_files: list[tuple[str, str]] = []  # (rel, abs) of symlinked files, resolved at the end
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [("", root)]  # real directories, then (when it is empty) the symlinked ones
+    linked_dirs: list[tuple[str, str]] = []
+    while stack or linked_dirs:
+        if not stack:
+            linked_dirs.sort(reverse=True)
+            stack, linked_dirs = linked_dirs, []
         rel_dir, abs_dir = stack.pop()
-        st = os.stat(abs_dir)
-        if (st.st_dev, st.st_ino) in seen:
+        st = stamp(stamps, abs_dir)
+        if (st.st_dev, st.st_ino) in seen_dirs:
             continue
-        seen.add((st.st_dev, st.st_ino))
+        seen_dirs.add((st.st_dev, st.st_ino))
+        walked_dirs.append(abs_dir)
+        subdirs: list[tuple[str, str]] = []
         with os.scandir(abs_dir) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 if entry.is_dir():
-                    stack.append((rel, entry.path))
+                    (linked_dirs if entry.is_symlink() else subdirs).append((rel, entry.path))
                 elif entry.name.lower().endswith(suffixes) and entry.is_file():
-                    found.append(rel)
-    found.sort()
-    return found
+                    if entry.is_symlink():
+                        linked_files.append((rel, entry.path))
+                    else:
+                        files.append(rel)
+                        file_dirs.append(len(walked_dirs) - 1)
+        stack.extend(sorted(subdirs, reverse=True))
+    if linked_files:
+        # Compare resolved paths (not inodes: readdir's d_ino need not match st_ino on overlayfs).
+        real_dirs = [os.path.realpath(d) for d in walked_dirs]
+        listed = {os.path.join(real_dirs[d], rel.rpartition("/")[2]) for rel, d in zip(files, file_dirs, strict=True)}
+        for rel, abs_path in sorted(linked_files):
+            target = os.path.realpath(abs_path)
+            if target not in listed and os.path.isfile(target):
+                listed.add(target)
+                files.append(rel)
+    files.sort()
+    return files
 
 
 def load_list_cache(path: str, signature: dict[str, Any]) -> dict[str, list[Any]] | None:
-    """Columns stored by :func:`save_list_cache` if ``path`` exists and was written for ``signature``."""
+    """Columns stored by :func:`save_list_cache` if ``path`` exists, was written for ``signature``
+    and none of its stamped directories changed (mtime) or disappeared since; else None (rescan)."""
     if not os.path.isfile(path):
         return None
     try:
@@ -81,16 +141,35 @@ def load_list_cache(path: str, signature: dict[str, Any]) -> dict[str, list[Any]
     except (OSError, ValueError) as err:
         warnings.warn(f"file list cache '{path}' is unreadable ({err}); rescanning", stacklevel=3)
         return None
-    if payload.get("version") != _CACHE_VERSION or payload.get("signature") != signature:
+    if (not isinstance(payload, dict) or payload.get("version") != _CACHE_VERSION
+            or payload.get("signature") != signature):
         return None
+    stamps = payload.get("stamps")
+    if not isinstance(stamps, dict):
+        return None
+    for stamped, mtime_ns in stamps.items():
+        try:
+            if os.stat(stamped).st_mtime_ns != mtime_ns:
+                return None
+        except OSError:
+            return None
     columns = payload.get("columns")
     return columns if isinstance(columns, dict) and "path" in columns else None
 
 
-def save_list_cache(path: str, signature: dict[str, Any], columns: dict[str, list[Any]]) -> None:
-    """Write the listing atomically (DDP ranks may write the same cache at once)."""
+def save_list_cache(path: str, signature: dict[str, Any], columns: dict[str, list[Any]],
+                    stamps: dict[str, int] | None = None) -> None:
+    """Write the listing atomically (DDP ranks may write the same cache at once).
+
+    ``stamps`` (``{absolute path: st_mtime_ns}``, from :func:`scan_files` / :func:`stamp`) are the
+    directories (and files) the listing was read from; :func:`load_list_cache` rescans when one changed.
+    A stamp less than 2 s old is stored as unknown (the next load rescans; see ``_RACY_NS``).
+    """
+    racy_after = time.time_ns() - _RACY_NS
+    stamps = {key: (-1 if mtime_ns > racy_after else mtime_ns) for key, mtime_ns in (stamps or {}).items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"version": _CACHE_VERSION, "signature": signature, "columns": columns}, fh)
+        json.dump({"version": _CACHE_VERSION, "signature": signature, "stamps": stamps,
+                   "columns": columns}, fh)
     os.replace(tmp, path)
