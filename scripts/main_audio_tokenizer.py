@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", default=None, help="resume from this checkpoint instead of OUTPUT_DIR's latest")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="save and stop at this step without changing the schedule (resume later)")
+    parser.add_argument("--validate-only", action="store_true",
+                        help="load the checkpoint (as when resuming), run validation on every rank, write "
+                             "OUTPUT_DIR/validation_step_N.json and exit")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     parser.add_argument("overrides", nargs="*", help="config overrides KEY.SUB=VALUE")
     return parser.parse_intermixed_args(argv)
@@ -44,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = init_distributed(args.device)
     try:
-        Trainer(config, Path(args.output_dir), env, resume=args.resume).fit(stop_at_step=args.stop_at_step)
+        trainer = Trainer(config, Path(args.output_dir), env, resume=args.resume)
+        if args.validate_only:
+            trainer.validate_to_file()
+        else:
+            trainer.fit(stop_at_step=args.stop_at_step)
     finally:
         cleanup_distributed()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -419,6 +420,18 @@ class Trainer:
             metrics.update(recon, target, quant_loss, info["indices"], torch.as_tensor(batch["num_valid"]))
         model.train(was_training)
         return metrics.compute()
+
+    def validate_to_file(self) -> dict[str, float]:
+        """Validate the loaded weights and write ``validation_step_N.json`` (rank 0); returns the metrics."""
+        if self.val_dataset is None:
+            raise ConfigError("data.val is null: there is no validation split to evaluate")
+        metrics = self.validate()
+        if self.env.is_main:
+            path = self.output_dir / f"validation_step_{self.state.step:07d}.json"
+            path.write_text(json.dumps({"step": self.state.step, "world_size": self.env.world_size, **metrics},
+                                       indent=2))
+            self.logger.info("step %d | validation %s -> %s", self.state.step, metrics, path)
+        return metrics
 
     def _validate_and_keep_best(self, monitor: Monitor) -> None:
         metrics = self.validate()
