@@ -120,3 +120,24 @@ def detach_to_float(values: dict[str, Tensor]) -> dict[str, float]:
         return {}
     stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()]).cpu().tolist()
     return dict(zip(values.keys(), stacked, strict=True))
+
+
+class LogWindow:
+    """Running sums between two log lines (on the device: no per-step sync)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.steps = 0
+        self.samples = 0
+        self.data_seconds = 0.0
+        self.compute_seconds = 0.0
+
+    def add(self, terms: dict[str, Tensor], grad_norm: Tensor, samples: int) -> None:
+        for name, value in {**terms, "grad_norm": grad_norm}.items():
+            value = value.detach().float().to(grad_norm.device)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps += 1
+        self.samples += samples
+
+    def mean_terms(self) -> dict[str, Tensor]:
+        return {name: total / max(self.steps, 1) for name, total in self.sums.items()}

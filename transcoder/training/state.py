@@ -72,3 +72,10 @@ def file_list_fingerprint(dataset: Any) -> dict[str, Any]:
             digest.update(os.path.relpath(dataset.path(index), root).encode())
             digest.update(b"\0")
     return {"count": count, "sha1": digest.hexdigest()[:16]}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) generators of this process."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -6,14 +6,12 @@ import contextlib
 import json
 import math
 import os
-import random
 import signal
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -23,13 +21,19 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from transcoder.data import LogMelFrontend, MelConfig, SpecAugment, build_dataset, collate_audio
 from transcoder.optim import build_optimizer
-from transcoder.training.monitor import Monitor, detach_to_float, setup_text_logger
+from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
 from transcoder.training.sampler import ResumableTrainSampler
-from transcoder.training.state import TrainState, file_list_fingerprint, gather_rng_states, restore_rng_state
+from transcoder.training.state import (
+    TrainState,
+    file_list_fingerprint,
+    gather_rng_states,
+    restore_rng_state,
+    seed_everything,
+)
 from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import load_checkpoint, save_atomic
 from transcoder.utils.config import ConfigError, instantiate, save_config
-from transcoder.utils.distributed import DistEnv, all_reduce_max, all_reduce_sum, barrier
+from transcoder.utils.distributed import DistEnv, all_reduce_max, all_reduce_sum, barrier, check_same_on_all_ranks
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -70,7 +74,7 @@ class Trainer:
         self._last_saved_step: int | None = None
 
         seed = int(self.train_cfg["seed"])
-        _seed_everything(seed + env.rank)
+        seed_everything(seed + env.rank)
         if self.train_cfg["deterministic"]:
             torch.use_deterministic_algorithms(True)
 
@@ -156,14 +160,8 @@ class Trainer:
         """Count and hash of the training file list; every rank must list the same files in the same
         order (a node with a partial copy or a stale cache would silently duplicate or drop clips)."""
         fingerprint = file_list_fingerprint(self.train_dataset)
-        if self.env.distributed:
-            gathered: list[Any] = [None] * self.env.world_size
-            torch.distributed.all_gather_object(gathered, fingerprint)
-            if any(g != gathered[0] for g in gathered):
-                raise RuntimeError(
-                    "the ranks list different training files (count, hash per rank: "
-                    f"{[(g['count'], g['sha1']) for g in gathered]}); every rank must see the same data "
-                    "(check node-local copies and file-list caches)")
+        check_same_on_all_ranks(fingerprint, "the training file list (count, hash)",
+                                "every rank must see the same data: check node-local copies and file-list caches")
         return fingerprint
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -236,7 +234,7 @@ class Trainer:
         loader = iter(self._loader(self.train_dataset, sampler, batch_size, train=True))
         monitor = Monitor(self.output_dir, self.env.is_main, max_steps, self.state.step)
         previous_handlers = self._install_signal_handlers()
-        window = _Window()
+        window = LogWindow()
         # Log lines go through tqdm.write, so they don't break the progress bar.
         with logging_redirect_tqdm(loggers=[self.logger]):
             try:
@@ -247,7 +245,7 @@ class Trainer:
                     signal.signal(signum, handler)
         return self.state
 
-    def _loop(self, loader: Any, sampler: ResumableTrainSampler, monitor: Monitor, window: _Window,
+    def _loop(self, loader: Any, sampler: ResumableTrainSampler, monitor: Monitor, window: LogWindow,
               end_step: int, max_steps: int, batch_size: int) -> None:
         """Steps until ``end_step``; logging, media, validation and checkpoints on their schedules."""
         while self.state.step < end_step:
@@ -260,7 +258,7 @@ class Trainer:
             step = self.state.step
             if step % int(self.train_cfg["log_every"]) == 0 or step == max_steps:
                 self._log(monitor, window, info, sampler.epoch_at(step * batch_size))
-                window = _Window()
+                window = LogWindow()
             else:
                 monitor.progress(1)
             if self.train_cfg["image_every"] and step % int(self.train_cfg["image_every"]) == 0:
@@ -299,7 +297,7 @@ class Trainer:
             model_input = self.specaugment(target) if self.specaugment is not None else target
         return model_input, target
 
-    def _train_step(self, batch: dict[str, Any], window: _Window) -> tuple[dict[str, Tensor], Tensor, dict]:
+    def _train_step(self, batch: dict[str, Any], window: LogWindow) -> tuple[dict[str, Tensor], Tensor, dict]:
         self.train_model.train()
         if self.specaugment is not None:
             self.specaugment.train()
@@ -346,7 +344,7 @@ class Trainer:
         return terms, grad_norm.detach(), info
 
     # -- logging and validation ------------------------------------------------------------
-    def _log(self, monitor: Monitor, window: _Window, info: dict[str, Any], epoch: int) -> None:
+    def _log(self, monitor: Monitor, window: LogWindow, info: dict[str, Any], epoch: int) -> None:
         self._sync_skipped_files()
         values = detach_to_float(window.mean_terms())
         indices = info["indices"]
@@ -460,13 +458,11 @@ class Trainer:
             return
         with torch.no_grad():
             flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
-            fingerprint = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device,
-                                                                         dtype=torch.float64)).sum()])
-        gathered = [torch.empty_like(fingerprint) for _ in range(self.env.world_size)]
-        torch.distributed.all_gather(gathered, fingerprint)
-        if any(not torch.equal(g, gathered[0]) for g in gathered):
-            raise RuntimeError(f"model weights differ between ranks after training: {[g.tolist() for g in gathered]}")
+            weighted = flat * torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
+            fingerprint = (flat.sum().item(), weighted.sum().item())  # position-weighted: catches swaps too
+        check_same_on_all_ranks(fingerprint, "the model weights after training")
         self.logger.info("weights identical on all %d ranks", self.env.world_size)
+
 
 def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
     """Instantiate the model and check that its input grid matches the front end's mel settings."""
@@ -480,33 +476,6 @@ def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
             raise ConfigError(f"model audioconfig.input_length={config.input_length} but data.target_length="
                               f"{mel_config.target_length}: they must be equal")
     return model
-
-
-class _Window:
-    """Running sums between two log lines (on the device: no per-step sync)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.steps = 0
-        self.samples = 0
-        self.data_seconds = 0.0
-        self.compute_seconds = 0.0
-
-    def add(self, terms: dict[str, Tensor], grad_norm: Tensor, samples: int) -> None:
-        for name, value in {**terms, "grad_norm": grad_norm}.items():
-            value = value.detach().float().to(grad_norm.device)
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.steps += 1
-        self.samples += samples
-
-    def mean_terms(self) -> dict[str, Tensor]:
-        return {name: total / max(self.steps, 1) for name, total in self.sums.items()}
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _worker_init(_worker_id: int) -> None:

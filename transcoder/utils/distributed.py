@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -58,6 +59,16 @@ def cleanup_distributed() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def check_same_on_all_ranks(value: Any, what: str, hint: str = "") -> None:
+    """Raise on every rank if ``value`` (any picklable object) differs between ranks (a collective)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    if any(g != gathered[0] for g in gathered):
+        raise RuntimeError(f"{what} differs between ranks (per rank: {gathered}){'; ' + hint if hint else ''}")
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
