@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from transcoder.data import AudioFolderDataset, LogMelFrontend, MelConfig, SpecAugment, collate_audio
+from transcoder.data import AudioFolderDataset, LogMelFrontend, MelConfig, SpecAugment
 from transcoder.models import depthwise_conv
 from transcoder.models.audiobsq import ConformerConvModule
 from transcoder.optim import build_optimizer
+from transcoder.training.loader import build_loader
 from transcoder.training.sampler import ResumableTrainSampler
 from transcoder.training.trainer import build_model
 from transcoder.utils.config import instantiate, load_config
@@ -93,9 +93,8 @@ def synthetic_batches(batch_size: int, clip_samples: int, device: torch.device) 
 def real_batches(folder: str, mel: MelConfig, batch_size: int, workers: int,
                  device: torch.device) -> Iterator[torch.Tensor]:
     dataset = AudioFolderDataset(folder, sample_rate=mel.sample_rate, clip_samples=mel.clip_samples, mode="train")
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=ResumableTrainSampler(len(dataset)),
-                        num_workers=workers, collate_fn=collate_audio, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    loader = build_loader(dataset, ResumableTrainSampler(len(dataset)), batch_size, workers=workers, device=device,
+                          seed=0, persistent=True, prefetch_factor=4)
     for batch in loader:
         yield batch["audio"].to(device, non_blocking=True)
 

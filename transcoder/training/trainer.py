@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import time
 import warnings
@@ -19,8 +18,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from transcoder.data import LogMelFrontend, MelConfig, SpecAugment, build_dataset, collate_audio
+from transcoder.data import LogMelFrontend, MelConfig, SpecAugment, build_dataset
 from transcoder.optim import build_optimizer
+from transcoder.training.loader import build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
 from transcoder.training.sampler import ResumableTrainSampler
 from transcoder.training.state import (
@@ -145,16 +145,10 @@ class Trainer:
         return model.to(self.device)
 
     def _loader(self, dataset: Any, sampler: Any, batch_size: int, train: bool) -> DataLoader:
-        workers = int(self.data_cfg["num_workers"])
-        generator = torch.Generator().manual_seed(int(self.train_cfg["seed"]))
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_audio,
-            pin_memory=bool(self.data_cfg["pin_memory"]) and self.device.type == "cuda", drop_last=False,
-            persistent_workers=train and workers > 0,
-            prefetch_factor=self.data_cfg["prefetch_factor"] if workers else None,
-            # The loader's own generator: creating an iterator must not advance the global RNG (exact resume).
-            worker_init_fn=_worker_init, generator=generator,
-        )
+        return build_loader(dataset, sampler, batch_size, workers=int(self.data_cfg["num_workers"]),
+                            device=self.device, seed=int(self.train_cfg["seed"]), persistent=train,
+                            pin_memory=bool(self.data_cfg["pin_memory"]),
+                            prefetch_factor=int(self.data_cfg["prefetch_factor"]))
 
     def _check_same_files_on_every_rank(self) -> dict[str, Any]:
         """Count and hash of the training file list; every rank must list the same files in the same
@@ -476,13 +470,3 @@ def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
             raise ConfigError(f"model audioconfig.input_length={config.input_length} but data.target_length="
                               f"{mel_config.target_length}: they must be equal")
     return model
-
-
-def _worker_init(_worker_id: int) -> None:
-    # Loader workers only decode and crop: one thread each avoids oversubscribing the cores.
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    # torchrun and schedulers signal every process; a worker that died of SIGTERM would make the loader
-    # raise before the main process could write its checkpoint. The main process shuts workers down.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
