@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from transcoder.api import AudioTokenizer, load_tokenizer
 from transcoder.data import build_dataset, collate_audio
-from transcoder.evaluations.metrics import (
+from transcoder.evaluation.metrics import (
     CodebookUsage,
     mel_l1,
     si_snr,

@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 import torchaudio
 from scipy.optimize import nnls as scipy_nnls
 
-from transcoder.evaluations.metrics import (
+from transcoder.audio.griffin_lim import GriffinLimVocoder, nnls_mel_inverse
+from transcoder.evaluation.metrics import (
     CodebookUsage,
     bitrate,
     code_entropy,
@@ -25,7 +26,6 @@ from transcoder.evaluations.metrics import (
     stoi,
     tokens_per_second,
 )
-from transcoder.evaluations.vocoder import GriffinLimVocoder, nnls_mel_inverse
 
 # --------------------------------------------------------------------------------------------------
 # spectrogram errors
@@ -292,7 +292,7 @@ def test_griffin_lim_renders_a_tone() -> None:
 
 def test_griffin_lim_matches_the_front_end() -> None:
     """With the repo's front end (S // hop frames): the default length is S and the result is speech-like."""
-    from transcoder.data.mel import LogMelFrontend, MelConfig
+    from transcoder.audio.mel import LogMelFrontend, MelConfig
 
     frontend = LogMelFrontend(MelConfig(n_mels=64, n_fft=512, hop_length=128))
     vocoder = GriffinLimVocoder.from_frontend(frontend)

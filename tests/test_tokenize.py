@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from transcoder.api import AudioTokenizer, codes_dtype, load_tokenizer
-from transcoder.data.mel import MelConfig
+from transcoder.audio.mel import MelConfig
 from transcoder.models.audiobsq import AudioBSQModel
 
 REPO = Path(__file__).resolve().parents[1]

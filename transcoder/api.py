@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from transcoder.audio.griffin_lim import GriffinLimVocoder
+from transcoder.audio.mel import LogMelFrontend, MelConfig
 from transcoder.data.audio_io import load_audio, resample
-from transcoder.data.mel import LogMelFrontend, MelConfig
-from transcoder.evaluations.metrics import bitrate as _bitrate
-from transcoder.evaluations.metrics import tokens_per_second as _tokens_per_second
-from transcoder.evaluations.vocoder import GriffinLimVocoder
+from transcoder.evaluation.metrics import bitrate as _bitrate
+from transcoder.evaluation.metrics import tokens_per_second as _tokens_per_second
 from transcoder.utils.checkpoint import load_checkpoint
 from transcoder.utils.config import instantiate
 

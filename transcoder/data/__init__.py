@@ -4,6 +4,7 @@ See AUDIO_README.md ("Data pipeline"). Workers decode and crop (``AudioClipDatas
 the training device turns waveform batches into model-space log-mels (``LogMelFrontend``).
 """
 
+from transcoder.audio.mel import LogMelFrontend, MelConfig
 from transcoder.data.audio_folder import AudioFolderDataset
 from transcoder.data.audio_io import (
     AUDIO_EXTENSIONS,
@@ -19,7 +20,6 @@ from transcoder.data.base import AudioClipDataset, AudioSkipWarning, collate_aud
 from transcoder.data.build import build_dataset, resolve_target
 from transcoder.data.common_voice import CommonVoiceDataset
 from transcoder.data.librispeech import LibriSpeechDataset
-from transcoder.data.mel import LogMelFrontend, MelConfig
 from transcoder.data.specaugment import SpecAugment
 
 __all__ = [

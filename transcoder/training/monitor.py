@@ -15,8 +15,8 @@ from torch import Tensor  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from transcoder.audio.griffin_lim import GriffinLimVocoder  # noqa: E402
 from transcoder.data import LogMelFrontend  # noqa: E402
-from transcoder.evaluations.vocoder import GriffinLimVocoder  # noqa: E402
 
 
 def setup_text_logger(output_dir: Path | None, is_main: bool) -> logging.Logger:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from transcoder.data import LogMelFrontend
-from transcoder.evaluations.metrics import CodebookUsage
+from transcoder.evaluation.metrics import CodebookUsage
 from transcoder.utils.distributed import all_reduce_sum
 
 

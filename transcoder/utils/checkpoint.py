@@ -1,13 +1,46 @@
-"""Atomic checkpoint files: a crash or a full disk never leaves a corrupt checkpoint behind."""
+"""Checkpoint files: written atomically, holding plain data only, loaded without unpickling code.
+
+Layout (``format`` 2, written by :class:`transcoder.training.Trainer`)::
+
+    {
+      "format": 2,
+      "task": "tokenizer",                      # which task wrote it
+      "models": {"model": state_dict, ...},     # raw weights of every trained model, by part name
+      "ema": {"model": state_dict, ...},        # EMA weights of the parts that keep one
+      "optim": {"model": {"optimizer", "scheduler", "scaler", "updates", "ema_updates"}, ...},
+      "state": {...}, "step": int, "rng": [per-rank plain RNG states], "world_size": int,
+      "train_files": {...}, "config": {...}, "mel": {...},
+    }
+
+Format 1 (the first release) kept the tokenizer's ``model`` / ``ema`` / ``optimizer`` at the top level;
+:func:`model_weights` reads both.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+CHECKPOINT_FORMAT = 2
+
+# Format-1 checkpoints hold NumPy's RNG state as an ndarray; these are the only non-tensor classes
+# such a checkpoint needs, and none of them can run code when unpickled.
+_NUMPY_SAFE_GLOBALS: list[Any] = [np.ndarray, np.dtype, np.dtypes.UInt32DType]
+try:  # the private module moved in NumPy 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core.multiarray import _reconstruct
+_NUMPY_SAFE_GLOBALS.append(_reconstruct)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
@@ -28,14 +61,60 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by the trainer; errors name the file and what is wrong."""
+    """Load a checkpoint of this repository with ``weights_only=True`` (no code runs while loading).
+
+    Raises ``FileNotFoundError`` if the file is missing, :class:`CheckpointError` naming the file if it is unreadable, needs pickled objects
+    other than tensors and plain containers, or is not an Audio BSQ-ViT checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise RuntimeError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise RuntimeError(f"{path} is not an Audio BSQ-ViT checkpoint (expected keys 'model' and 'config')")
+        with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # a global outside the allow-list
+        raise CheckpointError(
+            f"checkpoint {path} needs pickled Python objects to load, which could run arbitrary code; "
+            f"refused ({str(err).splitlines()[0]}). Checkpoints of this repository hold only tensors and "
+            "plain data") from err
+    except Exception as err:  # noqa: BLE001 - truncated, empty or garbage files all mean "unreadable"
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or "config" not in state or not ("models" in state or "model" in state):
+        raise CheckpointError(f"{path} is not an Audio BSQ-ViT checkpoint (expected keys 'models' and 'config')")
     return state
+
+
+def model_weights(checkpoint: dict[str, Any], part: str = "model", use_ema: bool = True) -> tuple[dict, str]:
+    """State dict of one trained model in a checkpoint: ``(weights, "ema" | "raw")``.
+
+    EMA weights are returned when ``use_ema`` and the checkpoint has them for ``part``; reads format 1
+    (top-level ``model`` / ``ema``) and format 2 (``models`` / ``ema`` by part name).
+    """
+    if "models" in checkpoint:
+        models, emas = checkpoint["models"], checkpoint.get("ema") or {}
+        if part not in models:
+            raise CheckpointError(f"checkpoint has no model {part!r}; it holds {sorted(models)}")
+        if use_ema and emas.get(part) is not None:
+            return emas[part], "ema"
+        return models[part], "raw"
+    if part != "model":
+        raise CheckpointError(f"a format-1 checkpoint holds only the tokenizer ('model'), not {part!r}")
+    if use_ema and checkpoint.get("ema") is not None:
+        return checkpoint["ema"], "ema"
+    return checkpoint["model"], "raw"
+
+
+def load_weights_strict(module: torch.nn.Module, weights: dict[str, Any], where: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching parameter."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: weights do not fit the model built from its config "
+                              f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                              f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
+    for key, tensor in expected.items():
+        if tuple(weights[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{where}: parameter {key} has shape {tuple(weights[key].shape)} in the checkpoint "
+                                  f"but {tuple(tensor.shape)} in the model built from the config")
+    module.load_state_dict(weights)

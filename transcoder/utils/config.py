@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from transcoder.data.mel import MelConfig
+from transcoder.audio.mel import MelConfig
 
 # Defaults of every section; `None` means "no default, may be left out".
 OPTIMIZER_DEFAULTS: dict[str, Any] = {

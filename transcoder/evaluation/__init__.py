@@ -1,6 +1,6 @@
-"""Spectrogram, codebook and waveform metrics, and the Griffin-Lim vocoder used to listen to mels."""
+"""Spectrogram, codebook and waveform metrics."""
 
-from transcoder.evaluations.metrics import (
+from transcoder.evaluation.metrics import (
     CodebookStats,
     CodebookUsage,
     bitrate,
@@ -13,16 +13,13 @@ from transcoder.evaluations.metrics import (
     stoi,
     tokens_per_second,
 )
-from transcoder.evaluations.vocoder import GriffinLimVocoder, nnls_mel_inverse
 
 __all__ = [
     "CodebookStats",
     "CodebookUsage",
-    "GriffinLimVocoder",
     "bitrate",
     "code_entropy",
     "mel_l1",
-    "nnls_mel_inverse",
     "pesq_wb",
     "si_snr",
     "spectrogram_mae_db",
