@@ -1,5 +1,5 @@
-"""Training-throughput benchmark: the trainer's step for a config (front end, SpecAugment, model, loss,
-backward, clipping, AdamW, schedule, EMA and the trainer's one host sync per step).
+"""Training-throughput benchmark: the trainer's own step (:func:`transcoder.training.step.train_step`) on a
+config's task, with the config's optimizer, clipping, schedule, precision and EMA.
 
 Prints samples/s, seconds of audio per second, model FLOP utilisation (FLOPs counted by
 ``torch.utils.flop_counter`` for one step, against ``--peak-tflops``), peak memory, and the
@@ -13,7 +13,7 @@ Real data from a folder (decoding + cropping in loader workers, as in training):
 
     python scripts/benchmark.py CONFIG --data-dir my_audio/train --num-workers 8
 
-Tiny CPU check (what CI runs)::
+A few steps on a CPU (checks the script; tests/test_benchmark.py runs this on a smaller model)::
 
     python scripts/benchmark.py configs/tokenizer/audio_demo_librivox_mini.yaml --steps 3 --warmup 1
 """
@@ -21,28 +21,29 @@ Tiny CPU check (what CI runs)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.flop_counter import FlopCounterMode
 
-from transcoder.data import AudioFolderDataset, LogMelFrontend, MelConfig, SpecAugment
+from transcoder.audio import MelConfig
+from transcoder.data import AudioFolderDataset
 from transcoder.models import depthwise_conv
 from transcoder.models.audiobsq import ConformerConvModule
-from transcoder.optim import build_optimizer
+from transcoder.tasks import build_task
 from transcoder.training.loader import build_loader
 from transcoder.training.sampler import ResumableTrainSampler
-from transcoder.training.trainer import build_model
-from transcoder.utils.config import instantiate, load_config
+from transcoder.training.state import TrainState
+from transcoder.training.step import StepState, build_parts, train_step
+from transcoder.training.trainer import resolve_precision
+from transcoder.utils.config import load_config
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PHASES = ("frontend", "forward", "backward", "optimizer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,28 +76,32 @@ class Timings:
     """Seconds per phase, summed over the timed steps."""
 
     data: float = 0.0
-    frontend: float = 0.0
-    forward: float = 0.0
-    backward: float = 0.0
-    optimizer: float = 0.0
     total: float = 0.0
-    events: list[tuple[Any, ...]] = field(default_factory=list)
+    phases: dict[str, float] | None = None
 
 
-def synthetic_batches(batch_size: int, clip_samples: int, device: torch.device) -> Iterator[torch.Tensor]:
+def synthetic_batches(batch_size: int, clip_samples: int, device: torch.device) -> Iterator[dict[str, Any]]:
     """The same random waveform batch forever (already on the device: no data cost)."""
     wave = (torch.rand(batch_size, clip_samples, device=device) * 2 - 1) * 0.3
     while True:
-        yield wave
+        yield {"audio": wave}
 
 
 def real_batches(folder: str, mel: MelConfig, batch_size: int, workers: int,
-                 device: torch.device) -> Iterator[torch.Tensor]:
+                 device: torch.device) -> Iterator[dict[str, Any]]:
     dataset = AudioFolderDataset(folder, sample_rate=mel.sample_rate, clip_samples=mel.clip_samples, mode="train")
     loader = build_loader(dataset, ResumableTrainSampler(len(dataset)), batch_size, workers=workers, device=device,
                           seed=0, persistent=True, prefetch_factor=4)
-    for batch in loader:
-        yield batch["audio"].to(device, non_blocking=True)
+    yield from loader
+
+
+def phase_seconds(marks: list[tuple[str, Any]]) -> dict[str, float]:
+    """Sum the intervals between consecutive marks by the name of the mark that ends them."""
+    totals = dict.fromkeys(PHASES, 0.0)
+    for (_, start), (phase, end) in zip(marks, marks[1:], strict=False):
+        if phase in totals:
+            totals[phase] += end - start if isinstance(start, float) else start.elapsed_time(end) / 1000.0
+    return totals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.conv_module != "config":
         overrides.append(f"model.params.audioconfig.use_conv_module={args.conv_module == 'on'}")
     if args.grad_checkpointing:
-        overrides.append("model.params.audioconfig.grad_checkpointing=true")
+        overrides.append("training.grad_checkpointing=true")
+    if args.precision:
+        overrides.append(f"training.precision={args.precision}")
     config = load_config(args.config, overrides)
     device = torch.device(args.device)
-    precision = PRECISIONS[args.precision or ("bf16" if device.type == "cuda" else "fp32")]
+    precision = resolve_precision(config["training"]["precision"], device)
     if args.reference_conv:
         depthwise_conv.set_backend("reference")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -118,74 +125,46 @@ def main(argv: list[str] | None = None) -> int:
 
     mel = MelConfig.from_dict(config["data"], strict=False)
     batch_size = int(config["data"]["batch_size"])
-    frontend = LogMelFrontend(mel).to(device)
-    model = build_model(config["model"], mel).to(device)
-    loss_fn = instantiate(config["loss"]).to(device)
-    optimizer, scheduler = build_optimizer(model, config["optimizer"], 1000, device)
-    spec_cfg = config["data"]["specaugment"]
-    specaugment = SpecAugment(**spec_cfg).to(device).train() if spec_cfg else None
-    ema_decay = config["training"]["ema_decay"]
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema_decay)), use_buffers=True)
-           if ema_decay else None)
-    train_model = torch.compile(model) if args.compile else model
-    autocast = (torch.autocast(device.type, dtype=precision) if precision != torch.float32
-                else contextlib.nullcontext())
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    task = build_task(config, mel, device)
+    state = StepState(parts=build_parts(task, config, device, precision), counters=TrainState(),
+                      precision=precision, device=device)
+    max_nonfinite = int(config["training"]["max_nonfinite_steps"])
     workers = args.num_workers if args.num_workers is not None else int(config["data"]["num_workers"])
     batches = (real_batches(args.data_dir, mel, batch_size, workers, device) if args.data_dir
                else synthetic_batches(batch_size, mel.clip_samples, device))
 
-    def step(wave: torch.Tensor, timings: Timings | None, net: torch.nn.Module = train_model) -> None:
-        marks = [_mark(device)]
-        with torch.no_grad():
-            target = frontend(wave)
-            model_input = specaugment(target) if specaugment is not None else target
-        marks.append(_mark(device))
-        with autocast:
-            recon, quant_loss, _ = net(model_input)
-        loss, _ = loss_fn(recon, target, quant_loss, 0)
-        marks.append(_mark(device))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        marks.append(_mark(device))
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        # The trainer reads one flag per step (skip / stop decisions): the same host sync here.
-        bool(torch.isfinite(grad_norm) & torch.isfinite(loss.detach()))
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        marks.append(_mark(device))
-        if timings is not None:
-            timings.events.append(tuple(marks))
-
-    model.train()
-    for _ in range(args.warmup):
-        step(next(batches), None)
-    # Counted on the eager model: the counter's global module hooks would make a compiled one recompile.
+    # FLOPs first, on the eager model: the counter's global module hooks would make a model compiled
+    # earlier recompile inside the timed steps (why the compiled rows of an earlier suite ran slow).
+    model = state.parts["model"].model
     pt, pf = model.patch_size
     tokens = (mel.target_length // pt) * (mel.n_mels // pf)
-    flops = count_flops(lambda: step(next(batches), None, model), model, batch_size, tokens)
+    flops = count_flops(lambda: train_step(state, task, next(batches), max_nonfinite), model, batch_size, tokens)
+    if args.compile or config["training"]["compile"]:
+        for part in state.parts.values():
+            part.forward_model = torch.compile(part.model)
+    for _ in range(args.warmup):
+        train_step(state, task, next(batches), max_nonfinite)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     timings = Timings()
+    all_marks: list[list[tuple[str, Any]]] = []
     start = time.perf_counter()
     for _ in range(args.steps):
         wait = time.perf_counter()
-        wave = next(batches)
+        batch = next(batches)
         timings.data += time.perf_counter() - wait
-        step(wave, timings)
+        state.marks = []
+        train_step(state, task, batch, max_nonfinite)
+        all_marks.append(state.marks)
+    state.marks = None
     _sync(device)
     timings.total = time.perf_counter() - start
-    for first, after_frontend, after_forward, after_backward, after_optimizer in timings.events:
-        timings.frontend += _elapsed(first, after_frontend)
-        timings.forward += _elapsed(after_frontend, after_forward)
-        timings.backward += _elapsed(after_forward, after_backward)
-        timings.optimizer += _elapsed(after_backward, after_optimizer)
+    timings.phases = dict.fromkeys(PHASES, 0.0)
+    for marks in all_marks:
+        for phase, seconds in phase_seconds(marks).items():
+            timings.phases[phase] += seconds
 
     results = summarise(args, config, mel, batch_size, precision, flops, timings, device, workers)
     print_table(results)
@@ -229,10 +208,10 @@ def summarise(args: argparse.Namespace, config: dict[str, Any], mel: MelConfig, 
         "config": args.config,
         "batch_size": batch_size,
         "precision": str(precision).replace("torch.", ""),
-        "compile": args.compile,
+        "compile": bool(args.compile or config["training"]["compile"]),
         "conv_module": bool(audio.get("use_conv_module", True)),
         "depthwise_backend": depthwise_conv.active_backend(device),
-        "grad_checkpointing": bool(audio.get("grad_checkpointing", False)),
+        "grad_checkpointing": bool(config["training"]["grad_checkpointing"] or audio.get("grad_checkpointing")),
         "data": f"{args.data_dir} ({workers} workers)" if args.data_dir else "synthetic (on device)",
         "samples_per_second": samples_per_second,
         "audio_seconds_per_second": samples_per_second * clip_seconds,
@@ -242,10 +221,7 @@ def summarise(args: argparse.Namespace, config: dict[str, Any], mel: MelConfig, 
         "mfu": flops / step_seconds / (args.peak_tflops * 1e12),
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
         "share_data_wait": timings.data / timings.total,
-        "share_frontend": timings.frontend / timings.total,
-        "share_forward": timings.forward / timings.total,
-        "share_backward": timings.backward / timings.total,
-        "share_optimizer": timings.optimizer / timings.total,
+        **{f"share_{phase}": seconds / timings.total for phase, seconds in timings.phases.items()},
     }
 
 
@@ -254,20 +230,6 @@ def print_table(results: dict[str, Any]) -> None:
     for key, value in results.items():
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {text}")
-
-
-def _mark(device: torch.device) -> Any:
-    if device.type == "cuda":
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-    return time.perf_counter()
-
-
-def _elapsed(start: Any, end: Any) -> float:
-    if isinstance(start, float):
-        return end - start
-    return start.elapsed_time(end) / 1000.0
 
 
 def _sync(device: torch.device) -> None:

@@ -9,8 +9,7 @@ import torch
 
 from transcoder.losses import AudioTokenizerLoss
 from transcoder.models.audiobsq import AudioBSQModel
-from transcoder.optim import build_param_groups
-from transcoder.optim.schedulers import warmup_cosine_factor
+from transcoder.training.optim import build_param_groups, warmup_cosine_factor
 
 
 def test_no_weight_decay_on_norms_biases_and_position_embeddings() -> None:

@@ -41,7 +41,7 @@ def make_trainer(output_dir: Path, *overrides: str, resume: Path | None = None) 
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path)["models"]["model"]
 
 
 def test_demo_config_loss_falls(tmp_path: Path) -> None:
@@ -75,10 +75,10 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
     split = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
     assert straight["step"] == split["step"] == 8
-    for key in ("model", "ema"):
-        assert straight[key].keys() == split[key].keys()
-        for name, tensor in straight[key].items():
-            assert torch.equal(tensor, split[key][name]), f"{key}.{name} differs after resume"
+    for key in ("models", "ema"):
+        assert straight[key]["model"].keys() == split[key]["model"].keys()
+        for name, tensor in straight[key]["model"].items():
+            assert torch.equal(tensor, split[key]["model"][name]), f"{key}.{name} differs after resume"
     assert straight["state"]["best_val_loss"] == split["state"]["best_val_loss"]
 
 
@@ -105,13 +105,13 @@ def test_resume_warns_when_the_training_files_changed(tmp_path: Path) -> None:
 def test_non_finite_losses_skip_steps_then_abort(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, "training.max_steps=20", "training.max_nonfinite_steps=3")
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    original_forward = trainer.loss_fn.forward
+    original_forward = trainer.task.loss_fn.forward
 
     def nan_loss(*args, **kwargs):
         total, terms = original_forward(*args, **kwargs)
         return total * float("nan"), terms
 
-    trainer.loss_fn.forward = nan_loss
+    trainer.task.loss_fn.forward = nan_loss
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
         trainer.fit()
     assert trainer.state.skipped_steps == 3

@@ -132,9 +132,11 @@ class LogWindow:
         self.data_seconds = 0.0
         self.compute_seconds = 0.0
 
-    def add(self, terms: dict[str, Tensor], grad_norm: Tensor, samples: int) -> None:
-        for name, value in {**terms, "grad_norm": grad_norm}.items():
-            value = value.detach().float().to(grad_norm.device)
+    def add(self, terms: dict[str, Tensor], grad_norms: dict[str, Tensor], samples: int) -> None:
+        """Add one step's loss terms and per-part gradient norms (logged as ``grad_norm/<part>``)."""
+        named = {**terms, **{f"grad_norm/{name}": norm for name, norm in grad_norms.items()}}
+        for name, value in named.items():
+            value = torch.as_tensor(value).detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.steps += 1
         self.samples += samples

@@ -40,6 +40,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "image_every": 2000,  # spectrogram images and Griffin-Lim audio in TensorBoard
     "num_images": 2,
     "ema_decay": None,  # e.g. 0.999 keeps EMA weights; None disables
+    "ema_warmup": True,  # ramp the EMA decay up as min(ema_decay, (1 + t) / (10 + t)) over the first updates
     "compile": False,  # torch.compile the model
     "grad_checkpointing": None,  # None keeps the model's own setting
     "sync_batchnorm": False,  # SyncBatchNorm for the conv module under DDP
@@ -110,13 +111,25 @@ def apply_override(config: dict[str, Any], override: str) -> None:
 
 
 def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``raw`` against the schema and return a new dict with every default filled in."""
-    valid_sections = {"model", *SECTION_DEFAULTS}
-    _reject_unknown(raw, valid_sections, "top level")
-    if "model" not in raw:
-        raise ConfigError("missing section 'model' (target + params)")
-    config: dict[str, Any] = {"model": _target_spec(raw["model"], "model")}
-    for section, defaults in SECTION_DEFAULTS.items():
+    """Validate ``raw`` against the schema and return a new dict with every default filled in.
+
+    The top-level ``task`` (default ``tokenizer``) decides which model sections (``{target, params}``)
+    and optimizer sections the config has besides the common ``loss`` / ``data`` / ``training``.
+    """
+    from transcoder.tasks import task_class
+
+    task = raw.get("task", "tokenizer")
+    cls = task_class(task)
+    model_sections = list(cls.model_sections)
+    optimizer_sections = list(dict.fromkeys(cls.optimizer_sections.values()))
+    section_defaults = {**SECTION_DEFAULTS, **{name: OPTIMIZER_DEFAULTS for name in optimizer_sections}}
+    _reject_unknown(raw, {"task", *model_sections, *section_defaults}, "top level")
+    config: dict[str, Any] = {"task": task}
+    for section in model_sections:
+        if section not in raw:
+            raise ConfigError(f"missing section {section!r} (target + params)")
+        config[section] = _target_spec(raw[section], section)
+    for section, defaults in section_defaults.items():
         given = raw.get(section) or {}
         if not isinstance(given, dict):
             raise ConfigError(f"section {section!r} must be a mapping, got {type(given).__name__}")
@@ -134,7 +147,7 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
     precision = config["training"]["precision"]
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"training.precision={precision!r}: expected auto, bf16, fp16 or fp32")
-    _check_values(config)
+    _check_values(config, optimizer_sections)
     return config
 
 
@@ -146,9 +159,10 @@ FLOAT_KEYS = {"optimizer": ("lr", "eps", "weight_decay", "min_lr_ratio", "grad_c
               "training": ("ema_decay",)}
 
 
-def _coerce_floats(config: dict[str, Any]) -> None:
+def _coerce_floats(config: dict[str, Any], optimizer_sections: list[str]) -> None:
     """PyYAML reads ``1e-4`` (no dot) as a string; accept it as the number it obviously is."""
-    for section, keys in FLOAT_KEYS.items():
+    float_keys = {**FLOAT_KEYS, **{name: FLOAT_KEYS["optimizer"] for name in optimizer_sections}}
+    for section, keys in float_keys.items():
         for key in keys:
             value = config[section][key]
             if isinstance(value, str):
@@ -158,13 +172,13 @@ def _coerce_floats(config: dict[str, Any]) -> None:
                     raise ConfigError(f"{section}.{key}={value!r}: expected a number") from None
 
 
-def _check_values(config: dict[str, Any]) -> None:
+def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None:
     """Reject values that would only fail (or silently misbehave) mid-run."""
-    _coerce_floats(config)
+    _coerce_floats(config, optimizer_sections)
     positive = [("data", "batch_size"), ("data", "num_workers", 0), ("training", "max_steps"),
                 ("training", "log_every"), ("training", "val_every"), ("training", "ckpt_every"),
                 ("training", "latest_every"), ("training", "max_nonfinite_steps"), ("training", "image_every", 0),
-                ("training", "num_images", 0), ("optimizer", "warmup_steps", 0)]
+                ("training", "num_images", 0), *((name, "warmup_steps", 0) for name in optimizer_sections)]
     for section, key, *minimum in positive:
         low = minimum[0] if minimum else 1
         value = config[section][key]
@@ -178,17 +192,21 @@ def _check_values(config: dict[str, Any]) -> None:
     ema = config["training"]["ema_decay"]
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1):
         raise ConfigError(f"training.ema_decay={ema!r}: expected null or a number in (0, 1)")
-    clip = config["optimizer"]["grad_clip_norm"]
+    for name in optimizer_sections:
+        _check_optimizer(config[name], name)
+
+
+def _check_optimizer(optim: dict[str, Any], section: str) -> None:
+    clip = optim["grad_clip_norm"]
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or clip < 0):
-        raise ConfigError(f"optimizer.grad_clip_norm={clip!r}: expected null, 0 (off) or a positive number")
-    optim = config["optimizer"]
+        raise ConfigError(f"{section}.grad_clip_norm={clip!r}: expected null, 0 (off) or a positive number")
     if not isinstance(optim["lr"], int | float) or optim["lr"] <= 0:
-        raise ConfigError(f"optimizer.lr={optim['lr']!r}: expected a positive number")
+        raise ConfigError(f"{section}.lr={optim['lr']!r}: expected a positive number")
     if not (isinstance(optim["min_lr_ratio"], int | float) and 0 <= optim["min_lr_ratio"] <= 1):
-        raise ConfigError(f"optimizer.min_lr_ratio={optim['min_lr_ratio']!r}: expected a number in [0, 1]")
+        raise ConfigError(f"{section}.min_lr_ratio={optim['min_lr_ratio']!r}: expected a number in [0, 1]")
     betas = optim["betas"]
     if not (isinstance(betas, list | tuple) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
-        raise ConfigError(f"optimizer.betas={betas!r}: expected two numbers in [0, 1)")
+        raise ConfigError(f"{section}.betas={betas!r}: expected two numbers in [0, 1)")
 
 
 def _reject_unknown(given: dict[str, Any], valid: set[str], where: str) -> None:

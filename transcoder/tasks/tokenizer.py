@@ -1,0 +1,138 @@
+"""The tokenizer task: an Audio BSQ-ViT learns to reconstruct log-mels through binary codes."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from transcoder.audio import MelConfig
+from transcoder.data import SpecAugment
+from transcoder.tasks.base import Task
+from transcoder.training.validation import ValidationMetrics
+from transcoder.utils.config import ConfigError, instantiate
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from transcoder.training.monitor import Monitor
+    from transcoder.training.step import StepState
+
+
+def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
+    """Instantiate a tokenizer model whose input grid comes from the front end's settings.
+
+    ``audioconfig.input_size`` / ``input_length`` default to ``data.n_mels`` / ``data.target_length``
+    (state them once, in the data block); if a config gives them anyway they must agree.
+    """
+    spec = copy.deepcopy(spec)
+    params = spec.setdefault("params", {}) or {}
+    spec["params"] = params
+    audioconfig = params.get("audioconfig")
+    if isinstance(audioconfig, dict):
+        for key, derived, source in (("input_size", mel_config.n_mels, "data.n_mels"),
+                                     ("input_length", mel_config.target_length, "data.target_length")):
+            given = audioconfig.setdefault(key, derived)
+            if given != derived:
+                raise ConfigError(f"model audioconfig.{key}={given} but {source}={derived}: leave {key} out "
+                                  f"(it is taken from {source}) or make them equal")
+    return instantiate(spec)
+
+
+class TokenizerTask(Task):
+    """Reconstruct the clean log-mel from a (SpecAugment-ed) log-mel through BSQ codes.
+
+    One part, ``model`` (``config["model"]``), trained with ``config["loss"]`` and the ``optimizer`` section.
+    Validation reports dB errors and code usage over valid frames (padding excluded); the best checkpoint
+    follows ``val/l1``.
+    """
+
+    name = "tokenizer"
+    optimizer_sections = {"model": "optimizer"}
+    ema_parts = ("model",)
+    best_metric = "val/l1"
+
+    def __init__(self, config: dict[str, Any], mel_config: MelConfig, device: torch.device) -> None:
+        super().__init__(config, mel_config, device)
+        self.loss_fn = instantiate(config["loss"]).to(device)
+        spec_cfg = config["data"]["specaugment"]
+        self.specaugment = SpecAugment(**spec_cfg).to(device) if spec_cfg else None
+
+    def build_models(self) -> dict[str, nn.Module]:
+        return {"model": build_model(self.config["model"], self.mel_config).to(self.device)}
+
+    def model_input(self, audio: Tensor, augment: bool) -> tuple[Tensor, Tensor]:
+        """(B, S) waveforms → model input (SpecAugment-ed if ``augment``) and clean target, both (B, T, F)."""
+        with torch.no_grad():
+            target = self.frontend(audio.to(self.device, non_blocking=True))
+            if augment and self.specaugment is not None:
+                return self.specaugment.train()(target), target
+        return target, target
+
+    def step(self, state: StepState, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        part = state.parts["model"]
+        model_input, target = self.model_input(batch["audio"], augment=True)
+        state.mark("frontend")
+        with state.autocast():
+            recon, quant_loss, info = part.forward_model(model_input)
+        loss, terms = self.loss_fn(recon, target, quant_loss, part.updates)
+        state.optimize("model", loss)
+        if "per_sample_entropy" in info:
+            terms["entropy/per_sample_bits"] = info["per_sample_entropy"].detach() / math.log(2)
+            terms["entropy/codebook_bits"] = info["codebook_entropy"].detach() / math.log(2)
+        return terms, {"indices": info["indices"]}
+
+    def log_scalars(self, state: StepState, info: dict[str, Any]) -> dict[str, float]:
+        indices = info["indices"]
+        distinct = int(torch.unique(indices).numel())
+        possible = min(2 ** state.parts["model"].model.embed_dim, indices.numel())
+        return {"codebook/batch_distinct_codes": distinct, "codebook/batch_code_usage": distinct / possible}
+
+    def log_line(self, values: dict[str, float]) -> str:
+        line = f"loss {values['loss/total']:.4f} (l1 {values['loss/l1']:.4f}, quant {values['loss/quantizer']:.4f})"
+        if "entropy/codebook_bits" in values:
+            line += f" | cb entropy {values['entropy/codebook_bits']:.2f} bits"
+        return line
+
+    @torch.no_grad()
+    def validate(self, state: StepState, loader: DataLoader, max_batches: int | None) -> dict[str, float]:
+        part = state.parts["model"]
+        model = part.eval_model
+        was_training = model.training
+        model.eval()
+        metrics = ValidationMetrics(self.frontend, part.model.embed_dim, self.device)
+        for batch_index, batch in enumerate(loader):
+            if max_batches is not None and batch_index >= max_batches:
+                break
+            target, _ = self.model_input(batch["audio"], augment=False)
+            with state.autocast():
+                recon, quant_loss, info = model(target)
+            metrics.update(recon, target, quant_loss, info["indices"], torch.as_tensor(batch["num_valid"]))
+        model.train(was_training)
+        return metrics.compute()
+
+    @torch.no_grad()
+    def log_media(self, state: StepState, monitor: Monitor, batch: dict[str, Any], step: int) -> None:
+        """Input vs reconstruction spectrograms and their rendered audio."""
+        count = min(int(self.config["training"]["num_images"]), batch["audio"].shape[0])
+        if count == 0:
+            return
+        model = state.parts["model"].eval_model
+        was_training = model.training
+        model.eval()
+        target, _ = self.model_input(batch["audio"][:count], augment=False)
+        with state.autocast():
+            recon, _, _ = model(target)
+        model.train(was_training)
+        monitor.reconstructions(self.frontend, target, recon.float(), batch["audio"].shape[-1], step)
+
+    def describe(self, state: StepState) -> str:
+        model = state.parts["model"].model
+        grid_t, grid_f = model.config.grid
+        per_second = model.tokens_per_second(self.mel_config.hop_length, self.mel_config.sample_rate)
+        return (f"tokenizer: {grid_t}x{grid_f} tokens of {model.embed_dim} bits per "
+                f"{self.mel_config.target_length}-frame window, {per_second:g} tokens/s, "
+                f"{per_second * model.embed_dim:g} bit/s")
