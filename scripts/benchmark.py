@@ -36,12 +36,12 @@ from transcoder.data import AudioFolderDataset
 from transcoder.models import depthwise_conv
 from transcoder.models.audiobsq import ConformerConvModule
 from transcoder.tasks import build_task
+from transcoder.training.config import load_config
 from transcoder.training.loader import build_loader
 from transcoder.training.sampler import ResumableTrainSampler
 from transcoder.training.state import TrainState
 from transcoder.training.step import StepState, build_parts, train_step
 from transcoder.training.trainer import resolve_precision
-from transcoder.utils.config import load_config
 
 PHASES = ("frontend", "forward", "backward", "optimizer")
 

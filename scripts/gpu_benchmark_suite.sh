@@ -17,7 +17,7 @@ TMP=$(mktemp -d)
 : > "$RESULTS"
 CFG=configs/tokenizer/audio_simple_bsq_b18.yaml
 if [ "${QUICK:-0}" = 1 ]; then
-  STEPS="--steps 2 --warmup 1"; BATCH=${BATCH:-2}; EXTRA="data.target_length=64 model.params.audioconfig.input_length=64"
+  STEPS="--steps 2 --warmup 1"; BATCH=${BATCH:-2}; EXTRA="data.target_length=64"
   MEM_STEPS="--steps 1 --warmup 1"; LIMIT=120; KERNEL_ARGS="--quick"
 else
   STEPS="--steps 15 --warmup 4"; BATCH=${BATCH:-64}; EXTRA=""; MEM_STEPS="--steps 3 --warmup 1"; LIMIT=200; KERNEL_ARGS=""

@@ -18,8 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from transcoder.training.config import ConfigError, load_config
 from transcoder.training.trainer import Trainer
-from transcoder.utils.config import ConfigError, load_config
 from transcoder.utils.distributed import cleanup_distributed, init_distributed
 
 

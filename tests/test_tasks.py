@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transcoder.tasks.base import Task
+from transcoder.training.config import load_config
 from transcoder.training.ema import ModelEma
 from transcoder.training.trainer import Trainer
 from transcoder.utils.checkpoint import load_checkpoint
-from transcoder.utils.config import load_config
 from transcoder.utils.distributed import init_distributed
 
 REPO = Path(__file__).resolve().parents[1]

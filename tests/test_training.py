@@ -15,9 +15,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from transcoder.training.config import ConfigError, load_config
 from transcoder.training.trainer import NonFiniteLossError, Trainer
 from transcoder.utils.checkpoint import load_checkpoint
-from transcoder.utils.config import ConfigError, load_config
 from transcoder.utils.distributed import init_distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ DATA_ROOT = REPO / "data" / "librivox-mini" / "LibriSpeech"
 # A smaller model than the demo's so each test trains in seconds on two cores.
 TINY = [
     f"data.train.params.root={DATA_ROOT}", f"data.val.params.root={DATA_ROOT}",
-    "data.target_length=64", "model.params.audioconfig.input_length=64", "model.params.audioconfig.width=32",
+    "data.target_length=64", "model.params.audioconfig.width=32",
     "model.params.audioconfig.layers=1", "model.params.audioconfig.heads=2", "data.batch_size=4",
     "data.num_workers=0", "training.log_every=2", "training.val_every=1000", "training.image_every=0",
     "training.latest_every=1000", "training.ckpt_every=1000",
@@ -247,7 +247,11 @@ def test_exponent_without_dot_is_read_as_a_number(tmp_path: Path) -> None:
 
 def test_model_and_data_shape_mismatch_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="input_length=64 but data.target_length=128"):
-        make_trainer(tmp_path, "data.target_length=128")
+        make_trainer(tmp_path, "data.target_length=128", "model.params.audioconfig.input_length=64")
+    # Left out, the model's input grid follows the data block, and the saved config states it.
+    config = load_config(DEMO, [*TINY, "data.target_length=96"])
+    assert config["model"]["params"]["audioconfig"]["input_length"] == 96
+    assert config["model"]["params"]["audioconfig"]["input_size"] == config["data"]["n_mels"]
 
 
 def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path) -> None:

@@ -33,8 +33,8 @@ from transcoder.audio.mel import LogMelFrontend, MelConfig
 from transcoder.data.audio_io import load_audio, resample
 from transcoder.evaluation.metrics import bitrate as _bitrate
 from transcoder.evaluation.metrics import tokens_per_second as _tokens_per_second
+from transcoder.training.config import instantiate
 from transcoder.utils.checkpoint import load_checkpoint
-from transcoder.utils.config import instantiate
 
 __all__ = ["AudioTokenizer", "load_tokenizer", "load_model_from_checkpoint", "sha256_file", "codes_dtype"]
 

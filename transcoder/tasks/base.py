@@ -43,6 +43,12 @@ class Task(ABC):
     ema_parts: tuple[str, ...] = ("model",)
     best_metric: str = "val/loss"
 
+    @classmethod
+    def resolve_config(cls, config: dict[str, Any]) -> None:
+        """Fill in (in place) settings the task derives from other sections, and check they agree; called
+        once by :func:`transcoder.training.config.resolve_config`, so saved configs hold the derived values."""
+        return None
+
     def __init__(self, config: dict[str, Any], mel_config: MelConfig, device: torch.device) -> None:
         self.config = config
         self.mel_config = mel_config

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from transcoder.audio import MelConfig
 from transcoder.data import SpecAugment
 from transcoder.tasks.base import Task
+from transcoder.training.config import ConfigError, instantiate
 from transcoder.training.validation import ValidationMetrics
-from transcoder.utils.config import ConfigError, instantiate
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -22,12 +22,9 @@ if TYPE_CHECKING:
     from transcoder.training.step import StepState
 
 
-def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
-    """Instantiate a tokenizer model whose input grid comes from the front end's settings.
-
-    ``audioconfig.input_size`` / ``input_length`` default to ``data.n_mels`` / ``data.target_length``
-    (state them once, in the data block); if a config gives them anyway they must agree.
-    """
+def derive_input_grid(spec: dict[str, Any], mel_config: MelConfig) -> dict[str, Any]:
+    """A copy of a tokenizer model spec whose ``audioconfig.input_size`` / ``input_length`` are the front
+    end's ``n_mels`` / ``target_length``; a config that states them anyway must agree (else ConfigError)."""
     spec = copy.deepcopy(spec)
     params = spec.setdefault("params", {}) or {}
     spec["params"] = params
@@ -39,7 +36,12 @@ def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
             if given != derived:
                 raise ConfigError(f"model audioconfig.{key}={given} but {source}={derived}: leave {key} out "
                                   f"(it is taken from {source}) or make them equal")
-    return instantiate(spec)
+    return spec
+
+
+def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
+    """Instantiate a tokenizer model whose input grid comes from the front end's settings."""
+    return instantiate(derive_input_grid(spec, mel_config))
 
 
 class TokenizerTask(Task):
@@ -54,6 +56,12 @@ class TokenizerTask(Task):
     optimizer_sections = {"model": "optimizer"}
     ema_parts = ("model",)
     best_metric = "val/l1"
+
+    @classmethod
+    def resolve_config(cls, config: dict[str, Any]) -> None:
+        """``model.params.audioconfig.input_size`` / ``input_length`` come from ``data.n_mels`` /
+        ``data.target_length`` (stated once, in the data block)."""
+        config["model"] = derive_input_grid(config["model"], MelConfig.from_dict(config["data"], strict=False))
 
     def __init__(self, config: dict[str, Any], mel_config: MelConfig, device: torch.device) -> None:
         super().__init__(config, mel_config, device)

@@ -100,7 +100,7 @@ def build_part(name: str, model: nn.Module, optim_cfg: dict[str, Any], max_steps
 def build_parts(task: Task, config: dict[str, Any], device: torch.device, precision: torch.dtype,
                 distributed: bool = False) -> dict[str, TrainPart]:
     """The task's models, each with the optimizer of its config section and, for ``task.ema_parts``, an EMA."""
-    from transcoder.utils.config import ConfigError
+    from transcoder.training.config import ConfigError
 
     train_cfg = config["training"]
     models = task.build_models()

@@ -18,6 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transcoder.audio import MelConfig
 from transcoder.data import build_dataset
 from transcoder.tasks import Task, build_task
+from transcoder.training.config import ConfigError, save_config
 from transcoder.training.loader import build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
 from transcoder.training.sampler import ResumableTrainSampler
@@ -30,7 +31,6 @@ from transcoder.training.state import (
 )
 from transcoder.training.step import PRECISIONS, NonFiniteLossError, StepState, build_parts, train_step
 from transcoder.utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_atomic
-from transcoder.utils.config import ConfigError, save_config
 from transcoder.utils.distributed import DistEnv, all_reduce_sum, barrier, check_same_on_all_ranks
 
 __all__ = ["NonFiniteLossError", "Trainer", "resolve_precision"]
@@ -49,7 +49,7 @@ class Trainer:
     """Builds a task and its parts from a resolved config and runs :meth:`fit`.
 
     Args:
-        config: resolved config (:func:`transcoder.utils.config.load_config`); ``config["task"]`` picks the task.
+        config: resolved config (:func:`transcoder.training.config.load_config`); ``config["task"]`` picks the task.
         output_dir: run folder (config, log, TensorBoard, ``checkpoints/``).
         env: process placement from :func:`transcoder.utils.distributed.init_distributed`.
         resume: checkpoint to resume from; by default ``output_dir/checkpoints/latest.pt`` if present.

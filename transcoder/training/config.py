@@ -148,6 +148,7 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"training.precision={precision!r}: expected auto, bf16, fp16 or fp32")
     _check_values(config, optimizer_sections)
+    cls.resolve_config(config)
     return config
 
 
