@@ -63,8 +63,9 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint of this repository with ``weights_only=True`` (no code runs while loading).
 
-    Raises ``FileNotFoundError`` if the file is missing, :class:`CheckpointError` naming the file if it is unreadable, needs pickled objects
-    other than tensors and plain containers, or is not an Audio BSQ-ViT checkpoint.
+    Raises ``FileNotFoundError`` if the file is missing, :class:`CheckpointError` naming the file if it
+    is unreadable, needs pickled objects other than tensors and plain containers, or is not an Audio
+    BSQ-ViT checkpoint.
     """
     path = Path(path)
     if not path.is_file():
