@@ -10,6 +10,8 @@ mel ``.npy`` files ``(frames, n_mels)`` with ``--mel``::
 
     python scripts/tokenize_audio.py decode --checkpoint CKPT.pt CODES_DIR_OR_NPY OUTPUT_DIR [--mel]
 
+The format (versioned; older unversioned manifests still read) and its checks live in
+:mod:`transcoder.codes`; decoding validates every file against the manifest and the checkpoint.
 Files of any length are cut into windows of the model's length (the last one zero-padded); their
 codes are concatenated along time and decoding trims back to the original duration. Windows of
 several files are batched together. A file that fails is reported and skipped; the exit status is
@@ -19,7 +21,6 @@ non-zero only when every file failed (or the input holds no files / the argument
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -28,17 +29,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from transcoder.api import AudioTokenizer, codes_dtype, load_tokenizer
+from transcoder.api import AudioTokenizer, load_tokenizer
+from transcoder.codes import (
+    CodesFile,
+    CodesFormatError,
+    check_codes,
+    check_manifest_model,
+    codes_dtype,
+    find_manifest,
+    read_manifest,
+    write_manifest,
+)
 from transcoder.data.audio_io import AUDIO_EXTENSIONS, audio_info, load_audio
 from transcoder.data.listing import scan_files
-
-MANIFEST = "manifest.json"
-FORMAT = "audio-bsq-vit-codes/1"
 
 
 class FileSkipWarning(UserWarning):
@@ -192,7 +199,6 @@ def encode(args: argparse.Namespace) -> int:
 
     pt, pf = tokenizer.patch_size
     manifest = {
-        "format": FORMAT,
         "checkpoint": str(Path(args.checkpoint).resolve()),
         "checkpoint_sha256": tokenizer.checkpoint_sha256,
         "weights": tokenizer.weights,
@@ -210,7 +216,7 @@ def encode(args: argparse.Namespace) -> int:
         "files": dict(sorted(entries.items())),
         "failed": failed,
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_manifest(out_dir, manifest)
     return _summary("encoded", len(entries), failed, len(rel_paths))
 
 
@@ -226,63 +232,36 @@ def _summary(verb: str, done: int, failed: dict[str, str], total: int) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _find_manifest(start: Path) -> Path | None:
-    for folder in [start, *start.parents]:
-        candidate = folder / MANIFEST
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _decode_jobs(source: Path, manifest_arg: str | None) -> tuple[Path, dict[str, Any] | None, list[str]]:
-    """``(codes root, manifest or None, .npy paths relative to the root)``."""
+def _decode_jobs(source: Path, manifest_arg: str | None) -> tuple[Path, Path | None, dict[str, Any] | None,
+                                                                   list[str]]:
+    """``(codes root, manifest path or None, manifest or None, .npy paths relative to the root)``."""
     if not source.exists():
         raise FileNotFoundError(f"codes input {source} does not exist")
-    manifest_path = Path(manifest_arg) if manifest_arg else _find_manifest(source if source.is_dir() else source.parent)
-    manifest = None
-    if manifest_path is not None:
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"manifest {manifest_path} cannot be read: {err}") from err
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"manifest {manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-        root = manifest_path.parent
-    else:
-        root = source if source.is_dir() else source.parent
+    manifest_path = Path(manifest_arg) if manifest_arg else find_manifest(source if source.is_dir() else source.parent)
+    manifest = read_manifest(manifest_path) if manifest_path is not None else None
+    root = manifest_path.parent if manifest_path is not None else (source if source.is_dir() else source.parent)
     if source.is_file():
-        return root, manifest, [source.resolve().relative_to(root.resolve()).as_posix()]
+        return root, manifest_path, manifest, [source.resolve().relative_to(root.resolve()).as_posix()]
     if manifest is not None and source.resolve() == root.resolve():
-        return root, manifest, list(manifest["files"])
+        return root, manifest_path, manifest, list(manifest["files"])
     prefix = source.resolve().relative_to(root.resolve()).as_posix()
-    return root, manifest, [f"{prefix}/{p}" if prefix != "." else p for p in scan_files(str(source), [".npy"])]
+    rel_paths = [f"{prefix}/{p}" if prefix != "." else p for p in scan_files(str(source), [".npy"])]
+    return root, manifest_path, manifest, rel_paths
 
 
-def _check_manifest(manifest: dict[str, Any], tokenizer: AudioTokenizer, force: bool) -> None:
-    checks = {
-        "sample_rate": tokenizer.sample_rate,
-        "bits": tokenizer.bits_per_token,
-        "patch_size": list(tokenizer.patch_size),
-        "n_mels": tokenizer.mel_config.n_mels,
-        "hop_length": tokenizer.hop_length,
-    }
-    for key, value in checks.items():
-        if manifest.get(key) != value:
-            raise ValueError(f"manifest {key}={manifest.get(key)!r} but the checkpoint has {value!r}: "
-                             f"these codes come from another model")
-    sha = manifest.get("checkpoint_sha256")
-    if sha and sha != tokenizer.checkpoint_sha256:
-        message = (f"codes were made with checkpoint sha256 {sha[:12]}..., this checkpoint is "
-                   f"{tokenizer.checkpoint_sha256[:12]}...")
-        if not force:
-            raise ValueError(message + " (pass --force to decode anyway)")
-        warnings.warn(message, stacklevel=2)
+def _read_codes(path: Path, manifest_path: Path | None, manifest: dict[str, Any] | None,
+                tokenizer: AudioTokenizer) -> tuple[np.ndarray, int | None]:
+    """Checked int64 codes of one file and its ``num_samples`` (``None`` without a manifest)."""
+    if manifest is None:
+        return check_codes(np.load(path, allow_pickle=False), tokenizer.codes_spec, path), None
+    codes = CodesFile.load(path, manifest, manifest_path)
+    return codes.checked(tokenizer.codes_spec, path), codes.num_samples
 
 
 def decode(args: argparse.Namespace) -> int:
     source = Path(args.input)
     out_dir = Path(args.output)
-    root, manifest, rel_paths = _decode_jobs(source, args.manifest)
+    root, manifest_path, manifest, rel_paths = _decode_jobs(source, args.manifest)
     if not rel_paths:
         print(f"error: no .npy code files under {source}", file=sys.stderr)
         return 2
@@ -290,29 +269,27 @@ def decode(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size,
                                vocoder_kwargs={"n_iter": args.gl_iters})
     if manifest is not None:
-        _check_manifest(manifest, tokenizer, args.force)
-    files_meta = (manifest or {}).get("files", {})
+        other = check_manifest_model(manifest, tokenizer.codes_spec, manifest_path, tokenizer.checkpoint_sha256)
+        if other and not args.force:
+            raise ValueError(other + " (pass --force to decode anyway)")
+        if other:
+            warnings.warn(other, stacklevel=2)
     failed: dict[str, str] = {}
     done = 0
     for rel in tqdm(rel_paths, unit="file", desc="decode", disable=args.quiet):
         path = root / rel
         try:
-            codes = np.load(path)
-            meta = files_meta.get(rel, {})
-            num_samples = meta.get("num_samples")
+            codes, num_samples = _read_codes(path, manifest_path, manifest, tokenizer)
             stem = rel[:-4] if rel.endswith(".npy") else rel
             if args.mel:
-                mel = tokenizer.decode_to_mel(codes.astype(np.int64), space=args.mel_space).cpu()
+                mel = tokenizer.decode_to_mel(codes, space=args.mel_space).cpu()
                 if num_samples is not None:
                     mel = mel[: -(-int(num_samples) // tokenizer.hop_length)]
                 target = out_dir / f"{stem}.mel.npy"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 np.save(target, mel.numpy().astype(np.float32))
             else:
-                wave = tokenizer.decode_codes(codes.astype(np.int64), num_samples=num_samples, seed=args.seed)
-                target = out_dir / f"{stem}.wav"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                sf.write(str(target), wave.numpy(), tokenizer.sample_rate, subtype="PCM_16")
+                tokenizer.decode_to_file(codes, out_dir / f"{stem}.wav", num_samples=num_samples, seed=args.seed)
             done += 1
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
             failed[str(path)] = _reason(err)
@@ -370,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _format_warning
         try:
             return encode(args) if args.command == "encode" else decode(args)
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
+        except (FileNotFoundError, ValueError, RuntimeError, CodesFormatError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         finally:

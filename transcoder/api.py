@@ -9,17 +9,26 @@ Example::
     wave = tok.decode_codes(codes, num_samples=tok.last_num_samples)     # (S,) float32 at tok.sample_rate
     print(tok.tokens_per_second, tok.bits_per_token, tok.bitrate)         # e.g. 50.0, 18, 900.0
 
-Audio of any length is cut into windows of the model's ``input_length`` frames. The log-mel of the
-whole (zero-padded) signal is computed once and then split, so window borders see real STFT
-context; codes of the windows are concatenated along time. Decoding decodes window by window,
-concatenates the mels and renders them with Griffin-Lim, trimmed to ``num_samples``.
+Audio of any length is cut into windows of the model's ``input_length`` frames (the signal zero-padded
+to whole windows). Each window's log-mel is computed from its context segment
+(:class:`transcoder.audio.windows.WindowSegmenter`), so window borders see the real neighbouring samples
+exactly as a whole-signal STFT would; codes of the windows are concatenated along time.
+:meth:`AudioTokenizer.encode_file` reads the file block by block and runs this window by window, so
+memory does not grow with the file's length, and its codes equal those of :meth:`~AudioTokenizer.encode_wave`
+on the whole decoded signal (also when the file is resampled: soxr's stream equals its one-shot call).
+
+Decoding decodes whole windows: a trailing partial window of codes is completed with the codes of a
+silent window (what the encoder saw as padding) so its tokens sit at the positions they were encoded
+at. :meth:`AudioTokenizer.decode_codes` renders the whole mel with Griffin-Lim at once;
+:meth:`AudioTokenizer.decode_to_file` / :meth:`~AudioTokenizer.decode_file` stream window by window
+into a WAV (see :mod:`transcoder.audio.stream_render`; not sample-equal to the one-shot render).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,15 +39,18 @@ from torch import Tensor, nn
 
 from transcoder.audio.griffin_lim import GriffinLimVocoder
 from transcoder.audio.mel import LogMelFrontend, MelConfig
-from transcoder.data.audio_io import load_audio, resample
+from transcoder.audio.stream_render import WindowedRenderer
+from transcoder.audio.windows import WindowSegmenter, segments_of
+from transcoder.codes import CodesFile, CodesSpec, codes_dtype
+from transcoder.data.audio_io import AudioFile, load_audio, resample
 from transcoder.evaluation.metrics import bitrate as _bitrate
 from transcoder.evaluation.metrics import tokens_per_second as _tokens_per_second
-from transcoder.training.config import instantiate
-from transcoder.utils.checkpoint import load_checkpoint
+from transcoder.tasks.tokenizer import build_model
+from transcoder.training.config import ConfigError
+from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, load_weights_strict, model_weights
 
-__all__ = ["AudioTokenizer", "load_tokenizer", "load_model_from_checkpoint", "sha256_file", "codes_dtype"]
-
-_STATE_PREFIXES = ("module.", "_orig_mod.")
+__all__ = ["AudioTokenizer", "EncodedAudio", "load_tokenizer", "load_model_from_checkpoint", "sha256_file",
+           "codes_dtype", "waveform_to_mono"]
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
@@ -50,66 +62,44 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def codes_dtype(bits: int) -> np.dtype:
-    """Smallest numpy integer dtype that holds ``bits``-bit codes (uint16 / uint32 / int64)."""
-    if bits <= 16:
-        return np.dtype(np.uint16)
-    if bits <= 32:
-        return np.dtype(np.uint32)
-    return np.dtype(np.int64)
-
-
-def _clean_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Strip DDP / torch.compile prefixes and AveragedModel bookkeeping from a state dict."""
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key == "n_averaged":
-            continue
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _STATE_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
-
-
 def load_model_from_checkpoint(
     checkpoint: str | Path | dict[str, Any], use_ema: bool = True
 ) -> tuple[nn.Module, MelConfig, dict[str, Any]]:
     """Build the model of a checkpoint and load its weights (EMA weights if asked and present).
 
+    Reads checkpoint format 1 and 2 (:func:`transcoder.utils.checkpoint.model_weights`); files are
+    loaded with ``weights_only=True``. The trainer saves the unwrapped module, so state dicts hold no
+    DDP / ``torch.compile`` prefixes and no ``AveragedModel`` bookkeeping; weights must fit exactly.
+
     Returns ``(model on CPU in eval mode, mel config, checkpoint dict)``; ``state["weights"]`` is set to
     ``"ema"`` or ``"model"`` (which weights were loaded).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: unreadable, unsafe (pickled objects), or weights / config that do not fit.
     """
     path = Path(checkpoint) if not isinstance(checkpoint, dict) else Path("<dict>")
     state = dict(checkpoint) if isinstance(checkpoint, dict) else load_checkpoint(path)
-    config = state["config"]
+    config = state.get("config")
     model_spec = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model_spec, dict) or "target" not in model_spec:
-        raise RuntimeError(f"checkpoint {path}: config['model'] must be {{'target': ..., 'params': ...}}, "
-                           f"got {model_spec!r}")
+        raise CheckpointError(f"checkpoint {path}: config['model'] must be {{'target': ..., 'params': ...}}, "
+                              f"got {model_spec!r}")
     mel_dict = state.get("mel")
     if mel_dict is None:
         data = config.get("data")
         if not isinstance(data, dict):
-            raise RuntimeError(f"checkpoint {path} has neither 'mel' nor config['data'] mel settings")
+            raise CheckpointError(f"checkpoint {path} has neither 'mel' nor config['data'] mel settings")
         mel_config = MelConfig.from_dict(data, strict=False)
     else:
         mel_config = MelConfig.from_dict(mel_dict)
-    model = instantiate(model_spec)
-    source = "ema" if use_ema and state.get("ema") is not None else "model"
-    weights = state[source]
-    state["weights"] = source
     try:
-        model.load_state_dict(_clean_state_dict(weights))
-    except RuntimeError as err:
-        raise RuntimeError(f"checkpoint {path}: weights do not fit {model_spec['target']} built from its "
-                           f"config ({err})") from err
-    input_size = getattr(model, "input_size", mel_config.n_mels)
-    if input_size != mel_config.n_mels:
-        raise RuntimeError(f"checkpoint {path}: model input_size={input_size} but mel n_mels={mel_config.n_mels}")
+        model = build_model(model_spec, mel_config)
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from err
+    weights, source = model_weights(state, "model", use_ema=use_ema)
+    state["weights"] = "ema" if source == "ema" else "model"
+    load_weights_strict(model, weights, f"checkpoint {path} ({model_spec['target']}, {source} weights)")
     return model.eval(), mel_config, state
 
 
@@ -165,6 +155,7 @@ class AudioTokenizer:
         self.batch_size = batch_size
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self._sha256: str | None = None
+        self._silence: Tensor | None = None
         self.last_num_samples: int | None = None
         pt, pf = self.patch_size
         if self.window_frames % pt or mel_config.n_mels % pf:
@@ -221,6 +212,12 @@ class AudioTokenizer:
                         self.bits_per_token)
 
     @property
+    def codes_spec(self) -> CodesSpec:
+        """What this model's codes look like (for :mod:`transcoder.codes` checks)."""
+        return CodesSpec(self.sample_rate, self.hop_length, self.mel_config.n_mels, self.bits_per_token,
+                         self.patch_size, self.tokens_per_window, self.n_freq_patches, self.window_samples)
+
+    @property
     def checkpoint_sha256(self) -> str | None:
         """SHA-256 of the checkpoint file (computed once, on first use)."""
         if self._sha256 is None and self.checkpoint_path is not None:
@@ -246,14 +243,24 @@ class AudioTokenizer:
             x = torch.from_numpy(np.ascontiguousarray(resample(x.numpy(), sr, self.sample_rate)))
         return x
 
+    def _segmenter(self) -> WindowSegmenter:
+        return WindowSegmenter(self.window_samples, self.hop_length, self.mel_config.n_fft, self.mel_config.pad_mode)
+
+    @torch.inference_mode()
+    def _segments_to_mels(self, segments: list[np.ndarray]) -> Tensor:
+        """Context segments ``[(L,)] * n`` -> model-space windows ``(n, window_frames, n_mels)`` on the device,
+        in groups of ``batch_size`` (the same groups for a file in memory and a streamed file)."""
+        mels = []
+        for start in range(0, len(segments), self.batch_size):
+            batch = torch.from_numpy(np.stack(segments[start:start + self.batch_size])).to(self.device)
+            mels.append(self.frontend.forward_segments(batch))
+        return torch.cat(mels)
+
     @torch.inference_mode()
     def _mel_windows(self, wave: Tensor) -> Tensor:
         """``(S,)`` -> model-space windows ``(n_windows, window_frames, n_mels)`` on the device."""
-        n = self.num_windows(wave.numel())
-        padded = torch.zeros(n * self.window_samples, device=self.device)
-        padded[: wave.numel()] = wave.to(self.device)
-        mel = self.frontend(padded)  # (n * window_frames, n_mels)
-        return mel.reshape(n, self.window_frames, self.mel_config.n_mels)
+        segmenter = self._segmenter()
+        return self._segments_to_mels(list(segments_of([wave.cpu().numpy()], segmenter)))
 
     @torch.inference_mode()
     def encode_mel(self, mel: Tensor) -> Tensor:
@@ -305,9 +312,39 @@ class AudioTokenizer:
         """Decode an audio file to mono ``(S,)`` float32 at the tokenizer's sample rate."""
         return load_audio(str(path), self.sample_rate)
 
+    @torch.inference_mode()
+    def encode_file_streamed(self, path: str | Path, block_frames: int = 1 << 16) -> EncodedAudio:
+        """Audio file -> :class:`EncodedAudio`, read in blocks of ``block_frames`` source frames and encoded
+        ``batch_size`` windows at a time: memory does not grow with the file's length.
+
+        The codes equal ``encode_waves([load(path)])[0]`` exactly (same window boundaries, same STFT
+        context at window edges, same resampled samples). Raises
+        :class:`~transcoder.data.audio_io.AudioDecodeError` for an unusable file.
+        """
+        segmenter = self._segmenter()
+        codes: list[Tensor] = []
+        pending: list[np.ndarray] = []
+        with AudioFile(str(path)) as audio:
+            for segment in segments_of(audio.blocks(self.sample_rate, block_frames), segmenter):
+                pending.append(segment)
+                if len(pending) == self.batch_size:
+                    codes.append(self.encode_mel(self._segments_to_mels(pending)).cpu())
+                    pending = []
+        if pending:
+            codes.append(self.encode_mel(self._segments_to_mels(pending)).cpu())
+        num_samples = segmenter.num_samples
+        if num_samples == 0:
+            raise ValueError(f"{path}: no audio samples at {self.sample_rate} Hz")
+        indices = torch.cat(codes).reshape(-1, self.n_freq_patches)
+        return EncodedAudio(indices, num_samples, -(-num_samples // self.hop_length))
+
     def encode_file(self, path: str | Path) -> Tensor:
-        """Audio file -> indices ``(n_time_tokens, n_freq_patches)``; see :meth:`encode_wave`."""
-        return self.encode_wave(self.load(path), self.sample_rate)
+        """Audio file -> indices ``(n_time_tokens, n_freq_patches)``, streamed in constant memory (see
+        :meth:`encode_file_streamed`); equals :meth:`encode_wave` of the decoded file. The length at the
+        tokenizer's rate is stored in :attr:`last_num_samples`."""
+        encoded = self.encode_file_streamed(path)
+        self.last_num_samples = encoded.num_samples
+        return encoded.indices
 
     # -- decoding ----------------------------------------------------------------------------
     def _check_indices(self, indices: Tensor | np.ndarray) -> Tensor:
@@ -329,26 +366,42 @@ class AudioTokenizer:
         return x
 
     @torch.inference_mode()
+    def silence_codes(self) -> Tensor:
+        """Codes ``(tokens_per_window, n_freq_patches)`` of an all-zero window (the encoder's padding), on the CPU."""
+        if self._silence is None:
+            mel = self.frontend(torch.zeros(1, self.window_samples, device=self.device))
+            self._silence = self.encode_mel(mel)[0].cpu()
+        return self._silence
+
+    @torch.inference_mode()
+    def _decode_windows(self, windows: Tensor) -> Tensor:
+        """Indices ``(B, tokens_per_window, Nf)`` on the device -> model-space mel ``(B, window_frames, n_mels)``."""
+        return torch.cat([self.model.decode_indices(chunk).float() for chunk in windows.split(self.batch_size)])
+
+    def _full_windows(self, x: Tensor) -> tuple[Tensor, int]:
+        """``(rows, Nf)`` -> ``(n_windows, tokens_per_window, Nf)``, a partial last window completed with the
+        silent window's codes at the same positions (so every token is decoded where it was encoded);
+        also returns the number of real rows."""
+        rows, tpw = x.shape[0], self.tokens_per_window
+        short = -rows % tpw
+        if short:
+            x = torch.cat([x, self.silence_codes().to(x.device)[tpw - short:]])
+        return x.reshape(-1, tpw, self.n_freq_patches), rows
+
+    @torch.inference_mode()
     def decode_to_mel(self, indices: Tensor | np.ndarray, space: str = "model") -> Tensor:
         """Indices ``(n_time_tokens, n_freq_patches)`` -> mel ``(n_time_tokens * patch_t, n_mels)``.
 
-        Decoded window by window (``tokens_per_window`` rows each; a shorter last chunk is decoded
-        at its own length). ``space``: ``model`` ([-1, 1], the model's output), ``db`` or ``power``
-        (the vocoder's input). Returned on the device.
+        Decoded window by window (``tokens_per_window`` rows each). A partial last window is completed
+        with the codes of a silent window (:meth:`silence_codes`, what the encoder saw as zero padding)
+        and decoded at full length, so its tokens get the position embeddings they were encoded with;
+        the frames of the completion are dropped. ``space``: ``model`` ([-1, 1], the model's output),
+        ``db`` or ``power`` (the vocoder's input). Returned on the device.
         """
         if space not in ("model", "db", "power"):
             raise ValueError(f"space must be 'model', 'db' or 'power', got {space!r}")
-        x = self._check_indices(indices).to(self.device)
-        rows = self.tokens_per_window
-        full = x.shape[0] // rows
-        mels = []
-        if full:
-            windows = x[: full * rows].reshape(full, rows, self.n_freq_patches)
-            for chunk in windows.split(self.batch_size):
-                mels.append(self.model.decode_indices(chunk).float().flatten(0, 1))
-        if x.shape[0] % rows:
-            mels.append(self.model.decode_indices(x[full * rows:].unsqueeze(0)).float()[0])
-        mel = torch.cat(mels)
+        windows, rows = self._full_windows(self._check_indices(indices).to(self.device))
+        mel = self._decode_windows(windows).flatten(0, 1)[: rows * self.patch_size[0]]
         if space == "db":
             return self.frontend.model_to_db(mel)
         if space == "power":
@@ -364,6 +417,12 @@ class AudioTokenizer:
         power = self.frontend.inverse(mel.to(self.device))
         return self.vocoder(power, length=num_samples, seed=seed).cpu()
 
+    def _check_num_samples(self, num_samples: int | None, rows: int) -> None:
+        covered = self.codes_spec.covered_samples(rows)
+        if num_samples is not None and not 0 < num_samples <= covered:
+            raise ValueError(f"num_samples={num_samples}: {rows} rows of codes cover {covered} samples "
+                             f"(expected 1..{covered})")
+
     def decode_codes(
         self, indices: Tensor | np.ndarray, num_samples: int | None = None, seed: int | None = 0
     ) -> Tensor:
@@ -371,12 +430,65 @@ class AudioTokenizer:
 
         Args:
             indices: codes from :meth:`encode_wave` / :meth:`encode_file` (or a ``.npy`` of them).
-            num_samples: original length to trim to (default: the full padded length).
+            num_samples: original length to trim to (default: the full padded length); at most the
+                samples the codes cover (``ValueError`` otherwise: the codes cannot make a longer signal).
             seed: Griffin-Lim phase seed (``None`` for a random start).
         """
-        if num_samples is not None and num_samples <= 0:
-            raise ValueError(f"num_samples must be positive, got {num_samples}")
-        return self.mel_to_wave(self.decode_to_mel(indices), num_samples, seed)
+        x = self._check_indices(indices)
+        self._check_num_samples(num_samples, x.shape[0])
+        return self.mel_to_wave(self.decode_to_mel(x), num_samples, seed)
+
+    @torch.inference_mode()
+    def decode_to_file(self, indices: Tensor | np.ndarray, path: str | Path, num_samples: int | None = None,
+                       seed: int | None = 0, subtype: str = "PCM_16", margin_frames: int = 16) -> Path:
+        """Decode codes to a WAV (any soundfile format by suffix), window by window in constant memory.
+
+        Each window is rendered with ``margin_frames`` of context on both sides and crossfaded into
+        its neighbours (:class:`~transcoder.audio.stream_render.WindowedRenderer`); window ``k`` uses
+        phase seed ``seed + k``. ``num_samples`` trims the output as in :meth:`decode_codes`.
+        """
+        import soundfile as sf
+
+        x = self._check_indices(indices)
+        self._check_num_samples(num_samples, x.shape[0])
+        windows, rows = self._full_windows(x)
+        total = rows * self.patch_size[0] * self.hop_length if num_samples is None else num_samples
+
+        def power_windows() -> Iterator[Tensor]:
+            for chunk in windows.split(self.batch_size):
+                for mel in self._decode_windows(chunk.to(self.device)):
+                    yield self.frontend.inverse(mel)
+
+        renderer = WindowedRenderer(lambda mel, length, s: self.vocoder(mel, length=length, seed=s),
+                                    self.window_frames, self.hop_length, margin=margin_frames, seed=seed)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        with sf.SoundFile(str(path), "w", samplerate=self.sample_rate, channels=1, subtype=subtype) as out:
+            for block in renderer.blocks(power_windows()):
+                block = block[: total - written]
+                out.write(block)
+                written += block.shape[0]
+                if written >= total:
+                    break
+        return path
+
+    def load_codes(self, path: str | Path, manifest_path: str | Path | None = None) -> CodesFile:
+        """Read a codes file (``.npz``, or ``.npy`` with its manifest) and check it fits this model.
+
+        Raises :class:`~transcoder.codes.CodesFormatError` naming the file for codes of another model,
+        a non-integer dtype, wrong shape or row count, values out of range, or a ``num_samples`` the
+        codes do not cover. ``indices`` of the result are int64.
+        """
+        codes = CodesFile.load(path, manifest_path=manifest_path)
+        codes.indices = codes.checked(self.codes_spec, path)
+        return codes
+
+    def decode_file(self, codes_path: str | Path, out_path: str | Path, seed: int | None = 0,
+                    manifest_path: str | Path | None = None) -> Path:
+        """Codes file (see :meth:`load_codes`) -> audio file at its original length, streamed."""
+        codes = self.load_codes(codes_path, manifest_path)
+        return self.decode_to_file(codes.indices, out_path, num_samples=codes.num_samples, seed=seed)
 
     def __repr__(self) -> str:
         return (f"AudioTokenizer(sample_rate={self.sample_rate}, window={self.window_frames} frames, "

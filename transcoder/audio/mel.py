@@ -192,16 +192,39 @@ class LogMelFrontend(nn.Module):
         """
         if wave.ndim < 1:
             raise ValueError(f"expected a waveform (..., S), got a scalar of shape {tuple(wave.shape)}")
-        lead, samples = wave.shape[:-1], wave.shape[-1]
-        frames = self.num_frames(samples)
+        frames = self.num_frames(wave.shape[-1])
         if frames == 0:
-            raise ValueError(f"waveform of {samples} samples is shorter than one hop ({self.hop_length})")
+            raise ValueError(f"waveform of {wave.shape[-1]} samples is shorter than one hop ({self.hop_length})")
+        return self._power_mel(wave, center=True, frames=frames)
+
+    def segment_length(self, frames: int) -> int:
+        """Samples of a context segment giving ``frames`` frames in :meth:`segment_power_mel`:
+        ``(frames - 1) * hop_length + n_fft`` (the frames' samples plus the STFT's half window each side)."""
+        return (int(frames) - 1) * self.hop_length + self.n_fft
+
+    def segment_power_mel(self, segments: Tensor) -> Tensor:
+        """Power mel of context segments, without padding: (..., L) → (..., (L - n_fft) // hop + 1, n_mels).
+
+        Frame ``t`` covers samples ``[t * hop, t * hop + n_fft)`` of the segment. A segment holding samples
+        ``[k*W*hop - n_fft//2, k*W*hop - n_fft//2 + segment_length(W))`` of the centred-padded signal
+        (see :class:`transcoder.audio.windows.WindowSegmenter`) gives exactly frames ``[k*W, (k+1)*W)`` of
+        :meth:`power_mel` of the whole signal: the same STFT frames, window by window.
+        """
+        if segments.ndim < 1 or segments.shape[-1] < self.n_fft:
+            raise ValueError(f"segments must be (..., L) with L >= n_fft={self.n_fft}, got shape "
+                             f"{tuple(segments.shape)}")
+        frames = (segments.shape[-1] - self.n_fft) // self.hop_length + 1
+        return self._power_mel(segments, center=False, frames=frames)
+
+    def _power_mel(self, wave: Tensor, center: bool, frames: int) -> Tensor:
+        """``|STFT|^2 @ mel_fbank`` of (..., S), first ``frames`` frames, in fp32: (..., frames, n_mels)."""
+        lead, samples = wave.shape[:-1], wave.shape[-1]
         with torch.autocast(device_type=wave.device.type, enabled=False):
             flat = wave.reshape(-1, samples).float()
             spec = torch.stft(flat, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-                              window=self.window.float(), center=True, pad_mode=self.config.pad_mode,
+                              window=self.window.float(), center=center, pad_mode=self.config.pad_mode,
                               return_complex=True)
-            # (N, n_freqs, frames + 1): drop the frame centred past the end of the clip.
+            # centred: (N, n_freqs, frames + 1); drop the frame centred past the end of the clip.
             spec = spec[:, :, :frames]
             # re^2 + im^2 in two passes; |z|^2 via abs() is ~3x slower on CPU (hypot, then square).
             power = spec.real.square().addcmul_(spec.imag, spec.imag)
@@ -239,7 +262,15 @@ class LogMelFrontend(nn.Module):
 
         Leading dims are free: (S,) → (T, F), (B, C, S) → (B, C, T, F).
         """
-        mel = self.power_mel(wave)
+        return self._power_to_model(self.power_mel(wave))
+
+    def forward_segments(self, segments: Tensor) -> Tensor:
+        """Context segments (B, L) → model-space log-mel (B, (L - n_fft) // hop + 1, n_mels); see
+        :meth:`segment_power_mel`. Used to run the front end window by window on long signals."""
+        return self._power_to_model(self.segment_power_mel(segments))
+
+    def _power_to_model(self, mel: Tensor) -> Tensor:
+        """Power mel → model space [-1, 1] (in place when no gradient is needed)."""
         if mel.requires_grad:
             return self.db_to_model(self.power_to_db(mel))
         # Same maths fused in place (the elementwise chain otherwise costs as much as the STFT):

@@ -25,6 +25,7 @@ whole file's, so a segment equals the same samples of the resampled whole file (
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ __all__ = [
     "AudioDecodeError",
     "AudioFile",
     "AudioInfo",
+    "StreamResampler",
     "audio_info",
     "load_audio",
     "resample",
@@ -104,6 +106,34 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return wave
     return soxr.resample(wave, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+class StreamResampler:
+    """Resample a mono stream block by block with soxr HQ (the same filter as :func:`resample`).
+
+    The concatenated outputs equal ``resample(whole_signal, orig_sr, target_sr)`` sample for sample
+    (soxr's one-shot call runs the same stream internally); :meth:`flush` returns the tail held back
+    by the filter's delay. With equal rates blocks pass through unchanged.
+    """
+
+    def __init__(self, orig_sr: int, target_sr: int) -> None:
+        if orig_sr <= 0 or target_sr <= 0:
+            raise ValueError(f"sample rates must be positive, got orig_sr={orig_sr}, target_sr={target_sr}")
+        self.orig_sr, self.target_sr = int(orig_sr), int(target_sr)
+        self._stream = (None if orig_sr == target_sr
+                        else soxr.ResampleStream(orig_sr, target_sr, 1, dtype="float32", quality="HQ"))
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """Mono ``(n,)`` float32 at ``orig_sr`` -> the next ``(m,)`` float32 samples at ``target_sr``."""
+        if self._stream is None:
+            return block
+        return self._stream.resample_chunk(np.ascontiguousarray(block, dtype=np.float32), last=False)
+
+    def flush(self) -> np.ndarray:
+        """The last samples, once the input has ended."""
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 class AudioFile:
@@ -183,6 +213,56 @@ class AudioFile:
         stop_in = min(self.info.frames, -(-(stop + context) * sr_in // sr_out))
         chunk = resample(self._read_frames(start_in, stop_in), sr_in, sr_out)
         return torch.from_numpy(np.ascontiguousarray(chunk[offset - start_out: stop - start_out]))
+
+    def blocks(self, sample_rate: int | None = None, block_frames: int = 1 << 16) -> Iterator[np.ndarray]:
+        """Decode the whole file as consecutive mono float32 blocks at ``sample_rate``, in constant memory.
+
+        The concatenated blocks equal ``read(sample_rate)`` exactly (same mono mix, same soxr filter
+        run as a stream, same length ``info.num_samples(sample_rate)``); block lengths vary.
+
+        Raises:
+            AudioDecodeError: decoding failed, NaN/Inf samples, or the file is truncated (raised when
+                the stream ends short of the header's length, after the blocks before it).
+        """
+        if block_frames < 1:
+            raise ValueError(f"block_frames must be >= 1, got {block_frames}")
+        sr_in = self.info.sample_rate
+        sr_out = sr_in if sample_rate is None else int(sample_rate)
+        if sr_out <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        total = self.info.num_samples(sr_out)
+        resampler = StreamResampler(sr_in, sr_out)
+        emitted = read = 0
+        self._file.seek(0)
+        while True:
+            want = min(block_frames, self.info.frames - read)
+            data = self._read_block(read, want) if want > 0 else np.zeros(0, dtype=np.float32)
+            read += data.shape[0]
+            ended = data.shape[0] < want or read >= self.info.frames
+            out = resampler(data)
+            if ended:
+                out = np.concatenate([out, resampler.flush()])
+            out = out[: max(0, total - emitted)]
+            emitted += out.shape[0]
+            if out.shape[0]:
+                yield out
+            if ended:
+                break
+        missing = self.info.frames - read
+        if missing and (read == 0 or missing > _SHORT_READ_TOLERANCE):
+            raise AudioDecodeError(self.path, f"truncated: header promises {self.info.frames} frames but "
+                                              f"decoding stopped at frame {read}")
+
+    def _read_block(self, start: int, count: int) -> np.ndarray:
+        """The next ``count`` source frames (sequential read, no seek) mixed to mono; may be shorter at EOF."""
+        try:
+            data = self._file.read(count, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioDecodeError(self.path, f"decoding failed at frame {start} ({_describe(err)})") from err
+        mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+        if not np.isfinite(mono).all():
+            raise AudioDecodeError(self.path, f"contains NaN or Inf samples (frames {start}-{start + data.shape[0]})")
+        return np.ascontiguousarray(mono)
 
     def _read_frames(self, start: int, stop: int) -> np.ndarray:
         """Source frames ``[start, stop)`` mixed to mono: ``(stop - start,)`` float32 or shorter."""

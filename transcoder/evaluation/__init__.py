@@ -1,4 +1,4 @@
-"""Spectrogram, codebook and waveform metrics."""
+"""Spectrogram, codebook and waveform metrics; :mod:`.evaluate` runs a whole evaluation."""
 
 from transcoder.evaluation.metrics import (
     CodebookStats,
@@ -13,10 +13,13 @@ from transcoder.evaluation.metrics import (
     stoi,
     tokens_per_second,
 )
+from transcoder.evaluation.reconstruction import ReconstructionMetrics, ReconstructionSummary
 
 __all__ = [
     "CodebookStats",
     "CodebookUsage",
+    "ReconstructionMetrics",
+    "ReconstructionSummary",
     "bitrate",
     "code_entropy",
     "mel_l1",

@@ -1,57 +1,48 @@
-"""Validation metrics accumulated over batches and reduced over DDP ranks."""
+"""Validation metrics of the trainer: a ``val/*`` view of :class:`transcoder.evaluation.ReconstructionMetrics`."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from transcoder.data import LogMelFrontend
-from transcoder.evaluation.metrics import CodebookUsage
-from transcoder.utils.distributed import all_reduce_sum
+from transcoder.audio.mel import LogMelFrontend
+from transcoder.evaluation.reconstruction import ReconstructionMetrics
 
 
 class ValidationMetrics:
     """MSE / MAE in dB, L1 in model space, quantizer loss and codebook usage of reconstructions.
 
-    Only valid mel frames count: the zero padding of a file's last window and windows the data
-    pipeline could not decode (``num_valid == 0``) are left out, as in ``scripts/evaluate_audio_tokenizer.py``.
+    Only valid mel frames count, and only the token rows covering them for code usage: the zero padding
+    of a file's last window and windows the data pipeline could not decode (``num_valid == 0``) are left
+    out, exactly as in the evaluation (both use :class:`ReconstructionMetrics`).
     """
 
-    def __init__(self, frontend: LogMelFrontend, bits: int, device: torch.device) -> None:
+    def __init__(self, frontend: LogMelFrontend, bits: int, device: torch.device, patch_t: int | None = None) -> None:
         self.frontend = frontend
-        self.hop_length = frontend.hop_length
         self.device = device
-        # squared dB error, absolute dB error, model-space L1, valid elements, quantizer loss * clips, clips
-        self.sums = torch.zeros(6, dtype=torch.float64, device=device)
-        self.usage = CodebookUsage(bits)
+        self._bits = bits
+        self._patch_t = patch_t
+        self._metrics: ReconstructionMetrics | None = None
 
     def update(self, recon: Tensor, target: Tensor, quant_loss: Tensor, indices: Tensor, num_valid: Tensor) -> None:
         """recon, target (B, T, F) model space; indices (B, Nt, Nf); num_valid (B,) unpadded samples."""
-        recon = recon.float()
-        valid_frames = -(-num_valid.to(self.device) // self.hop_length)  # ceil
-        frame_index = torch.arange(target.shape[1], device=self.device)
-        mask = (frame_index[None, :] < valid_frames[:, None]).unsqueeze(-1).to(recon.dtype)  # (B, T, 1)
-        diff_db = (self.frontend.model_to_db(recon) - self.frontend.model_to_db(target)) * mask
-        decoded = valid_frames > 0
-        clips = decoded.sum()
-        self.sums += torch.stack([
-            diff_db.pow(2).sum(), diff_db.abs().sum(), ((recon - target).abs() * mask).sum(),
-            mask.sum() * target.shape[2], quant_loss.detach().float() * clips, clips.float()]).double()
-        self.usage.update(indices[decoded.to(indices.device)])
+        if self._metrics is None:
+            # Frames per token row, from the shapes when not given (T / Nt).
+            patch_t = self._patch_t or target.shape[1] // indices.shape[1]
+            self._metrics = ReconstructionMetrics(self.frontend, self._bits, patch_t, self.device)
+        self._metrics.update(recon, target, quant_loss.detach().float(), indices, num_valid)
 
     def compute(self) -> dict[str, float]:
         """Reduce over ranks (a collective) and return the ``val/*`` scalars."""
-        all_reduce_sum(self.sums)
-        self.usage.all_reduce()
-        elements = max(self.sums[3].item(), 1.0)
-        clips = max(self.sums[5].item(), 1.0)
-        stats = self.usage.compute()
+        if self._metrics is None:  # no batch on this rank: still join the collectives
+            self._metrics = ReconstructionMetrics(self.frontend, self._bits, self._patch_t or 1, self.device)
+        summary = self._metrics.compute()
         return {
-            "val/mse_db": self.sums[0].item() / elements,
-            "val/mae_db": self.sums[1].item() / elements,
-            "val/l1": self.sums[2].item() / elements,
-            "val/quant_loss": self.sums[4].item() / clips,
-            "val/distinct_codes": float(stats.distinct_codes),
-            "val/code_entropy_bits": float(stats.entropy_bits),
-            "val/clips": self.sums[5].item(),
+            "val/mse_db": summary.mse_db,
+            "val/mae_db": summary.mae_db,
+            "val/l1": summary.l1,
+            "val/quant_loss": summary.quant_loss,
+            "val/distinct_codes": float(summary.codebook.distinct_codes),
+            "val/code_entropy_bits": float(summary.codebook.entropy_bits),
+            "val/clips": float(summary.windows),
         }

@@ -1,0 +1,357 @@
+"""Evaluate an audio tokenizer: spectrogram, codebook and audio metrics, usable from Python.
+
+    from transcoder.api import load_tokenizer
+    from transcoder.data import build_dataset
+    from transcoder.evaluation.evaluate import evaluate_tokenizer
+
+    tok = load_tokenizer("best.pt")
+    data = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
+    results = evaluate_tokenizer(tok, data, output_dir="outputs/eval")
+
+The data are cut into non-overlapping windows of the model's length (eval mode of the datasets, the
+last window of a file zero-padded). Spectrogram errors and code usage follow
+:class:`~transcoder.evaluation.reconstruction.ReconstructionMetrics` (valid frames and the token rows
+covering them only; the same class computes the trainer's validation). Audio metrics (PESQ-WB, STOI,
+SI-SNR) compare Griffin-Lim renderings with the original waveform, for the reconstruction AND for the
+input mel itself (the vocoder ceiling). Window ``i`` is rendered alone with phase seed ``seed + i``, so
+its scores do not depend on the batch size. Griffin-Lim's phase is random, so SI-SNR is reported but
+is not a meaningful quality measure here; PESQ and STOI are.
+
+A window that fails to decode is left out of every metric and count and listed under
+``skipped_windows``; files whose header is unreadable are listed in ``skipped_files``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from transcoder.api import AudioTokenizer
+from transcoder.data import collate_audio
+from transcoder.evaluation.metrics import mel_l1, si_snr, spectrogram_mae_db, spectrogram_mse_db, speech_quality
+from transcoder.evaluation.reconstruction import ReconstructionMetrics
+
+__all__ = ["MeanAccumulator", "dataset_spec", "evaluate_tokenizer", "format_table", "render_pair",
+           "save_examples", "write_metrics_json"]
+
+
+def dataset_spec(checkpoint_config: dict[str, Any], audio_dir: str | None = None, data_config: str | None = None,
+                 split: str = "val") -> dict[str, Any]:
+    """The eval dataset ``{target, params}``: ``audio_dir``, a YAML ``data_config`` (a full config, whose
+    ``data.<split>`` is used, or a bare spec), or the checkpoint config's ``data.<split>``."""
+    if audio_dir is not None:
+        return {"target": "transcoder.data.AudioFolderDataset", "params": {"root": audio_dir}}
+    if data_config is not None:
+        path = Path(data_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--data-config {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if isinstance(raw, dict) and "target" in raw:
+            return raw  # a bare dataset spec
+        spec = (raw.get("data") or {}).get(split) if isinstance(raw, dict) else None
+        if not spec:
+            raise ValueError(f"{path}: no data.{split} dataset spec (expected a full config or "
+                             f"{{target: ..., params: ...}})")
+        return spec
+    spec = (checkpoint_config.get("data") or {}).get(split)
+    if not spec:
+        raise ValueError(f"the checkpoint's config has no data.{split}; pass --audio-dir or --data-config")
+    return spec
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Non-finite floats (anywhere in nested dicts / lists) -> ``None``."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def write_metrics_json(path: str | Path, results: dict[str, Any]) -> Path:
+    """Write ``results`` as strict JSON, NaN / Inf written as ``null``.
+
+    Python's ``json`` writes NaN as the bare token ``NaN`` by default, which is not JSON: strict
+    parsers (``jq``, JavaScript's ``JSON.parse``, most non-Python readers) reject the whole file.
+    Scores can be NaN legitimately (PESQ / STOI of a silent window, a mean over no clips), so they are
+    converted to ``null`` and ``allow_nan=False`` guarantees nothing non-standard slips through.
+    """
+    path = Path(path)
+    path.write_text(json.dumps(_finite_or_none(results), indent=2, allow_nan=False, default=float))
+    return path
+
+
+class MeanAccumulator:
+    """Running mean that ignores NaN (PESQ/STOI of silent windows)."""
+
+    def __init__(self) -> None:
+        self.total, self.count, self.skipped = 0.0, 0, 0
+
+    def add(self, value: float) -> None:
+        if math.isfinite(value):
+            self.total += value
+            self.count += 1
+        else:
+            self.skipped += 1
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+def save_examples(out_dir: Path, index: int, tok: AudioTokenizer, item: dict[str, Any]) -> None:
+    """Spectrogram PNG (input / reconstruction / difference) and three WAVs of one window into ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import soundfile as sf
+
+    name = f"{index:03d}_{Path(item['path']).stem}_{item['offset']}"
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True, constrained_layout=True)
+    db_min, db_max = tok.mel_config.db_min, tok.mel_config.db_max
+    panels = [(item["input_db"], "input (dB)", "magma", db_min, db_max),
+              (item["recon_db"], "reconstruction (dB)", "magma", db_min, db_max),
+              (item["recon_db"] - item["input_db"], "reconstruction - input (dB)", "coolwarm", -20, 20)]
+    for ax, (data, title, cmap, lo, hi) in zip(axes, panels, strict=True):
+        image = ax.imshow(data.T, origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=hi,
+                          extent=(0, data.shape[0] * tok.hop_length / tok.sample_rate, 0, data.shape[1]))
+        ax.set_title(title)
+        ax.set_ylabel("mel bin")
+        fig.colorbar(image, ax=ax)
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(f"{item['path']} @ {item['offset'] / tok.sample_rate:.2f} s")
+    fig.savefig(out_dir / f"{name}.png", dpi=100)
+    plt.close(fig)
+    for suffix in ("original", "gl_input", "gl_reconstruction"):
+        sf.write(str(out_dir / f"{name}_{suffix}.wav"), item[suffix], tok.sample_rate, subtype="PCM_16")
+
+
+def render_pair(tok: AudioTokenizer, mel: Tensor, recon: Tensor, seeds: list[int],
+                length: int) -> tuple[Tensor, Tensor]:
+    """Griffin-Lim of the input and reconstructed model-space mels ``(B, T, F)``, window ``b`` rendered
+    on its own with phase seed ``seeds[b]`` (a batched call would draw one random phase for the whole
+    batch, making a window's audio depend on the batch size and its position in the batch).
+
+    Returns:
+        ``(gl_input, gl_recon)``, each ``(B, length)`` float32 on the CPU.
+    """
+    power_in, power_recon = tok.frontend.inverse(mel), tok.frontend.inverse(recon)
+    gl_input = torch.stack([tok.vocoder(power_in[b:b + 1], length=length, seed=seed)[0].cpu()
+                            for b, seed in enumerate(seeds)])
+    gl_recon = torch.stack([tok.vocoder(power_recon[b:b + 1], length=length, seed=seed)[0].cpu()
+                            for b, seed in enumerate(seeds)])
+    return gl_input, gl_recon
+
+
+def evaluate_tokenizer(
+    tok: AudioTokenizer,
+    dataset: Any,
+    *,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    max_batches: int | None = None,
+    num_audio: int = 4,
+    audio_metrics: bool = True,
+    seed: int = 0,
+    metric_workers: int = 1,
+    output_dir: str | Path | None = None,
+    dataset_spec: dict[str, Any] | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a tokenizer on an eval-mode dataset of model windows (see the module docstring).
+
+    Args:
+        tok: the tokenizer (its vocoder's ``n_iter`` sets the Griffin-Lim iterations).
+        dataset: a dataset built with ``mode="eval"`` and ``clip_samples=tok.window_samples`` whose items
+            :func:`transcoder.data.collate_audio` batches (``audio (B, S)``, ``num_valid``, ``path``, ``offset``).
+        batch_size, num_workers: DataLoader settings.
+        max_batches: stop after this many batches.
+        num_audio: windows saved as PNG + WAV under ``output_dir/examples`` (needs ``output_dir``).
+        audio_metrics: Griffin-Lim renderings and PESQ / STOI / SI-SNR.
+        seed: Griffin-Lim phase seed of window 0 (window ``i`` uses ``seed + i``).
+        metric_workers: processes computing PESQ / STOI (1 = in this process).
+        output_dir: where ``metrics.json`` and ``examples/`` go; ``None`` writes nothing.
+        dataset_spec: recorded under ``"dataset"`` in the results.
+        quiet: no progress bar.
+
+    Returns:
+        The results dict (also written to ``output_dir/metrics.json`` with NaN as ``null``).
+    """
+    out_dir = Path(output_dir) if output_dir is not None else None
+    if out_dir is None:
+        num_audio = 0
+    else:
+        (out_dir / "examples").mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_audio)
+    pt = tok.patch_size[0]
+    totals = ReconstructionMetrics(tok.frontend, tok.bits_per_token, pt, "cpu")
+    audio = {key: MeanAccumulator() for key in ("recon_pesq", "recon_stoi", "recon_si_snr",
+                                      "ceiling_pesq", "ceiling_stoi", "ceiling_si_snr")}
+    per_clip: list[dict[str, Any]] = []
+    files: set[str] = set()
+    skipped: list[str] = []
+    skipped_windows: list[dict[str, Any]] = []
+    saved = 0
+    next_index = 0  # dataset index of the batch's first window (the loader does not shuffle)
+    # spawn, not fork: a forked child of a process that has run torch's OpenMP pool can hang.
+    pool = (ProcessPoolExecutor(metric_workers, mp_context=multiprocessing.get_context("spawn"))
+            if metric_workers > 1 and audio_metrics else None)
+    started = time.perf_counter()
+    total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    try:
+        for batch_index, batch in enumerate(tqdm(loader, total=total_batches, unit="batch", disable=quiet)):
+            if max_batches is not None and batch_index >= max_batches:
+                break
+            skipped.extend(batch["skipped"])
+            # Windows that failed to decode (num_valid == 0) are zeros: keep them out of every metric.
+            indices = range(next_index, next_index + len(batch["path"]))
+            next_index += len(batch["path"])
+            keep = [b for b, n in enumerate(batch["num_valid"].tolist()) if n > 0]
+            skipped_windows += [{"index": indices[b], "path": batch["path"][b], "offset": int(batch["offset"][b])}
+                                for b in sorted(set(range(len(indices))) - set(keep))]
+            if not keep:
+                continue
+            window_index = [indices[b] for b in keep]
+            paths = [batch["path"][b] for b in keep]
+            offsets = [int(batch["offset"][b]) for b in keep]
+            valid_samples = [int(batch["num_valid"][b]) for b in keep]
+            ref = batch["audio"][keep]  # (B', S) on the CPU
+            wave = ref.to(tok.device)
+            with torch.inference_mode():
+                mel = tok.frontend(wave)  # (B', T, F) model space
+                recon, quant_loss, info = tok.model(mel)
+                recon = recon.float()
+                input_db, recon_db = tok.frontend.model_to_db(mel), tok.frontend.model_to_db(recon)
+            totals.update(recon, mel, float(quant_loss), info["indices"], torch.tensor(valid_samples))
+            first_clip = len(per_clip)
+            for b, n_valid in enumerate(valid_samples):
+                frames = min(mel.shape[1], -(-n_valid // tok.hop_length))
+                mse = spectrogram_mse_db(recon_db[b:b + 1, :frames], input_db[b:b + 1, :frames]).item()
+                mae = spectrogram_mae_db(recon_db[b:b + 1, :frames], input_db[b:b + 1, :frames]).item()
+                err_l1 = mel_l1(recon[b:b + 1, :frames], mel[b:b + 1, :frames]).item()
+                files.add(paths[b])
+                per_clip.append({"index": window_index[b], "path": paths[b], "offset": offsets[b],
+                                 "seconds": n_valid / tok.sample_rate, "mse_db": mse, "mae_db": mae, "l1": err_l1})
+            if not (audio_metrics or saved < num_audio):
+                continue
+            with torch.inference_mode():
+                gl_input, gl_recon = render_pair(tok, mel, recon, [seed + i for i in window_index], ref.shape[-1])
+            jobs = []
+            for b, n_valid in enumerate(valid_samples):
+                r, c, g = ref[b, :n_valid], gl_input[b, :n_valid], gl_recon[b, :n_valid]
+                clip = per_clip[first_clip + b]
+                if audio_metrics:
+                    snr_r, snr_c = si_snr(g, r).item(), si_snr(c, r).item()
+                    audio["recon_si_snr"].add(snr_r)
+                    audio["ceiling_si_snr"].add(snr_c)
+                    clip.update(si_snr=snr_r, ceiling_si_snr=snr_c)
+                    jobs += [(r.numpy(), g.numpy()), (r.numpy(), c.numpy())]
+                if saved < num_audio and out_dir is not None:
+                    save_examples(out_dir / "examples", saved, tok, {
+                        "path": paths[b], "offset": offsets[b],
+                        "input_db": input_db[b].cpu().numpy(), "recon_db": recon_db[b].cpu().numpy(),
+                        "original": r.numpy(), "gl_input": c.numpy(), "gl_reconstruction": g.numpy()})
+                    saved += 1
+            refs, ests = [j[0] for j in jobs], [j[1] for j in jobs]
+            rates = [tok.sample_rate] * len(jobs)
+            flat = list(pool.map(speech_quality, refs, ests, rates) if pool else map(speech_quality, refs, ests, rates))
+            scores = [(*flat[i], *flat[i + 1]) for i in range(0, len(flat), 2)]
+            for b, (p_r, s_r, p_c, s_c) in enumerate(scores):
+                for key, value in (("recon_pesq", p_r), ("recon_stoi", s_r), ("ceiling_pesq", p_c),
+                                   ("ceiling_stoi", s_c)):
+                    audio[key].add(value)
+                per_clip[first_clip + b].update(pesq=p_r, stoi=s_r, ceiling_pesq=p_c, ceiling_stoi=s_c)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+    windows = len(per_clip)
+    if windows == 0:
+        raise RuntimeError(f"no windows were evaluated ({len(skipped_windows)} failed to decode, e.g. "
+                           f"{skipped_windows[:3]}; skipped files: {sorted(set(skipped))[:3]})")
+    summary = totals.compute()
+    results: dict[str, Any] = {
+        "checkpoint": str(tok.checkpoint_path.resolve()) if tok.checkpoint_path is not None else None,
+        "checkpoint_sha256": tok.checkpoint_sha256,
+        "step": tok.checkpoint_step,
+        "weights": tok.weights,
+        "device": str(tok.device),
+        "processes": 1,
+        "dataset": dataset_spec,
+        "windows": windows,
+        "files": len(files),
+        # Header failures are found by the main process while counting windows; decode failures in
+        # the workers reach it through the batches.
+        "skipped_files": sorted(set(skipped) | set(dataset.skipped_files)),
+        "num_skipped_windows": len(skipped_windows),
+        "skipped_windows": skipped_windows,
+        "audio_seconds": sum(c["seconds"] for c in per_clip),
+        "elapsed_seconds": time.perf_counter() - started,
+        "rates": {"tokens_per_second": tok.tokens_per_second, "bits_per_token": tok.bits_per_token,
+                  "bitrate": tok.bitrate, "patch_size": list(tok.patch_size),
+                  "grid_per_window": [tok.tokens_per_window, tok.n_freq_patches]},
+        "spectrogram": {"mse_db": summary.mse_db, "mae_db": summary.mae_db, "l1_model": summary.l1,
+                        "quant_loss": summary.quant_loss},
+        "codebook": summary.codebook.to_dict(),
+        "vocoder": {"type": "griffin-lim", "n_iter": tok.vocoder.n_iter, "nnls_iter": tok.vocoder.nnls_iter,
+                    "seed": seed, "seed_per_window": "seed + window index"},
+        "per_clip": per_clip,
+    }
+    if audio_metrics:
+        results["audio"] = {
+            side: {metric: audio[f"{side}_{metric}"].value for metric in ("pesq", "stoi", "si_snr")}
+            | {f"{metric}_clips": audio[f"{side}_{metric}"].count for metric in ("pesq", "stoi")}
+            | {f"{metric}_skipped": audio[f"{side}_{metric}"].skipped for metric in ("pesq", "stoi")}
+            for side in ("recon", "ceiling")
+        }
+    if out_dir is not None:
+        write_metrics_json(out_dir / "metrics.json", results)
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Human-readable summary of :func:`evaluate_tokenizer`'s results."""
+    s, c, r = results["spectrogram"], results["codebook"], results["rates"]
+    lines = [
+        f"checkpoint  {results['checkpoint']} (step {results['step']}, {results['weights']} weights)",
+        f"data        {results['windows']} windows from {results['files']} files, "
+        f"{results['audio_seconds']:.1f} s of audio; skipped: {len(results['skipped_files'])} files, "
+        f"{results['num_skipped_windows']} windows that failed to decode",
+        f"rate        {r['tokens_per_second']:g} tokens/s x {r['bits_per_token']} bits = {r['bitrate']:g} bit/s",
+        "",
+        f"{'spectrogram':<28}{'value':>14}",
+        f"{'  MSE (dB^2)':<28}{s['mse_db']:>14.3f}",
+        f"{'  MAE (dB)':<28}{s['mae_db']:>14.3f}",
+        f"{'  L1 (model space)':<28}{s['l1_model']:>14.4f}",
+        "",
+        f"{'codebook':<28}{'value':>14}",
+        f"{'  distinct codes':<28}{c['distinct_codes']:>14d}",
+        f"{'  usage (of min(2^bits, N))':<28}{c['usage']:>14.4f}",
+        f"{'  entropy (bits/token)':<28}{c['entropy_bits']:>14.3f}",
+        f"{'  perplexity':<28}{c['perplexity']:>14.1f}",
+        f"{'  bit balance min / max':<28}{min(c['bit_balance']):>7.3f}{max(c['bit_balance']):>7.3f}",
+    ]
+    if "audio" in results:
+        a = results["audio"]
+        lines += ["", f"{'audio (Griffin-Lim)':<28}{'reconstruction':>16}{'GL(input) ceiling':>20}"]
+        for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI")):
+            lines.append(f"{label:<28}{a['recon'][key]:>16.3f}{a['ceiling'][key]:>20.3f}")
+        lines += ["  Griffin-Lim phase is random, so SI-SNR (phase-sensitive) is not meaningful here:",
+                  f"{'  SI-SNR (dB, not meaningful)':<28}{a['recon']['si_snr']:>16.3f}{a['ceiling']['si_snr']:>20.3f}"]
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Reconstruction metrics over valid frames, shared by training validation and the evaluation.
+
+Only what the data really hold counts: frames covering a window's ``num_valid`` unpadded samples
+(``ceil(num_valid / hop)``), and for codebook usage the token rows covering those frames
+(``ceil(frames / patch_t)``); the zero padding of a file's last window and windows that failed to
+decode (``num_valid == 0``) count nowhere. Sums are reduced over DDP ranks by :meth:`compute`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from transcoder.audio.mel import LogMelFrontend
+from transcoder.evaluation.metrics import CodebookStats, CodebookUsage
+from transcoder.utils.distributed import all_reduce_sum
+
+__all__ = ["ReconstructionMetrics", "ReconstructionSummary"]
+
+
+@dataclass
+class ReconstructionSummary:
+    """Means over all valid frames (``*_db`` in dB / dB^2, ``l1`` in model space) and windows."""
+
+    mse_db: float
+    mae_db: float
+    l1: float
+    quant_loss: float  # mean over decoded windows
+    windows: int  # windows with at least one valid sample
+    frames: int  # valid frames
+    codebook: CodebookStats
+
+
+class ReconstructionMetrics:
+    """Accumulate dB MSE / MAE, model-space L1, quantizer loss and code usage of reconstructions.
+
+    Args:
+        frontend: the mel front end (for ``model_to_db`` and ``hop_length``).
+        bits: code width.
+        patch_t: frames per token row.
+        device: where the running sums live.
+    """
+
+    def __init__(self, frontend: LogMelFrontend, bits: int, patch_t: int, device: torch.device | str = "cpu") -> None:
+        self.frontend = frontend
+        self.patch_t = int(patch_t)
+        self.device = torch.device(device)
+        # squared dB error, absolute dB error, model-space L1, valid elements, quant loss * windows, windows
+        self.sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        self.usage = CodebookUsage(bits)
+
+    def valid_frames(self, num_valid: Tensor, frames: int) -> Tensor:
+        """``(B,)`` unpadded samples -> ``(B,)`` frames covering them, at most ``frames``."""
+        return (-(-num_valid.to(self.device).long() // self.frontend.hop_length)).clamp_max(frames)
+
+    @torch.no_grad()
+    def update(self, recon: Tensor, target: Tensor, quant_loss: Tensor | float, indices: Tensor,
+               num_valid: Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            recon, target: ``(B, T, F)`` model-space mels.
+            quant_loss: the batch's mean quantizer loss (scalar).
+            indices: ``(B, T / patch_t, Nf)`` codes.
+            num_valid: ``(B,)`` unpadded samples per window (0: failed to decode).
+        """
+        if recon.shape != target.shape or recon.ndim != 3:
+            raise ValueError(f"recon {tuple(recon.shape)} and target {tuple(target.shape)} must both be (B, T, F)")
+        recon, target = recon.to(self.device).double(), target.to(self.device).double()
+        frames = self.valid_frames(num_valid, target.shape[1])
+        mask = (torch.arange(target.shape[1], device=self.device)[None, :] < frames[:, None]).unsqueeze(-1)
+        diff_db = (self.frontend.model_to_db(recon).double() - self.frontend.model_to_db(target).double()) * mask
+        decoded = frames > 0
+        windows = decoded.sum()
+        self.sums += torch.stack([
+            diff_db.square().sum(), diff_db.abs().sum(), ((recon - target).abs() * mask).sum(),
+            mask.sum().double() * target.shape[2], torch.as_tensor(quant_loss, dtype=torch.float64,
+                                                                   device=self.device) * windows,
+            windows.double()])
+        rows = -(-frames // self.patch_t)
+        row_mask = torch.arange(indices.shape[1], device=self.device)[None, :] < rows[:, None]  # (B, Nt)
+        self.usage.update(indices.to(self.device)[row_mask])
+
+    def compute(self) -> ReconstructionSummary:
+        """Reduce over ranks (a collective: call on every rank) and summarize."""
+        sums = all_reduce_sum(self.sums.clone())
+        self.usage.all_reduce()
+        elements = max(sums[3].item(), 1.0)
+        windows = sums[5].item()
+        n_mels = self.frontend.config.n_mels
+        return ReconstructionSummary(
+            mse_db=sums[0].item() / elements, mae_db=sums[1].item() / elements, l1=sums[2].item() / elements,
+            quant_loss=sums[4].item() / max(windows, 1.0), windows=int(windows), frames=int(sums[3].item()) // n_mels,
+            codebook=self.usage.compute())
