@@ -74,12 +74,18 @@ def preflight(config: dict[str, Any], device: str | None) -> None:
         raise ConfigError("training.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
     if config["training"]["sync_batchnorm"] and not use_cuda:
         raise ConfigError("training.sync_batchnorm=true needs CUDA (SyncBatchNorm has no CPU implementation)")
-    try:
-        with torch.device("meta"):
-            model = instantiate(config["model"])
-            instantiate(config["loss"])
-    except (NotImplementedError, RuntimeError):
-        return  # something the meta device cannot run: the real build in the Trainer checks it
+    model = None
+    for section in ("model", "loss"):
+        try:
+            with torch.device("meta"):
+                built = instantiate(config[section])
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{section}.params: {one_line(err)}") from None
+        except (NotImplementedError, RuntimeError):
+            continue  # something the meta device cannot run: the real build in the Trainer checks it
+        model = built if section == "model" else model
     model_config = getattr(model, "config", None)
     if model_config is not None:
         for model_key, data_key, value in (("input_size", "n_mels", mel.n_mels),
@@ -107,7 +113,8 @@ def one_line(err: BaseException) -> str:
 def report(err: BaseException, exit_code: int, *, with_traceback: bool = False) -> int:
     """Print ``error: ...`` as the last stderr line (after the traceback if asked), write it to the
     run's ``train.log`` when one is open, and return ``exit_code``."""
-    kind = "" if isinstance(err, ConfigError | AudioDataError | NonFiniteLossError) else f"{type(err).__name__}: "
+    plain = exit_code == 2 or isinstance(err, AudioDataError | NonFiniteLossError)  # the message says it all
+    kind = "" if plain else f"{type(err).__name__}: "
     line = f"error: {kind}{one_line(err)}"
     trace = "".join(traceback.format_exception(err)) if with_traceback else ""
     logger = logging.getLogger("transcoder")  # the run's logger (training.monitor.setup_text_logger)

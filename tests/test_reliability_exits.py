@@ -195,7 +195,8 @@ def test_workers_die_with_a_killed_main_process(tmp_path: Path) -> None:
 UNCAUGHT_WITH_LIVE_WORKERS = """
 import torch
 from transcoder.training.loader import build_loader
-loader = build_loader([{"audio": torch.zeros(4)}] * 64, None, 4, workers=2, device=torch.device("cpu"), seed=0, persistent=True)
+loader = build_loader([{"audio": torch.zeros(4)}] * 64, None, 4, workers=2, device=torch.device("cpu"), seed=0,
+                      persistent=True)
 batches = iter(loader)
 next(batches)
 raise RuntimeError("boom")
@@ -209,7 +210,8 @@ def test_uncaught_error_with_live_workers_exits(tmp_path: Path) -> None:
 
 
 def test_shutdown_loaders_stops_every_worker() -> None:
-    loader = build_loader([{"audio": torch.zeros(4)}] * 32, None, 4, workers=2, device=torch.device("cpu"), seed=0, persistent=True)
+    loader = build_loader([{"audio": torch.zeros(4)}] * 32, None, 4, workers=2, device=torch.device("cpu"), seed=0,
+                          persistent=True)
     batches = iter(loader)
     next(batches)
     pids = live_worker_pids()
