@@ -98,3 +98,36 @@ def test_worker_error_is_reduced_to_its_message() -> None:
                          "AudioFolderDataset: 3 consecutive items failed")
     assert script.one_line(err) == "AudioFolderDataset: 3 consecutive items failed"
 
+
+
+def test_missing_audio_file_is_reported_as_not_found(tmp_path: Path) -> None:
+    from transcoder.data import AudioDecodeError, AudioFile
+
+    missing = tmp_path / "clips" / "common_voice_en_1.mp3"
+    with pytest.raises(AudioDecodeError) as info:
+        AudioFile(str(missing))
+    assert str(info.value) == f"{missing}: cannot open: file not found"
+    assert "System error" not in str(info.value)
+
+
+def test_skipped_file_names_reach_the_run_log(tmp_path: Path) -> None:
+    import logging
+    import warnings
+
+    from transcoder.data import AudioDataError, AudioFolderDataset, AudioSkipWarning
+    from transcoder.training.monitor import setup_text_logger
+
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    dataset = AudioFolderDataset(str(tmp_path), clip_samples=1600)
+    setup_text_logger(tmp_path, is_main=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AudioSkipWarning)
+            with pytest.raises(AudioDataError, match="1 consecutive items"):
+                dataset[0]
+    finally:
+        for handler in logging.getLogger("transcoder").handlers:
+            handler.close()
+        logging.getLogger("transcoder").handlers.clear()
+    log = (tmp_path / "train.log").read_text()
+    assert f"WARNING AudioFolderDataset: skipping '{tmp_path / 'bad.wav'}': cannot open as audio" in log
