@@ -220,3 +220,16 @@ def test_shutdown_loaders_stops_every_worker() -> None:
     assert live_worker_pids() == []
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+
+
+def test_collective_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transcoder.utils.distributed import TIMEOUT_ENV, dist_timeout
+
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert dist_timeout().total_seconds() == 1800
+    monkeypatch.setenv(TIMEOUT_ENV, "90")
+    assert dist_timeout().total_seconds() == 90
+    for bad in ("0", "-5", "soon", "inf"):
+        monkeypatch.setenv(TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=f"{TIMEOUT_ENV}='{bad}': expected a positive number of seconds"):
+            dist_timeout()
