@@ -16,7 +16,7 @@ from transcoder.data.audio_io import (
     load_audio,
     resample,
 )
-from transcoder.data.base import AudioClipDataset, AudioSkipWarning, collate_audio
+from transcoder.data.base import AudioClipDataset, AudioDataError, AudioSkipWarning, collate_audio
 from transcoder.data.build import build_dataset, resolve_target
 from transcoder.data.common_voice import CommonVoiceDataset
 from transcoder.data.librispeech import LibriSpeechDataset
@@ -26,6 +26,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "SF_UNKNOWN_FRAMES",
     "AudioClipDataset",
+    "AudioDataError",
     "AudioDecodeError",
     "AudioFile",
     "AudioFolderDataset",

@@ -25,6 +25,7 @@ whole file's, so a segment equals the same samples of the resampled whole file (
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -153,6 +154,14 @@ class AudioFile:
         try:
             self._file = sf.SoundFile(self.path)
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            # libsndfile reports a missing file as "System error."; say what it is (the message starts
+            # with the path: "<path>: cannot open: file not found").
+            if not os.path.exists(self.path):
+                raise AudioDecodeError(self.path, "cannot open: file not found") from err
+            if os.path.isdir(self.path):
+                raise AudioDecodeError(self.path, "cannot open: is a directory, not an audio file") from err
+            if not os.access(self.path, os.R_OK):
+                raise AudioDecodeError(self.path, "cannot open: permission denied") from err
             raise AudioDecodeError(self.path, f"cannot open as audio ({_describe(err)})") from err
         f = self._file
         self.info = AudioInfo(self.path, int(f.samplerate), int(f.frames), int(f.channels), f.format, f.subtype)

@@ -29,6 +29,7 @@ A file is only checked where it is decoded: NaN samples outside the cropped segm
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import os
@@ -43,13 +44,35 @@ from torch.utils.data import Dataset
 from transcoder.data.audio_io import AudioDecodeError, AudioFile, audio_info
 from transcoder.data.listing import StringColumn, load_list_cache, save_list_cache
 
-__all__ = ["AudioClipDataset", "AudioSkipWarning", "collate_audio"]
+__all__ = ["AudioClipDataset", "AudioDataError", "AudioSkipWarning", "collate_audio"]
 
 _MODES = ("train", "eval")
 
 
 class AudioSkipWarning(UserWarning):
     """A dataset skipped an unusable audio file (filter with ``warnings.simplefilter``)."""
+
+
+class AudioDataError(RuntimeError):
+    """No usable audio: every file tried in a row failed (e.g. a folder where every file is bad)."""
+
+
+#: The training run's logger (``transcoder.training.monitor.setup_text_logger``); skipped files are
+#: also written to its log files (``train.log``), as the warning itself only reaches stderr.
+RUN_LOGGER = "transcoder"
+
+
+def _log_to_run_files(message: str) -> None:
+    """Write ``message`` to the file handlers of the run logger, if a run set one up in this process
+    (also in forked DataLoader workers, which inherit it); the console already shows the warning."""
+    logger = logging.getLogger(RUN_LOGGER)
+    handlers = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    if not handlers:
+        return
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, message, (), None)
+    for handler in handlers:
+        if record.levelno >= handler.level:
+            handler.handle(record)
 
 
 class AudioClipDataset(Dataset):
@@ -184,10 +207,10 @@ class AudioClipDataset(Dataset):
                 continue
             item["skipped"] = skipped
             return item
-        raise RuntimeError(
+        raise AudioDataError(
             f"{type(self).__name__}: {min(self.max_fallback, n)} consecutive items from index {index} "
-            f"failed to decode (last files: {skipped[-3:]}); reasons: "
-            f"{[self._failed.get(p) for p in skipped[-3:]]}")
+            f"failed to decode under '{self.root}' (max_fallback={self.max_fallback}; last files: "
+            f"{skipped[-3:]}); reasons: {[self._failed.get(p) for p in skipped[-3:]]}")
 
     # --- internals --------------------------------------------------------------------------
     def _listing(self, cache: str | None) -> dict[str, list[Any]]:
@@ -216,7 +239,9 @@ class AudioClipDataset(Dataset):
     def _record_failure(self, path: str, reason: str) -> None:
         if path not in self._failed:
             self._failed[path] = reason
-            warnings.warn(f"{type(self).__name__}: skipping '{path}': {reason}", AudioSkipWarning, stacklevel=3)
+            message = f"{type(self).__name__}: skipping '{path}': {reason}"
+            warnings.warn(message, AudioSkipWarning, stacklevel=3)
+            _log_to_run_files(message)
 
     def _metadata(self, file_index: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -286,7 +311,7 @@ class AudioClipDataset(Dataset):
                     continue
                 counts[i] = math.ceil(total / self.clip_samples)
             if counts.sum() == 0:
-                raise RuntimeError(f"{type(self).__name__}: none of the {self.num_files} files under "
+                raise AudioDataError(f"{type(self).__name__}: none of the {self.num_files} files under "
                                    f"'{self.root}' is readable audio; first reason: "
                                    f"{next(iter(self._failed.items()), None)}")
             self._window_ends = np.cumsum(counts)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from transcoder.models.depthwise_conv import depthwise_conv_time
-from transcoder.models.quantizer.bsq import BinarySphericalQuantizer
+from transcoder.models.quantizer.bsq import MAX_INDEX_BITS, BinarySphericalQuantizer
 
 
 @dataclass
@@ -80,8 +80,26 @@ class AudioConfig:
         return (self.input_length // pt, self.input_size // pf)
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the ``audioconfig`` key of the first bad value."""
+        for name in ("input_size", "input_length", "width", "layers", "heads", "conv_kernel_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"audioconfig.{name}={value!r}: expected a positive integer")
+        for name in ("qkv_bias", "use_conv_module", "grad_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"audioconfig.{name}={getattr(self, name)!r}: expected true or false")
+        for name in ("mlp_ratio", "drop_rate", "attn_drop_rate", "drop_path"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"audioconfig.{name}={value!r}: expected a number")
+        if not 0 < self.mlp_ratio < float("inf") or int(self.width * self.mlp_ratio) < 1:
+            raise ValueError(f"audioconfig.mlp_ratio={self.mlp_ratio!r}: expected a positive number "
+                             f"(width * mlp_ratio >= 1)")
+        if isinstance(self.patch_size, bool) or not isinstance(self.patch_size, int | list | tuple):
+            raise ValueError(f"audioconfig.patch_size={self.patch_size!r}: expected an int or a [time, freq] pair")
         if not isinstance(self.patch_size, int):
-            if len(self.patch_size) != 2:
+            if len(self.patch_size) != 2 or not all(isinstance(p, int) and not isinstance(p, bool)
+                                                    for p in self.patch_size):
                 raise ValueError(f"patch_size={self.patch_size!r}: expected an int or a [time, freq] pair")
             self.patch_size = (int(self.patch_size[0]), int(self.patch_size[1]))
         pt, pf = self.patch_tf
@@ -273,6 +291,8 @@ class AudioBSQModel(nn.Module):
     ) -> None:
         super().__init__()
         self.config = AudioConfig.from_dict(audioconfig)
+        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or not 1 <= embed_dim <= MAX_INDEX_BITS:
+            raise ValueError(f"embed_dim={embed_dim!r}: expected 1..{MAX_INDEX_BITS} bits (indices are int64)")
         if len(clamp_range) != 2 or clamp_range[0] >= clamp_range[1]:
             raise ValueError(f"clamp_range={clamp_range!r}: expected [low, high] with low < high")
         self.embed_dim = embed_dim

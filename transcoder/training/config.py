@@ -78,13 +78,17 @@ class ConfigError(ValueError):
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Read a YAML config, apply ``key.sub=value`` overrides, validate and fill defaults."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with path.open() as handle:
-        try:
+    if path.is_dir() or not path.exists():
+        raise ConfigError(f"config file {path} does not exist (or is a directory)")
+    try:
+        with path.open(encoding="utf-8") as handle:
             raw = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file: byte {err.start} cannot be decoded") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections model/loss/data/optimizer/training")
     for override in overrides or []:
@@ -107,7 +111,16 @@ def apply_override(config: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {key!r} is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(value)
+    try:
+        node[keys[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({_one_line(err)}); quote "
+                          "lists and mappings as one shell word, e.g. 'optimizer.betas=[0.9,0.95]'") from None
+
+
+def _one_line(err: BaseException) -> str:
+    """A YAML error (which spans several lines with a source excerpt) as one line."""
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +189,8 @@ def _coerce_floats(config: dict[str, Any], optimizer_sections: list[str]) -> Non
 def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None:
     """Reject values that would only fail (or silently misbehave) mid-run."""
     _coerce_floats(config, optimizer_sections)
-    positive = [("data", "batch_size"), ("data", "num_workers", 0), ("training", "max_steps"),
+    positive = [("data", "batch_size"), ("data", "num_workers", 0), ("data", "prefetch_factor"),
+                ("training", "max_steps"),
                 ("training", "log_every"), ("training", "val_every"), ("training", "ckpt_every"),
                 ("training", "latest_every"), ("training", "max_nonfinite_steps"), ("training", "image_every", 0),
                 ("training", "num_images", 0), *((name, "warmup_steps", 0) for name in optimizer_sections)]
@@ -186,10 +200,23 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
         if not _is_int(value) or value < low:
             kind = "a positive integer" if low == 1 else f"an integer >= {low}"
             raise ConfigError(f"{section}.{key}={value!r}: expected {kind}")
-    for key in ("val_batch_size",):
-        value = config["data"][key]
+    for section, key in (("data", "val_batch_size"), ("training", "val_max_batches")):
+        value = config[section][key]
         if value is not None and (not _is_int(value) or value < 1):
-            raise ConfigError(f"data.{key}={value!r}: expected null or a positive integer")
+            raise ConfigError(f"{section}.{key}={value!r}: expected null or a positive integer")
+    seed = config["training"]["seed"]
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"training.seed={seed!r}: expected an integer in [0, {MAX_SEED}]")
+    for section, key in (("data", "pin_memory"), ("training", "compile"), ("training", "sync_batchnorm"),
+                         ("training", "deterministic")):
+        value = config[section][key]
+        if not isinstance(value, bool):
+            raise ConfigError(f"{section}.{key}={value!r}: expected true or false")
+    checkpointing = config["training"]["grad_checkpointing"]
+    if checkpointing is not None and not isinstance(checkpointing, bool):
+        raise ConfigError(f"training.grad_checkpointing={checkpointing!r}: expected null, true or false")
+    _check_mel(config["data"])
+    _check_specaugment(config["data"]["specaugment"])
     ema = config["training"]["ema_decay"]
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1):
         raise ConfigError(f"training.ema_decay={ema!r}: expected null or a number in (0, 1)")
@@ -208,6 +235,34 @@ def _check_optimizer(optim: dict[str, Any], section: str) -> None:
     betas = optim["betas"]
     if not (isinstance(betas, list | tuple) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
         raise ConfigError(f"{section}.betas={betas!r}: expected two numbers in [0, 1)")
+
+
+#: ``training.seed`` + rank seeds NumPy, which takes 32-bit seeds; leave room for the ranks.
+MAX_SEED = 2**31 - 1
+SPECAUGMENT_KEYS = ("time_masks", "time_width", "freq_masks", "freq_width", "fill_value")
+
+
+def _check_mel(data: dict[str, Any]) -> None:
+    """The data section's log-mel settings, checked by :class:`MelConfig` (named as ``data.<key>``)."""
+    try:
+        MelConfig.from_dict(data, strict=False)
+    except (TypeError, ValueError) as err:
+        message = str(err).replace("MelConfig.", "data.").replace("MelConfig ", "data.")
+        raise ConfigError(message.replace("MelConfig", "data")) from None
+
+
+def _check_specaugment(spec: Any) -> None:
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise ConfigError(f"data.specaugment={spec!r}: expected null or a mapping with keys {list(SPECAUGMENT_KEYS)}")
+    _reject_unknown(spec, set(SPECAUGMENT_KEYS), "data.specaugment")
+    for key, value in spec.items():
+        if key == "fill_value":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"data.specaugment.fill_value={value!r}: expected a number")
+        elif not _is_int(value) or value < 0:
+            raise ConfigError(f"data.specaugment.{key}={value!r}: expected an integer >= 0")
 
 
 def _reject_unknown(given: dict[str, Any], valid: set[str], where: str) -> None:

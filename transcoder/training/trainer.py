@@ -79,13 +79,9 @@ class Trainer:
         self.step_state = StepState(parts=parts, counters=TrainState(), precision=self.precision,
                                device=self.device)
 
-        # Data first: a missing root or an empty folder fails before the run folder is created.
-        self.train_dataset = build_dataset(self.data_cfg["train"], sample_rate=self.mel_config.sample_rate,
-                                           clip_samples=self.mel_config.clip_samples, mode="train")
-        val_spec = self.data_cfg["val"]
-        self.val_dataset = (build_dataset(val_spec, sample_rate=self.mel_config.sample_rate,
-                                          clip_samples=self.mel_config.clip_samples, mode="eval")
-                            if val_spec else None)
+        # Data before the run folder: a missing root or an empty folder leaves nothing behind.
+        self.train_dataset = self._build_dataset("train", mode="train")
+        self.val_dataset = self._build_dataset("val", mode="eval") if self.data_cfg["val"] else None
         if env.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         barrier()
@@ -127,6 +123,14 @@ class Trainer:
     def model(self) -> nn.Module:
         """The first part's model (the tokenizer's ``model``, a GAN's generator)."""
         return next(iter(self.parts.values())).model
+
+    def _build_dataset(self, split: str, mode: str) -> Any:
+        """``data.<split>``'s dataset; a bad root, split or target is re-raised naming ``data.<split>``."""
+        try:
+            return build_dataset(self.data_cfg[split], sample_rate=self.mel_config.sample_rate,
+                                 clip_samples=self.mel_config.clip_samples, mode=mode)
+        except (ValueError, TypeError, OSError) as err:
+            raise type(err)(f"data.{split}: {err}") from None
 
     def _wrap_parts(self) -> None:
         """DDP (and ``torch.compile``) views for training forwards; checkpoints keep the plain modules."""

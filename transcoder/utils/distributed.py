@@ -29,10 +29,35 @@ class DistEnv:
         return self.world_size > 1
 
 
+#: Environment variable: seconds a collective may wait for the other ranks before it fails.
+TIMEOUT_ENV = "TRANSCODER_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def dist_timeout() -> datetime.timedelta:
+    """The process group's collective timeout: ``$TRANSCODER_DIST_TIMEOUT_S`` seconds (default 1800).
+
+    A rank whose peer died stops waiting after this long (gloo raises; NCCL's watchdog aborts the
+    process) instead of holding its GPU forever. It must exceed the longest stretch one rank works
+    alone while the others wait at a collective (rank 0 writing a checkpoint, a validation pass).
+    """
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_distributed(device: str | None = None) -> DistEnv:
     """Start the process group when launched by ``torchrun`` (NCCL on GPUs, gloo on CPU).
 
-    ``device`` forces ``"cpu"`` or ``"cuda"``; by default CUDA is used when present.
+    ``device`` forces ``"cpu"`` or ``"cuda"``; by default CUDA is used when present. Collectives time
+    out after :func:`dist_timeout`.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -45,8 +70,9 @@ def init_distributed(device: str | None = None) -> DistEnv:
         torch_device = torch.device("cuda", local_rank)
     else:
         torch_device = torch.device("cpu")
+    timeout = dist_timeout()
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout,
                                 device_id=torch_device if use_cuda else None)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 

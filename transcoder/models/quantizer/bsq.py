@@ -73,8 +73,14 @@ class BinarySphericalQuantizer(nn.Module):
         l2_norm: bool = True,
     ) -> None:
         super().__init__()
-        if not 1 <= embed_dim <= MAX_INDEX_BITS:
+        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or not 1 <= embed_dim <= MAX_INDEX_BITS:
             raise ValueError(f"embed_dim={embed_dim}: expected 1..{MAX_INDEX_BITS} bits (indices are int64)")
+        for name, value in (("beta", beta), ("gamma0", gamma0), ("gamma", gamma), ("zeta", zeta),
+                            ("inv_temperature", inv_temperature)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name}={value!r}: expected a number")
+        if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)):
+            raise ValueError(f"group_size={group_size!r}: expected null or an integer dividing embed_dim ({embed_dim})")
         if inv_temperature <= 0:
             raise ValueError(f"inv_temperature={inv_temperature}: expected a positive number")
         if group_size is None:
