@@ -48,3 +48,16 @@ def test_loss_terms_and_codebook_weight_ramp() -> None:
     assert math.isclose(float(terms["loss/total"]), float(total))
     with pytest.raises(ValueError, match="l1_weight=0, l2_weight=0"):
         AudioTokenizerLoss(l1_weight=0, l2_weight=0)
+
+
+def test_adversarial_terms() -> None:
+    from transcoder.losses import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
+
+    real, fake = [torch.full((2, 3), 2.0), torch.zeros(4)], [torch.full((2, 3), -2.0), torch.zeros(4)]
+    # Confident and right on the first discriminator (0), undecided on the second (1 + 1).
+    assert discriminator_hinge_loss(real, fake).item() == pytest.approx(1.0)
+    assert generator_hinge_loss([torch.full((3,), 0.5)]).item() == pytest.approx(0.5)
+    features = [[torch.ones(2, 2, requires_grad=True)]]
+    assert feature_matching_loss(features, [[torch.zeros(2, 2)]]).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        generator_hinge_loss([])

@@ -1,5 +1,6 @@
-"""Training losses."""
+"""Training losses: reconstruction (tokenizer) and adversarial terms (GAN-trained parts)."""
 
+from transcoder.losses.adversarial import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
 from transcoder.losses.reconstruction import AudioTokenizerLoss
 
-__all__ = ["AudioTokenizerLoss"]
+__all__ = ["AudioTokenizerLoss", "discriminator_hinge_loss", "feature_matching_loss", "generator_hinge_loss"]
