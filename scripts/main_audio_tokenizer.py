@@ -30,20 +30,26 @@ from pathlib import Path
 from transcoder.data import AudioDataError
 from transcoder.training.config import ConfigError, load_config
 from transcoder.training.loader import shutdown_loaders
+from transcoder.training.run_dir import RunLockedError
 from transcoder.training.trainer import NonFiniteLossError, Trainer
+from transcoder.utils.checkpoint import CheckpointError
 from transcoder.utils.distributed import cleanup_distributed, init_distributed
 
 #: Raised while building from the config: a bad value, a missing file or folder (exit code 2).
-BUILD_ERRORS = (ConfigError, ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+BUILD_ERRORS = (ConfigError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, RunLockedError)
 #: Known ways a run fails that a traceback would not explain better than the message (exit code 1).
-RUN_ERRORS = (AudioDataError, NonFiniteLossError, OSError)
+RUN_ERRORS = (AudioDataError, NonFiniteLossError, OSError, CheckpointError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (model / loss / data / optimizer / training)")
     parser.add_argument("--output-dir", required=True, help="run folder; an existing run there is resumed")
-    parser.add_argument("--resume", default=None, help="resume from this checkpoint instead of OUTPUT_DIR's latest")
+    parser.add_argument("--resume", default=None,
+                        help="resume from this checkpoint instead of OUTPUT_DIR's newest readable one")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even if the config differs from the checkpoint's in settings that change "
+                             "results (by default that is refused, listing the differences)")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="save and stop at this step without changing the schedule (resume later)")
     parser.add_argument("--validate-only", action="store_true",
@@ -72,7 +78,7 @@ def one_line(err: BaseException) -> str:
 def report(err: BaseException, exit_code: int, *, with_traceback: bool = False) -> int:
     """Print ``error: ...`` as the last stderr line (after the traceback if asked), write it to the
     run's ``train.log`` when one is open, and return ``exit_code``."""
-    plain = exit_code == 2 or isinstance(err, AudioDataError | NonFiniteLossError)  # the message says it all
+    plain = exit_code == 2 or isinstance(err, AudioDataError | NonFiniteLossError | CheckpointError)  # says it all
     kind = "" if plain else f"{type(err).__name__}: "
     line = f"error: {kind}{one_line(err)}"
     trace = "".join(traceback.format_exception(err)) if with_traceback else ""
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             env = init_distributed(args.device)
-            trainer = Trainer(config, Path(args.output_dir), env, resume=args.resume)
+            trainer = Trainer(config, Path(args.output_dir), env, resume=args.resume,
+                              allow_config_change=args.allow_config_change)
         except BUILD_ERRORS as err:
             return report(err, 2)
         if args.validate_only:

@@ -133,9 +133,10 @@ def test_disk_full_while_saving_exits_1(tmp_path: Path) -> None:
 def test_latest_checkpoint_being_a_directory_exits_1(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / "latest.pt").mkdir(parents=True)
     rc, stderr, _ = run_cli(train_command(tmp_path))
+    # Found when the run looks for a checkpoint to resume from, before any training.
     assert rc == 1, stderr[-3000:]
-    assert last_line(stderr).startswith("error: IsADirectoryError: "), stderr[-3000:]
-    assert "latest.pt" in last_line(stderr)
+    assert last_line(stderr).startswith("error: no readable checkpoint in "), stderr[-3000:]
+    assert "latest.pt" in last_line(stderr) and "not a file" in last_line(stderr)
 
 
 def test_negative_seed_is_a_config_error(tmp_path: Path) -> None:

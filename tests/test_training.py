@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -35,9 +36,9 @@ TINY = [
 ]
 
 
-def make_trainer(output_dir: Path, *overrides: str, resume: Path | None = None) -> Trainer:
+def make_trainer(output_dir: Path, *overrides: str, resume: Path | None = None, **kwargs: Any) -> Trainer:
     config = load_config(DEMO, [*TINY, *overrides])
-    return Trainer(config, output_dir, init_distributed("cpu"), resume=resume)
+    return Trainer(config, output_dir, init_distributed("cpu"), resume=resume, **kwargs)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

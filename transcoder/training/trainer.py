@@ -21,6 +21,7 @@ from transcoder.tasks import Task, build_task
 from transcoder.training.config import ConfigError, save_config
 from transcoder.training.loader import build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
+from transcoder.training.run_dir import RunLock, config_differences, load_resumable, remove_stale_temporaries
 from transcoder.training.sampler import ResumableTrainSampler
 from transcoder.training.state import (
     TrainState,
@@ -30,7 +31,13 @@ from transcoder.training.state import (
     seed_everything,
 )
 from transcoder.training.step import PRECISIONS, NonFiniteLossError, StepState, build_parts, train_step
-from transcoder.utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_atomic
+from transcoder.utils.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_weights_strict,
+    save_atomic,
+)
 from transcoder.utils.distributed import DistEnv, all_reduce_sum, barrier, check_same_on_all_ranks
 
 __all__ = ["NonFiniteLossError", "Trainer", "resolve_precision"]
@@ -52,11 +59,14 @@ class Trainer:
         config: resolved config (:func:`transcoder.training.config.load_config`); ``config["task"]`` picks the task.
         output_dir: run folder (config, log, TensorBoard, ``checkpoints/``).
         env: process placement from :func:`transcoder.utils.distributed.init_distributed`.
-        resume: checkpoint to resume from; by default ``output_dir/checkpoints/latest.pt`` if present.
+        resume: checkpoint to resume from; by default the run folder's newest readable checkpoint
+            (``latest.pt``, else the highest ``step_N.pt``), if any.
+        allow_config_change: resume even if the checkpoint's config differs from ``config`` in settings
+            that change results (monitoring settings such as ``log_every`` may always change).
     """
 
     def __init__(self, config: dict[str, Any], output_dir: str | Path, env: DistEnv,
-                 resume: str | Path | None = None) -> None:
+                 resume: str | Path | None = None, allow_config_change: bool = False) -> None:
         self.config = config
         self.env = env
         self.device = env.device
@@ -82,16 +92,20 @@ class Trainer:
         # Data before the run folder: a missing root or an empty folder leaves nothing behind.
         self.train_dataset = self._build_dataset("train", mode="train")
         self.val_dataset = self._build_dataset("val", mode="eval") if self.data_cfg["val"] else None
+        self._lock = RunLock(self.output_dir) if env.is_main else None
         if env.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.logger = setup_text_logger(self.output_dir, env.is_main)
+        if env.is_main:
+            for path in remove_stale_temporaries(self.ckpt_dir):
+                self.logger.warning("removed %s, left by a save that was interrupted", path)
 
-        resume_path = Path(resume) if resume else self.ckpt_dir / "latest.pt"
         self.resumed_from: Path | None = None
         self._resumed_train_files: dict[str, Any] | None = None
-        if resume or resume_path.is_file():
-            self._load(resume_path)
+        found = self._find_checkpoint(Path(resume) if resume else None)
+        if found is not None:
+            self._load(*found, allow_config_change=allow_config_change)
         self._wrap_parts()
 
         self.train_files = self._check_same_files_on_every_rank()
@@ -192,8 +206,19 @@ class Trainer:
             self.logger.info("step %d: saved %s", self.state.step, ", ".join(f"{n}.pt" for n in names))
         barrier()
 
-    def _load(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path, map_location="cpu")
+    def _find_checkpoint(self, resume: Path | None) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint to resume from: ``resume`` if given, else the run folder's newest readable one
+        (rank 0 looks first and sets damaged files aside; then the other ranks find the same file)."""
+        if resume is not None:
+            return resume, load_checkpoint(resume, map_location="cpu")
+        found = load_resumable(self.ckpt_dir, self.logger.warning) if self.env.is_main else None
+        barrier()
+        if not self.env.is_main:
+            found = load_resumable(self.ckpt_dir, self.logger.warning)
+        check_same_on_all_ranks(found[0].name if found else None, "the checkpoint to resume from")
+        return found
+
+    def _load(self, path: Path, checkpoint: dict[str, Any], allow_config_change: bool) -> None:
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path} was written by an earlier version (checkpoint format "
                                   f"{checkpoint.get('format', 1)}): training cannot resume from it; its weights "
@@ -201,16 +226,21 @@ class Trainer:
         if checkpoint.get("task", "tokenizer") != self.task.name:
             raise CheckpointError(f"{path} was written by task {checkpoint.get('task')!r}, this run is "
                                   f"task {self.task.name!r}")
+        changed = config_differences(checkpoint["config"], self.config)
+        if changed and not allow_config_change:
+            raise ConfigError(f"the config differs from the one {path} was trained with ({'; '.join(changed)}); "
+                              "resume with the same config, pass --allow-config-change to resume anyway, or "
+                              "use a new --output-dir")
         for name, part in self.parts.items():
             if name not in checkpoint["models"]:
                 raise CheckpointError(f"{path} holds no weights for part {name!r} "
                                       f"(it has {sorted(checkpoint['models'])})")
-            part.model.load_state_dict(checkpoint["models"][name])
+            load_weights_strict(part.model, checkpoint["models"][name], f"checkpoint {path}, part {name!r}")
             if part.ema is not None:
                 if name not in checkpoint["ema"]:
                     raise ConfigError(f"training.ema_decay is set but checkpoint {path} has no EMA weights "
                                       f"for {name!r}")
-                part.ema.module.load_state_dict(checkpoint["ema"][name])
+                load_weights_strict(part.ema.module, checkpoint["ema"][name], f"checkpoint {path}, EMA of {name!r}")
             part.load_training_state(checkpoint["optim"][name])
         self.step_state.counters = TrainState.from_dict(checkpoint["state"])
         self._resumed_train_files = checkpoint.get("train_files")
@@ -245,7 +275,13 @@ class Trainer:
                 shutdown = getattr(loader, "_shutdown_workers", None)
                 if shutdown is not None:  # never leave loader workers behind, whatever ended the loop
                     shutdown()
+                self.release()
         return self.state
+
+    def release(self) -> None:
+        """Give the run folder up (the lock); :meth:`fit` and :meth:`validate_to_file` do it when they end."""
+        if self._lock is not None:
+            self._lock.release()
 
     def _loop(self, loader: Any, sampler: ResumableTrainSampler, monitor: Monitor, end_step: int, max_steps: int,
               batch_size: int) -> None:
@@ -345,7 +381,10 @@ class Trainer:
         """Validate the loaded weights and write ``validation_step_N.json`` (rank 0); returns the metrics."""
         if self.val_dataset is None:
             raise ConfigError("data.val is null: there is no validation split to evaluate")
-        metrics = self.validate()
+        try:
+            metrics = self.validate()
+        finally:
+            self.release()
         if self.env.is_main:
             path = self.output_dir / f"validation_step_{self.state.step:07d}.json"
             path.write_text(json.dumps({"step": self.state.step, "world_size": self.env.world_size, **metrics},

@@ -18,8 +18,10 @@ Format 1 (the first release) kept the tokenizer's ``model`` / ``ema`` / ``optimi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,10 +45,42 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
+def content_checksum(value: Any) -> str:
+    """BLAKE2b digest of a checkpoint's content: every tensor's dtype, shape and bytes and every other
+    leaf's ``repr``, in a fixed traversal order. Stored under ``"checksum"`` (which is itself excluded)."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, torch.Tensor):
+            flat = node.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{flat.dtype}{tuple(node.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(node, dict):
+            for key in sorted(node, key=repr):
+                if key != "checksum":
+                    digest.update(f"K{key!r}".encode())
+                    visit(node[key])
+        elif isinstance(node, list | tuple):
+            digest.update(f"L{len(node)}".encode())
+            for item in node:
+                visit(item)
+        else:
+            digest.update(f"V{node!r}".encode())
+
+    visit(value)
+    return digest.hexdigest()
+
+
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    The content checksum (:func:`content_checksum`) is stored in the file, so a later load detects a
+    damaged file that still unpickles. A failed write (full disk, read-only folder) raises ``OSError``
+    naming the file and the free space, and leaves no temporary file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**state, "checksum": content_checksum(state)}
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
@@ -54,6 +88,11 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
+    except (OSError, RuntimeError) as err:  # torch reports a short write as RuntimeError
+        Path(tmp_name).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(f"could not write checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                      f"{free / 2**20:.0f} MiB free in {path.parent}") from err
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -73,15 +112,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # a global outside the allow-list
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip().startswith("Unsupported")]
+        reason = lines[0] if lines else str(err).splitlines()[0]
+        if "Unsupported global" not in reason:  # a damaged pickle, not a refused class
+            raise CheckpointError(f"checkpoint {path} cannot be read (damaged: {reason})") from err
         raise CheckpointError(
             f"checkpoint {path} needs pickled Python objects to load, which could run arbitrary code; "
-            f"refused ({str(err).splitlines()[0]}). Checkpoints of this repository hold only tensors and "
-            "plain data") from err
+            f"refused ({reason}). Checkpoints of this repository hold only tensors and plain data") from err
     except Exception as err:  # noqa: BLE001 - truncated, empty or garbage files all mean "unreadable"
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or "config" not in state or not ("models" in state or "model" in state):
         raise CheckpointError(f"{path} is not an Audio BSQ-ViT checkpoint (expected keys 'models' and 'config')")
+    if "checksum" in state and content_checksum(state) != state["checksum"]:
+        raise CheckpointError(f"checkpoint {path} is damaged: its content does not match the checksum stored in it")
     return state
 
 
