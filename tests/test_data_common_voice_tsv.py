@@ -19,4 +19,5 @@ def test_tsv_with_byte_order_mark_is_read(tmp_path: Path) -> None:
     (tmp_path / "train.tsv").write_text(HEADER + row, encoding="utf-8-sig")
     dataset = CommonVoiceDataset(str(tmp_path), split="train", sample_rate=16000, clip_samples=8000, mode="train")
     item = dataset[(0, 1)]
-    assert len(dataset) == 1 and item["sentence"] == "Hello there" and item["client_id"] == "abc"
+    meta = dataset.metadata(item["file_index"])
+    assert len(dataset) == 1 and meta["sentence"] == "Hello there" and meta["client_id"] == "abc"

@@ -78,7 +78,8 @@ def test_librispeech_layout_metadata_and_both_root_forms(tmp_path, root_level):
     root = tmp_path if root_level == "parent" else tmp_path / "LibriSpeech"
     ds = LibriSpeechDataset(str(root), splits=["dev-clean"], clip_samples=4000)
     assert len(ds) == 3
-    items = [ds[(i, 0)] for i in range(3)]
+    items = [{**item, **ds.metadata(item["file_index"])} for item in (ds[(i, 0)] for i in range(3))]
+    assert "transcript" not in ds[(0, 0)]  # metadata is not batched every step
     assert [it["utterance_id"] for it in items] == ["174-50561-0000", "84-121123-0000", "84-121123-0001"]
     for it in items:
         assert it["transcript"] == texts[it["utterance_id"]]
@@ -102,8 +103,9 @@ def test_common_voice_tsv_metadata_and_header_errors(tmp_path):
     assert len(ds) == 2
     first = ds[(0, 1)]
     assert first["path"].endswith("clips/common_voice_en_1.mp3")  # sorted by path
-    assert (first["sentence"], first["client_id"]) == ("Second one.", "c2")
-    assert ds[(1, 1)]["sentence"] == 'He said "hi".'  # quotes kept verbatim
+    meta = ds.metadata(first["file_index"])
+    assert (meta["sentence"], meta["client_id"]) == ("Second one.", "c2")
+    assert ds.metadata(1)["sentence"] == 'He said "hi".'  # quotes kept verbatim
     assert first["audio"].shape == (8000,)
 
     with pytest.raises(FileNotFoundError, match=r"no audio files.*dev\.tsv"):
@@ -377,7 +379,7 @@ def test_file_list_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     monkeypatch.setattr(LibriSpeechDataset, "_scan", lambda self: calls.append(1) or original(self))
     second = LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)
     assert calls == []
-    assert [second[(i, 0)]["transcript"] for i in range(3)] == [first[(i, 0)]["transcript"] for i in range(3)]
+    assert [second.metadata(i)["transcript"] for i in range(3)] == [first.metadata(i)["transcript"] for i in range(3)]
     make_librispeech(data, split="test-clean")
     third = LibriSpeechDataset(str(data), ["dev-clean", "test-clean"], file_list_cache=cache)
     assert calls == [1] and len(third) == 6
@@ -422,13 +424,13 @@ def test_librispeech_cache_sees_new_utterances_and_edited_transcripts(tmp_path):
     chapter = data / "LibriSpeech" / "dev-clean" / "84" / "121123"
     sf.write(chapter / "84-121123-0002.flac", noise(0.5), SR)
     ds = LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)
-    assert len(ds) == 4 and ds[(3, 0)]["utterance_id"] == "84-121123-0002"
+    assert len(ds) == 4 and ds.metadata(3)["utterance_id"] == "84-121123-0002"
     age_tree(data)
     LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)
     with open(chapter / "84-121123.trans.txt", "a") as fh:  # in place: the folder's mtime does not change
         fh.write("84-121123-0002 A NEW LINE\n")
     ds = LibriSpeechDataset(str(data), "dev-clean", file_list_cache=cache)
-    assert ds[(3, 0)]["transcript"] == "A NEW LINE"
+    assert ds.metadata(3)["transcript"] == "A NEW LINE"
 
 
 def test_symlinked_files_are_listed_once_and_symlinked_folders_followed(tmp_path):

@@ -21,26 +21,16 @@ with momentum (fast Griffin-Lim, Perraudin et al. 2013).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torchaudio
 from torch import Tensor, nn
 
-__all__ = ["nnls_mel_inverse", "GriffinLimVocoder", "make_window"]
+from transcoder.audio.mel import LogMelFrontend
 
-
-def make_window(name: str, win_length: int, device: torch.device | None = None) -> Tensor:
-    """Return a periodic analysis window ``(win_length,)`` by name (``hann``, ``hamming``, ``blackman``)."""
-    factories: dict[str, Callable[..., Tensor]] = {
-        "hann": torch.hann_window,
-        "hamming": torch.hamming_window,
-        "blackman": torch.blackman_window,
-    }
-    if name not in factories:
-        raise ValueError(f"unknown window {name!r}; expected one of {sorted(factories)}")
-    return factories[name](win_length, periodic=True, device=device)
+__all__ = ["nnls_mel_inverse", "GriffinLimVocoder"]
 
 
 def _check_fbank(fbank: Tensor) -> None:
@@ -127,7 +117,7 @@ class GriffinLimVocoder(nn.Module):
         n_fft: FFT size used by the front end.
         hop_length: hop in samples.
         win_length: window length (defaults to ``n_fft``).
-        window: window name (``hann`` ...) or a tensor ``(win_length,)``.
+        window: the analysis window ``(win_length,)`` (Hann when ``None``).
         power: exponent of the spectrogram the mel was built from (2 = power, 1 = magnitude).
         n_iter: Griffin-Lim iterations.
         momentum: fast Griffin-Lim momentum (0.99 is torchaudio's default).
@@ -150,7 +140,7 @@ class GriffinLimVocoder(nn.Module):
         n_fft: int,
         hop_length: int,
         win_length: int | None = None,
-        window: str | Tensor = "hann",
+        window: Tensor | None = None,
         power: float = 2.0,
         n_iter: int = 32,
         momentum: float = 0.99,
@@ -169,8 +159,8 @@ class GriffinLimVocoder(nn.Module):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         win_length = n_fft if win_length is None else win_length
-        if isinstance(window, str):
-            window = make_window(window, win_length)
+        if window is None:
+            window = torch.hann_window(win_length, periodic=True)
         if window.shape != (win_length,):
             raise ValueError(f"window has shape {tuple(window.shape)}, expected ({win_length},)")
         fb = fbank.detach().to(torch.float32)
@@ -194,8 +184,9 @@ class GriffinLimVocoder(nn.Module):
         self.floor_fill_power = None if floor_fill_power is None else float(floor_fill_power)
 
     @classmethod
-    def from_frontend(cls, frontend: Any, floor_db_drop: float | None = 20.0, **kwargs: Any) -> GriffinLimVocoder:
-        """Build a vocoder matching a ``LogMelFrontend`` (its filterbank, STFT settings and window).
+    def from_frontend(cls, frontend: LogMelFrontend, floor_db_drop: float | None = 20.0,
+                      **kwargs: Any) -> GriffinLimVocoder:
+        """Build a vocoder matching a :class:`LogMelFrontend` (its filterbank, STFT settings and window).
 
         Args:
             frontend: the front end the mels came from.
@@ -203,39 +194,14 @@ class GriffinLimVocoder(nn.Module):
                 (``None`` or 0 renders them at the floor); see ``floor_power``.
             kwargs: other constructor arguments (``n_iter``, ``nnls_iter``, ...).
         """
-        fbank = _find_fbank(frontend)
-        cfg = getattr(frontend, "config", None) or getattr(frontend, "cfg", None)
-
-        def setting(name: str, default: Any = None) -> Any:
-            for source in (frontend, cfg):
-                if source is not None and getattr(source, name, None) is not None:
-                    return getattr(source, name)
-            if default is None:
-                raise AttributeError(f"front end {type(frontend).__name__} exposes no {name!r} setting")
-            return default
-
-        n_fft = int(setting("n_fft"))
-        n_freqs = n_fft // 2 + 1
-        if fbank.shape[0] != n_freqs and fbank.shape[1] == n_freqs:
-            fbank = fbank.T  # librosa orientation (n_mels, n_freqs)
-        win_length = int(setting("win_length", n_fft))
-        window = getattr(frontend, "window", None)
-        if not isinstance(window, Tensor) or window.shape != (win_length,):
-            window = str(setting("window", "hann"))
-        kwargs.setdefault("power", float(setting("power", 2.0)))
-        db_min = getattr(cfg, "db_min", None)
-        if floor_db_drop and db_min is not None and hasattr(frontend, "db_to_power"):
-            floor = float(frontend.db_to_power(torch.tensor(float(db_min))))
+        config = frontend.config
+        kwargs.setdefault("power", frontend.power)
+        if floor_db_drop:
+            floor = float(frontend.db_to_power(torch.tensor(float(config.db_min))))
             kwargs.setdefault("floor_power", floor)
             kwargs.setdefault("floor_fill_power", floor * 10.0 ** (-float(floor_db_drop) / 10.0))
-        return cls(
-            fbank=fbank,
-            n_fft=n_fft,
-            hop_length=int(setting("hop_length")),
-            win_length=win_length,
-            window=window,
-            **kwargs,
-        )
+        return cls(fbank=frontend.mel_fbank, n_fft=config.n_fft, hop_length=frontend.hop_length,
+                   win_length=frontend.win_length, window=frontend.window, **kwargs)
 
     def num_samples(self, frames: int) -> int:
         """Default output length for ``frames`` frames: ``frames * hop`` (or ``(frames - 1) * hop``
@@ -299,17 +265,3 @@ class GriffinLimVocoder(nn.Module):
         else:
             wave = torch.nn.functional.pad(wave, (0, length - gl_length))
         return wave[0] if squeeze else wave
-
-
-def _find_fbank(frontend: Any) -> Tensor:
-    """Return ``(n_freqs, n_mels)`` filterbank from a front end, whatever attribute name it uses."""
-    for name in ("fbank", "mel_fbank", "filterbank", "mel_filterbank", "fb", "mel_basis"):
-        value = getattr(frontend, name, None)
-        if callable(value) and not isinstance(value, Tensor):
-            value = value()
-        if isinstance(value, Tensor) and value.ndim == 2:
-            return value.detach()
-    mel_scale = getattr(getattr(frontend, "mel_spec", None), "mel_scale", None)
-    if mel_scale is not None and isinstance(getattr(mel_scale, "fb", None), Tensor):
-        return mel_scale.fb.detach()
-    raise AttributeError(f"cannot find a mel filterbank on front end {type(frontend).__name__}")

@@ -25,7 +25,7 @@ class AudioFolderDataset(AudioClipDataset):
         extensions: file name endings to include, case-insensitive (default: wav, flac, mp3, ogg, opus).
         sample_rate, clip_samples, mode, file_list_cache, max_fallback: see :class:`AudioClipDataset`.
 
-    Items carry no metadata beyond the common keys.
+    Files carry no metadata beyond their paths.
     """
 
     def __init__(

@@ -89,12 +89,13 @@ class AudioClipDataset(Dataset):
         max_fallback: train mode: consecutive failing items tolerated before an index raises
             (eval mode never falls back).
 
-    Item: ``{"audio": (clip_samples,) float32, "path": str, "num_valid": int (unpadded samples; 0 for
-    an eval window that failed to decode), "offset": int (first sample, at sample_rate),
-    "skipped": list[str]}`` plus the subclass's metadata (:attr:`metadata_keys`).
+    Item: ``{"audio": (clip_samples,) float32, "path": str, "file_index": int, "num_valid": int
+    (unpadded samples; 0 for an eval window that failed to decode), "offset": int (first sample, at
+    sample_rate), "skipped": list[str]}``. The subclass's metadata (:attr:`metadata_keys`, e.g.
+    transcripts and speaker ids) is not put in every batch: read it with :meth:`metadata`.
     """
 
-    #: Metadata columns a subclass adds to each item.
+    #: Metadata columns a subclass lists for each file (see :meth:`metadata`).
     metadata_keys: tuple[str, ...] = ()
 
     def __init__(
@@ -243,7 +244,8 @@ class AudioClipDataset(Dataset):
             warnings.warn(message, AudioSkipWarning, stacklevel=3)
             _log_to_run_files(message)
 
-    def _metadata(self, file_index: int) -> dict[str, Any]:
+    def metadata(self, file_index: int) -> dict[str, Any]:
+        """The subclass's metadata of file ``file_index`` (an item's ``"file_index"``), e.g. its transcript."""
         out: dict[str, Any] = {}
         for key, column in self._meta.items():
             value = column[file_index]
@@ -286,15 +288,15 @@ class AudioClipDataset(Dataset):
             wave = f.read(self.sample_rate, offset=offset, num_samples=self.clip_samples)
         audio = torch.zeros(self.clip_samples, dtype=torch.float32)
         audio[: wave.shape[0]] = wave
-        return {"audio": audio, "path": path, "num_valid": int(wave.shape[0]), "offset": offset,
-                **self._metadata(file_index)}
+        return {"audio": audio, "path": path, "file_index": file_index, "num_valid": int(wave.shape[0]),
+                "offset": offset}
 
     def _failed_window(self, index: int, failed_path: str) -> dict[str, Any]:
         """Eval item ``index`` that failed to decode: its own path, offset and metadata, zero audio,
         ``num_valid == 0`` and ``"skipped": [failed_path]``."""
         file_index, window = self._locate(index)
         return {"audio": torch.zeros(self.clip_samples, dtype=torch.float32), "path": self.path(file_index),
-                "num_valid": 0, "offset": (window or 0) * self.clip_samples, **self._metadata(file_index),
+                "file_index": file_index, "num_valid": 0, "offset": (window or 0) * self.clip_samples,
                 "skipped": [failed_path]}
 
     def _eval_windows(self) -> np.ndarray:

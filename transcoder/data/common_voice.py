@@ -26,7 +26,7 @@ class CommonVoiceDataset(AudioClipDataset):
         split: TSV name without extension (``train``, ``dev``, ``test``, ``validated``, ...).
         sample_rate, clip_samples, mode, file_list_cache, max_fallback: see :class:`AudioClipDataset`.
 
-    Items carry ``sentence`` and ``client_id`` (str). Clips are not checked for existence up
+    :meth:`metadata` gives ``sentence`` and ``client_id`` (str). Clips are not checked for existence up
     front (that would stat every file); a missing clip is skipped like any unreadable file.
     """
 

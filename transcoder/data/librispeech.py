@@ -25,7 +25,7 @@ class LibriSpeechDataset(AudioClipDataset):
         splits: split folder names, a list or one string.
         sample_rate, clip_samples, mode, file_list_cache, max_fallback: see :class:`AudioClipDataset`.
 
-    Items carry ``speaker_id`` (int), ``chapter_id`` (int), ``utterance_id`` (str, e.g.
+    :meth:`metadata` gives ``speaker_id`` (int), ``chapter_id`` (int), ``utterance_id`` (str, e.g.
     ``"9001-1-0003"``) and ``transcript`` (str, upper case as distributed; ``""`` when the
     chapter has no transcript file).
 
