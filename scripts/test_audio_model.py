@@ -1,4 +1,4 @@
-"""Smoke test of the model variants (the spec's ``python scripts/test_audio_model.py``).
+"""Smoke test of the model variants (``python scripts/test_audio_model.py``).
 
 Builds each variant, runs forward + backward on random log-mel, and prints shapes, parameter
 counts, tokens per second of audio, bits per second and time per step. Exits non-zero on any

@@ -180,7 +180,7 @@ def test_bf16_autocast_runs_and_quantizer_stays_fp32() -> None:
 
 
 def test_spec_usage_example_with_reduced_size() -> None:
-    # The spec's example (see README) with a smaller width so the test stays fast on a CPU.
+    # The README's example with a smaller width so the test stays fast on a CPU.
     config = {"input_size": 128, "input_length": 1024, "patch_size": 16, "width": 64, "layers": 1, "heads": 4,
               "use_conv_module": True}
     model = AudioBSQModel(audioconfig=config, embed_dim=18, l2_norm=True)

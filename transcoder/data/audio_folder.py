@@ -1,4 +1,4 @@
-"""Any folder of audio files, searched recursively (e.g. the spec's ``my_audio/train``)."""
+"""Any folder of audio files, searched recursively (e.g. ``my_audio/train``)."""
 
 from __future__ import annotations
 

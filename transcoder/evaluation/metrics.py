@@ -1,6 +1,6 @@
 """Reconstruction, codebook and waveform metrics for the audio tokenizer.
 
-Spectrogram metrics (the spec's MSE / MAE) are computed on dB-scale mels; ``mel_l1`` works in the model's
+Spectrogram metrics (MSE / MAE in dB) are computed on dB-scale mels; ``mel_l1`` works in the model's
 normalized space. Codebook statistics are accumulated from integer indices with ``torch.unique``
 (no ``2^bits`` table). Waveform metrics:
 

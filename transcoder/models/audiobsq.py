@@ -35,7 +35,7 @@ from transcoder.models.quantizer.bsq import MAX_INDEX_BITS, BinarySphericalQuant
 
 @dataclass
 class AudioConfig:
-    """Architecture of the encoder and (mirrored) decoder: the ``audioconfig`` of the spec."""
+    """Architecture of the encoder and (mirrored) decoder: the model config's ``audioconfig``."""
 
     input_size: int = 128  # mel bins F
     input_length: int = 1024  # time frames T the position embeddings are trained on
@@ -120,7 +120,7 @@ class AudioConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a value in [0, 1)")
 
 
-#: The spec's model variants (width / layers / heads / bits).
+#: The model variants (width / layers / heads / bits).
 PRESETS: dict[str, dict[str, Any]] = {
     "small_b9": {"embed_dim": 9, "audioconfig": {"width": 512, "layers": 6, "heads": 8}},
     "base_b18": {"embed_dim": 18, "audioconfig": {"width": 768, "layers": 12, "heads": 12}},
