@@ -19,16 +19,6 @@ from transcoder.models.audiobsq import AudioBSQModel
 from transcoder.utils.checkpoint import CheckpointError
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def tok(ckpt: Path) -> AudioTokenizer:
-    return load_tokenizer(ckpt, device="cpu", batch_size=4)
-
-
 def _cheap_signal(samples: int, sr: int = SR) -> np.ndarray:
     """A chirp-modulated tone with noise: cheap to make, different in every window."""
     t = np.arange(samples) / sr

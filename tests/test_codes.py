@@ -11,20 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_tokenize import REPO, SR, WINDOW_SAMPLES, _checkpoint, _speechlike, tokenize_script
+from test_tokenize import REPO, SR, WINDOW_SAMPLES, _speechlike, tokenize_script
 
-from transcoder.api import AudioTokenizer, load_tokenizer
+from transcoder.api import AudioTokenizer
 from transcoder.codes import FORMAT_VERSION, CodesFile, CodesFormatError, read_manifest
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def tok(ckpt: Path) -> AudioTokenizer:
-    return load_tokenizer(ckpt, device="cpu", batch_size=4)
 
 
 @pytest.fixture()

@@ -73,16 +73,6 @@ def _speechlike(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
     return (0.3 * voiced * envelope + 0.002 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def tok(ckpt: Path) -> AudioTokenizer:
-    return load_tokenizer(ckpt, device="cpu", batch_size=4)
-
-
 # --------------------------------------------------------------------------------------------------
 # API
 # --------------------------------------------------------------------------------------------------
