@@ -54,6 +54,10 @@ def test_demo_config_loss_falls(tmp_path: Path) -> None:
     assert losses[-1] < 0.6 * losses[0], losses
     assert (tmp_path / "checkpoints" / "latest.pt").is_file()
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "train.log").is_file()
+    log = (tmp_path / "train.log").read_text()
+    assert "bit/s" in log.splitlines()[0]  # the rate is stated when the run starts
+    assert f"results in {tmp_path}" in log and "next: python scripts/evaluate_audio_tokenizer.py" in log
+    assert f"tensorboard --logdir {tmp_path}" in log
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "audio": 0})
     events.Reload()
     tags = events.Tags()

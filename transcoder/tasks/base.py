@@ -8,6 +8,7 @@ loader. A task only says what is specific to it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -85,6 +86,10 @@ class Task(ABC):
     def log_media(self, state: StepState, monitor: Monitor, batch: dict[str, Any], step: int) -> None:
         """Images and audio for TensorBoard on rank 0 (default: none). Must not advance the training RNG."""
         return None
+
+    def next_commands(self, output_dir: Path, checkpoint: Path) -> list[str]:
+        """Commands to suggest when a run ends (besides TensorBoard), e.g. how to evaluate ``checkpoint``."""
+        return []
 
     def describe(self, state: StepState) -> str:
         """One line for the start of a run (e.g. the token rate and bitrate)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -136,6 +137,9 @@ class TokenizerTask(Task):
             recon, _, _ = model(target)
         model.train(was_training)
         monitor.reconstructions(self.frontend, target, recon.float(), batch["audio"].shape[-1], step)
+
+    def next_commands(self, output_dir: Path, checkpoint: Path) -> list[str]:
+        return [f"python scripts/evaluate_audio_tokenizer.py {checkpoint} --output {output_dir / 'eval'}"]
 
     def describe(self, state: StepState) -> str:
         model = state.parts["model"].model

@@ -329,6 +329,11 @@ class Trainer:
         self.logger.info("%s %d steps (%d skipped as non-finite, %d reads of bad audio files skipped); "
                          "results in %s", "finished" if finished else "stopped at", self.state.step,
                          self.state.skipped_steps, self.state.skipped_files, self.output_dir)
+        best = self.ckpt_dir / "best.pt"
+        checkpoint = best if best.is_file() else self.ckpt_dir / "latest.pt"
+        commands = [*self.task.next_commands(self.output_dir, checkpoint),
+                    f"tensorboard --logdir {self.output_dir}"]
+        self.logger.info("next: %s", "  |  ".join(commands))
 
     # -- logging and validation ------------------------------------------------------------
     def _log(self, monitor: Monitor, window: LogWindow, info: dict[str, Any], epoch: int) -> None:
