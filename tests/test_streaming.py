@@ -197,3 +197,25 @@ def test_causal_model_trains(frontend: LogMelFrontend) -> None:
     assert recon.shape == mel.shape and info["indices"].shape == (2, 8, 2)
     ((recon - mel).abs().mean() + quant_loss).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_stream_audio_demo_reports_latency_and_rtf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    import soundfile as sf
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "stream_audio.py"
+    spec = importlib.util.spec_from_file_location("stream_audio", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    audio = tmp_path / "x.wav"
+    sf.write(audio, _wave(6 * ROW + 50).numpy(), SR)
+    ckpt = _causal_checkpoint(tmp_path / "causal.pt")
+    out = tmp_path / "streamed.wav"
+    rc = module.main([str(audio), "--checkpoint", str(ckpt), "--chunk-ms", "15", "--audio", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "lookahead 40 ms = 80 ms" in printed and "real-time factor (process CPU time)" in printed
+    assert "offline causal model's: True" in printed and "mel frames 28" in printed
+    assert sf.info(str(out)).frames == 6 * ROW + 50
