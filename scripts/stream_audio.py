@@ -24,7 +24,7 @@ import torch
 
 from transcoder.api import AudioTokenizer, load_tokenizer
 from transcoder.audio.mel import MelConfig
-from transcoder.streaming import algorithmic_latency, encode_offline
+from transcoder.streaming import algorithmic_latency, causal_mel, encode_offline, pad_to_rows
 from transcoder.tasks.tokenizer import build_model
 from transcoder.training.config import load_config
 
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     offline = encode_offline(tok.model, tok.frontend, wave.to(tok.device)).cpu()
     same = torch.equal(offline, codes_t)
     print(f"streamed codes equal the offline causal model's: {same}")
+    reference = causal_mel(tok.frontend, pad_to_rows(wave[None].to(tok.device), latency["patch"]))[0]
+    l1 = (torch.cat(mels).float() - reference).abs().mean().item()
+    print(f"mel L1 (model space [-1, 1]) of the streamed reconstruction against the causal input mel: {l1:.4f}")
     if args.out is not None and audio:
         import soundfile as sf
 

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from transcoder.audio.mel import LogMelFrontend
 from transcoder.models.causal import BlockState
 
-__all__ = ["causal_mel", "encode_offline", "decode_offline", "algorithmic_latency", "CausalFrontendStream",
-           "StreamEncoder", "StreamDecoder", "DecodedChunk", "ChunkedGriffinLim"]
+__all__ = ["causal_mel", "pad_to_rows", "encode_offline", "decode_offline", "algorithmic_latency",
+           "CausalFrontendStream", "StreamEncoder", "StreamDecoder", "DecodedChunk", "ChunkedGriffinLim"]
 
 
 def _check_causal(model: nn.Module) -> None:
