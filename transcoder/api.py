@@ -45,6 +45,7 @@ from transcoder.codes import CodesFile, CodesSpec, codes_dtype
 from transcoder.data.audio_io import AudioFile, load_audio, resample
 from transcoder.evaluation.metrics import bitrate as _bitrate
 from transcoder.evaluation.metrics import tokens_per_second as _tokens_per_second
+from transcoder.streaming import ChunkedGriffinLim, StreamDecoder, StreamEncoder
 from transcoder.tasks.tokenizer import build_model
 from transcoder.training.config import ConfigError
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, load_weights_strict, model_weights
@@ -489,6 +490,21 @@ class AudioTokenizer:
         """Codes file (see :meth:`load_codes`) -> audio file at its original length, streamed."""
         codes = self.load_codes(codes_path, manifest_path)
         return self.decode_to_file(codes.indices, out_path, num_samples=codes.num_samples, seed=seed)
+
+    # -- streaming (causal models, see transcoder/streaming.py) ---------------------------------
+    def stream_encoder(self) -> StreamEncoder:
+        """A :class:`~transcoder.streaming.StreamEncoder`: push audio chunks (any size, the tokenizer's sample
+        rate), get code rows ``(R, n_freq_patches)`` as soon as they are determined. Needs a causal model."""
+        return StreamEncoder(self.model, self.frontend)
+
+    def stream_decoder(self, audio: bool = False, margin_frames: int = 8, min_frames: int = 16,
+                       seed: int = 0) -> StreamDecoder:
+        """A :class:`~transcoder.streaming.StreamDecoder`: push code rows, get mel frames (exact) and, with
+        ``audio=True``, Griffin-Lim audio rendered chunk by chunk with a ``margin_frames`` crossfade
+        (approximate). Needs a causal model."""
+        renderer = (ChunkedGriffinLim(self.vocoder, self.frontend, margin_frames, min_frames, seed)
+                    if audio else None)
+        return StreamDecoder(self.model, renderer)
 
     def __repr__(self) -> str:
         return (f"AudioTokenizer(sample_rate={self.sample_rate}, window={self.window_frames} frames, "

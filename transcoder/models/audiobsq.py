@@ -29,6 +29,7 @@ from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from transcoder.models.causal import CausalTransformerBlock, band_position_embedding
 from transcoder.models.depthwise_conv import depthwise_conv_time
 from transcoder.models.quantizer.bsq import MAX_INDEX_BITS, BinarySphericalQuantizer
 
@@ -51,6 +52,13 @@ class AudioConfig:
     attn_drop_rate: float = 0.0
     drop_path: float = 0.0
     grad_checkpointing: bool = False
+    # Streaming variant (transcoder/models/causal.py): block-causal sliding-window attention over time
+    # rows with rotary time positions, causal convs. ``lookahead``: rows the encoder's first attention
+    # sees ahead (the encoder's whole receptive future); ``context``: attention window in rows.
+    causal: bool = False
+    lookahead: int = 0
+    context: int = 32
+    rope_base: float = 10000.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | AudioConfig | None) -> AudioConfig:
@@ -85,7 +93,7 @@ class AudioConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"audioconfig.{name}={value!r}: expected a positive integer")
-        for name in ("qkv_bias", "use_conv_module", "grad_checkpointing"):
+        for name in ("qkv_bias", "use_conv_module", "grad_checkpointing", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"audioconfig.{name}={getattr(self, name)!r}: expected true or false")
         for name in ("mlp_ratio", "drop_rate", "attn_drop_rate", "drop_path"):
@@ -118,6 +126,21 @@ class AudioConfig:
         for name in ("drop_rate", "attn_drop_rate", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a value in [0, 1)")
+        self._validate_causal()
+
+    def _validate_causal(self) -> None:
+        """Checks of the streaming keys (``causal``, ``lookahead``, ``context``, ``rope_base``)."""
+        if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or self.lookahead < 0:
+            raise ValueError(f"audioconfig.lookahead={self.lookahead!r}: expected an integer >= 0 (time rows)")
+        if isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 1:
+            raise ValueError(f"audioconfig.context={self.context!r}: expected a positive integer (time rows)")
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, int | float) or self.rope_base <= 1:
+            raise ValueError(f"audioconfig.rope_base={self.rope_base!r}: expected a number > 1")
+        if not self.causal and self.lookahead:
+            raise ValueError(f"audioconfig.lookahead={self.lookahead} needs causal: true")
+        if self.causal and (self.width // self.heads) % 2:
+            raise ValueError(f"audioconfig width={self.width} / heads={self.heads}: the causal variant's rotary "
+                             f"positions need an even head size")
 
 
 #: The model variants (width / layers / heads / bits).
@@ -185,14 +208,21 @@ class AudioTransformerBlock(nn.Module):
 class _AudioTransformer(nn.Module):
     """Learnable time-frequency position embedding + a stack of blocks + final LayerNorm."""
 
-    def __init__(self, config: AudioConfig) -> None:
+    def __init__(self, config: AudioConfig, lookahead: int = 0) -> None:
         super().__init__()
         self.config = config
         self.grid = config.grid
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], config.width))
-        trunc_normal_(self.pos_embed, std=0.02)
         rates = [config.drop_path * i / max(config.layers - 1, 1) for i in range(config.layers)]
-        self.blocks = nn.ModuleList(AudioTransformerBlock(config, rate) for rate in rates)
+        if config.causal:
+            # Streaming variant: a learned band embedding (rotary time positions live in the attention),
+            # ``lookahead`` in the first block only (see transcoder/models/causal.py).
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[1], config.width))
+            self.blocks = nn.ModuleList(_causal_block(config, rate, lookahead if i == 0 else 0)
+                                        for i, rate in enumerate(rates))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], config.width))
+            self.blocks = nn.ModuleList(AudioTransformerBlock(config, rate) for rate in rates)
+        trunc_normal_(self.pos_embed, std=0.02)
         self.norm = nn.LayerNorm(config.width)
         self.grad_checkpointing = config.grad_checkpointing
 
@@ -200,7 +230,10 @@ class _AudioTransformer(nn.Module):
         self.grad_checkpointing = enable
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
-        """(1, Nt*Nf, C) position embedding, resampled along time when ``Nt`` differs from training."""
+        """(1, Nt*Nf, C) position embedding, resampled along time when ``Nt`` differs from training
+        (causal variant: the band embedding tiled over the ``Nt`` rows)."""
+        if self.config.causal:
+            return band_position_embedding(self.pos_embed, grid[0])
         if grid == self.grid:
             return self.pos_embed
         return resample_abs_pos_embed(self.pos_embed, new_size=list(grid), old_size=list(self.grid),
@@ -225,7 +258,7 @@ class AudioTransformerEncoder(_AudioTransformer):
     """Log-mel (B, T, F) → token features (B, Nt*Nf, width). T may be any multiple of ``pt``."""
 
     def __init__(self, config: AudioConfig) -> None:
-        super().__init__(config)
+        super().__init__(config, lookahead=config.lookahead)
         pt, pf = config.patch_tf
         self.patch_embed = nn.Linear(pt * pf, config.width)
 
@@ -390,6 +423,13 @@ class AudioBSQModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names that AdamW should not decay (besides norms and biases)."""
         return {"encoder.pos_embed", "decoder.pos_embed"}
+
+
+def _causal_block(config: AudioConfig, drop_path: float, lookahead: int) -> CausalTransformerBlock:
+    """A block of the streaming variant (``audioconfig.causal: true``)."""
+    return CausalTransformerBlock(
+        config.width, config.heads, config.mlp_ratio, config.qkv_bias, config.drop_rate, config.attn_drop_rate,
+        config.use_conv_module, config.conv_kernel_size, drop_path, config.context, lookahead, config.rope_base)
 
 
 def _checkpoint_contexts(block: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:

@@ -1,0 +1,350 @@
+"""Streaming encode/decode with a causal Audio BSQ-ViT (``audioconfig.causal: true``).
+
+Frame timing (the *causal front end*): frame ``t`` is the STFT of samples ``[(t+1)*hop - n_fft, (t+1)*hop)``,
+i.e. the window ends at the end of hop ``t`` and the signal is zero-padded on the left only (by
+``n_fft - hop`` samples; the time before a stream starts is silence, whatever ``pad_mode`` says).
+``S`` samples still give ``S // hop`` frames. Offline this is
+``frontend.forward_segments(pad(wave, (n_fft - hop, 0)))`` (:func:`causal_mel`); compared with the
+centred frames of the offline tokenizer it is a pure time shift of ``n_fft / 2 - hop`` samples, so a
+model trained on centred frames sees the same kind of input.
+
+Latency: a code row ``r`` covers frames ``[r*pt, (r+1)*pt)`` and the encoder looks ``lookahead`` rows
+ahead, so it is emitted once samples up to ``(r + 1 + lookahead) * pt * hop`` have arrived: the
+algorithmic latency of the encoder, counted from the first sample of the row, is
+``(1 + lookahead) * pt * hop`` samples (the STFT window reaches ``n_fft - hop`` samples into the past, which
+adds no waiting). The decoder is strictly causal (no extra latency for mel); the chunked Griffin-Lim
+holds back ``margin`` frames for its crossfade. See :func:`algorithmic_latency`.
+
+Exactness: :class:`StreamEncoder` gives the same codes as :func:`encode_offline` (the model's
+offline forward on the whole, row-padded signal) for any chunking, and :class:`StreamDecoder` the same
+mel as :func:`decode_offline` up to float rounding (attention over a cache instead of a masked full
+sequence sums in another order). Audio from :class:`ChunkedGriffinLim` is approximate: Griffin-Lim
+is iterative over the whole spectrogram and cannot be streamed exactly; each chunk is rendered with
+``margin`` frames of left context and joined by an equal-power crossfade.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from transcoder.audio.mel import LogMelFrontend
+from transcoder.models.causal import BlockState
+
+__all__ = ["causal_mel", "pad_to_rows", "encode_offline", "decode_offline", "algorithmic_latency",
+           "CausalFrontendStream", "StreamEncoder", "StreamDecoder", "DecodedChunk", "ChunkedGriffinLim"]
+
+
+def _check_causal(model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if not getattr(config, "causal", False):
+        raise ValueError("streaming needs a causal model (audioconfig.causal: true); this checkpoint's model "
+                         "attends over whole windows in both directions")
+
+
+def _row_samples(model: nn.Module, frontend: LogMelFrontend) -> int:
+    return int(model.config.patch_tf[0]) * frontend.hop_length
+
+
+def causal_mel(frontend: LogMelFrontend, wave: Tensor) -> Tensor:
+    """Causal front end offline: (B, S) → model-space mel (B, S // hop, n_mels), frame ``t`` from samples
+    ``[(t+1)*hop - n_fft, (t+1)*hop)`` (zeros before the start)."""
+    return frontend.forward_segments(F.pad(wave.float(), (frontend.n_fft - frontend.hop_length, 0)))
+
+
+def pad_to_rows(wave: Tensor, row_samples: int) -> Tensor:
+    """Zero-pad (..., S) at the end to whole rows of ``row_samples`` (at least one row)."""
+    total = max(1, math.ceil(wave.shape[-1] / row_samples)) * row_samples
+    return F.pad(wave, (0, total - wave.shape[-1]))
+
+
+@torch.inference_mode()
+def encode_offline(model: nn.Module, frontend: LogMelFrontend, wave: Tensor) -> Tensor:
+    """Reference for :class:`StreamEncoder`: (S,) mono samples → indices (ceil(S / row_samples), Nf) int64,
+    the model's offline forward on the whole causal mel of the row-padded signal."""
+    _check_causal(model)
+    dtype = model.encoder.patch_embed.weight.dtype
+    mel = causal_mel(frontend, pad_to_rows(wave.reshape(1, -1), _row_samples(model, frontend)))
+    _, _, info = model.encode(mel.to(dtype))
+    return info["indices"][0]
+
+
+@torch.inference_mode()
+def decode_offline(model: nn.Module, indices: Tensor) -> Tensor:
+    """Reference for :class:`StreamDecoder`: indices (R, Nf) → model-space mel (R * pt, n_mels)."""
+    _check_causal(model)
+    return model.decode_indices(indices[None])[0]
+
+
+def algorithmic_latency(model: nn.Module, frontend: LogMelFrontend) -> dict[str, float]:
+    """Latency terms in samples and the total in seconds (see the module docstring).
+
+    Keys: ``patch`` (pt * hop), ``lookahead`` (lookahead * pt * hop), ``stft_lookback`` (n_fft - hop: past
+    samples a frame reads, no waiting), ``total_samples`` (patch + lookahead), ``total_seconds``.
+    """
+    row = _row_samples(model, frontend)
+    lookahead = int(model.config.lookahead) * row
+    total = row + lookahead
+    return {"patch": row, "lookahead": lookahead, "stft_lookback": frontend.n_fft - frontend.hop_length,
+            "total_samples": total, "total_seconds": total / frontend.config.sample_rate}
+
+
+class CausalFrontendStream:
+    """Samples in any chunks → causal-front-end frames (model space), equal to :func:`causal_mel`.
+
+    Keeps the last ``n_fft - hop`` samples plus the samples of an incomplete hop.
+    """
+
+    def __init__(self, frontend: LogMelFrontend) -> None:
+        self.frontend = frontend
+        self.num_samples = 0
+        device = frontend.window.device
+        self._buffer = torch.zeros(frontend.n_fft - frontend.hop_length, device=device)
+
+    def push(self, samples: Tensor) -> Tensor:
+        """(n,) float samples → the frames now complete, (k, n_mels) float32."""
+        self.num_samples += samples.numel()
+        self._buffer = torch.cat([self._buffer, samples.to(self._buffer.device, torch.float32).reshape(-1)])
+        n_fft, hop = self.frontend.n_fft, self.frontend.hop_length
+        frames = (self._buffer.numel() - n_fft) // hop + 1
+        if frames <= 0:
+            return self._buffer.new_zeros(0, self.frontend.config.n_mels)
+        mel = self.frontend.forward_segments(self._buffer[: (frames - 1) * hop + n_fft][None])[0]
+        self._buffer = self._buffer[frames * hop:]
+        return mel
+
+    def state_elements(self) -> int:
+        return self._buffer.numel()
+
+
+class _StackStream:
+    """Streaming state of a ``_AudioTransformer``'s causal blocks and its final norm."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        self.transformer = transformer
+        self.states = [BlockState() for _ in transformer.blocks]
+
+    def step(self, x: Tensor, final: bool) -> Tensor:
+        """(1, R, Nf, C) block input rows → (1, R', Nf, C) normed output rows now determined."""
+        for block, state in zip(self.transformer.blocks, self.states, strict=True):
+            x = block.step(x, state, final)
+        return self.transformer.norm(x)
+
+    def state_elements(self) -> int:
+        return sum(state.num_elements() for state in self.states)
+
+
+class StreamEncoder:
+    """Audio in chunks of any size → code rows as soon as they are determined.
+
+    Args:
+        model: a causal ``AudioBSQModel`` in eval mode.
+        frontend: the front end the model was trained with (its device is used).
+
+    :meth:`push` takes mono samples at the front end's sample rate and returns indices (R, Nf) int64 on
+    the CPU (R may be 0); :meth:`finish` zero-pads the stream to a whole row and returns the rest. The
+    concatenation equals :func:`encode_offline` of the whole signal. State is bounded: per block, keys and
+    values of ``context - 1 + lookahead`` rows, ``K - 1`` conv rows, ``lookahead`` pending rows.
+    """
+
+    def __init__(self, model: nn.Module, frontend: LogMelFrontend) -> None:
+        _check_causal(model)
+        if model.training:
+            raise ValueError("StreamEncoder needs the model in eval mode (BatchNorm running statistics)")
+        self.model = model
+        self.frontend_stream = CausalFrontendStream(frontend)
+        self.encoder = _StackStream(model.encoder)
+        self.row_samples = _row_samples(model, frontend)
+        self._frames = torch.zeros(0, model.config.input_size, device=frontend.window.device)
+        self._finished = False
+        self.rows_emitted = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples pushed so far."""
+        return self.frontend_stream.num_samples
+
+    @torch.inference_mode()
+    def push(self, samples: Tensor | np.ndarray) -> Tensor:
+        """(n,) mono samples → newly determined indices (R, Nf) int64 on the CPU."""
+        if self._finished:
+            raise RuntimeError("StreamEncoder.push after finish")
+        chunk = torch.as_tensor(np.asarray(samples, dtype=np.float32) if isinstance(samples, np.ndarray) else samples)
+        if chunk.ndim != 1:
+            raise ValueError(f"expected mono samples (n,), got shape {tuple(chunk.shape)}")
+        return self._rows(self.frontend_stream.push(chunk), final=False)
+
+    @torch.inference_mode()
+    def finish(self) -> Tensor:
+        """End of stream: pad with zeros to a whole row (at least one) and return the remaining rows."""
+        if self._finished:
+            raise RuntimeError("StreamEncoder.finish called twice")
+        self._finished = True
+        total = max(1, math.ceil(self.num_samples / self.row_samples)) * self.row_samples
+        device = self._frames.device
+        frames = self.frontend_stream.push(torch.zeros(total - self.num_samples, device=device))
+        return self._rows(frames, final=True)
+
+    def _rows(self, frames: Tensor, final: bool) -> Tensor:
+        model = self.model
+        pt, pf = model.config.patch_tf
+        self._frames = torch.cat([self._frames, frames])
+        rows = self._frames.shape[0] // pt
+        mel, self._frames = self._frames[: rows * pt], self._frames[rows * pt:]
+        encoder = model.encoder
+        dtype = encoder.patch_embed.weight.dtype
+        patches = rearrange(mel.to(dtype)[None], "b (nt pt) (nf pf) -> b nt nf (pt pf)", pt=pt, pf=pf)
+        x = encoder.patch_embed(patches) + encoder.pos_embed[:, None].to(dtype)
+        features = self.encoder.step(x, final)
+        if features.shape[1] == 0:
+            return torch.zeros(0, model.config.grid[1], dtype=torch.long)
+        _, _, info = model.quantizer(model.quant_embed(features))
+        self.rows_emitted += features.shape[1]
+        return info["indices"][0].cpu()
+
+    def state_elements(self) -> int:
+        """Numbers held between pushes (bounded for an unbounded stream)."""
+        return self.frontend_stream.state_elements() + self._frames.numel() + self.encoder.state_elements()
+
+
+@dataclass
+class DecodedChunk:
+    """What one :meth:`StreamDecoder.push` returns: model-space mel (frames, n_mels) on the model's device
+    and, when the decoder renders audio, float32 samples (approximate, see :class:`ChunkedGriffinLim`)."""
+
+    mel: Tensor
+    audio: np.ndarray | None = None
+
+
+class StreamDecoder:
+    """Code rows in chunks of any size → mel frames (exact) and optionally audio (approximate).
+
+    Args:
+        model: a causal ``AudioBSQModel`` in eval mode.
+        renderer: a :class:`ChunkedGriffinLim` to also produce audio, or ``None`` for mel only.
+    """
+
+    def __init__(self, model: nn.Module, renderer: ChunkedGriffinLim | None = None) -> None:
+        _check_causal(model)
+        if model.training:
+            raise ValueError("StreamDecoder needs the model in eval mode (BatchNorm running statistics)")
+        self.model = model
+        self.decoder = _StackStream(model.decoder)
+        self.renderer = renderer
+        self._finished = False
+
+    @torch.inference_mode()
+    def push(self, indices: Tensor | np.ndarray) -> DecodedChunk:
+        """Indices (R, Nf) → the R * pt mel frames they determine (the decoder is strictly causal)."""
+        if self._finished:
+            raise RuntimeError("StreamDecoder.push after finish")
+        x = torch.as_tensor(indices)
+        nf = self.model.config.grid[1]
+        if x.ndim != 2 or x.shape[1] != nf or x.dtype.is_floating_point:
+            raise ValueError(f"expected integer indices (R, {nf}), got {x.dtype} {tuple(x.shape)}")
+        return self._decode(x, final=False)
+
+    @torch.inference_mode()
+    def finish(self) -> DecodedChunk:
+        """End of stream: flush (mel: nothing is pending; audio: the held-back crossfade tail)."""
+        if self._finished:
+            raise RuntimeError("StreamDecoder.finish called twice")
+        self._finished = True
+        return self._decode(torch.zeros(0, self.model.config.grid[1], dtype=torch.long), final=True)
+
+    def _decode(self, indices: Tensor, final: bool) -> DecodedChunk:
+        model = self.model
+        decoder = model.decoder
+        pt, pf = model.config.patch_tf
+        dtype = model.post_quant_embed.weight.dtype
+        device = model.post_quant_embed.weight.device
+        codes = model.indices_to_codes(indices.to(device)[None])
+        nf = model.config.grid[1]
+        x = model.post_quant_embed(codes.to(dtype)).reshape(1, indices.shape[0], nf, model.config.width)
+        x = x + decoder.pos_embed[:, None].to(dtype)
+        tokens = self.decoder.step(x, final)
+        patches = decoder.to_patches(tokens)
+        mel = rearrange(patches, "b nt nf (pt pf) -> b (nt pt) (nf pf)", pt=pt, pf=pf)[0]
+        mel = mel.clamp(*model.clamp_range)
+        audio = None
+        if self.renderer is not None:
+            audio = self.renderer.push(mel)
+            if final:
+                audio = np.concatenate([audio, self.renderer.finish()])
+        return DecodedChunk(mel, audio)
+
+    def state_elements(self) -> int:
+        return self.decoder.state_elements() + (self.renderer.state_elements() if self.renderer else 0)
+
+
+class ChunkedGriffinLim:
+    """Mel chunks → audio blocks by Griffin-Lim per chunk with overlap-add (approximate).
+
+    Each render covers the new frames plus ``margin`` frames of left context; the first ``margin`` frames
+    of audio are crossfaded (equal power) with the previous render's held-back last ``margin`` frames.
+    New frames are buffered until at least ``min_frames`` are there. Output lags the input by ``margin``
+    frames (plus ``min_frames - 1`` of buffering); the total length equals ``frames * hop``.
+
+    Args:
+        vocoder: ``vocoder(power (1, T, F), length=, seed=) -> (1, length)``.
+        frontend: converts model space to power.
+        margin: overlap in frames.
+        min_frames: frames per render (at least ``margin``).
+        seed: phase seed of render ``k`` is ``seed + k``.
+    """
+
+    def __init__(self, vocoder: nn.Module, frontend: LogMelFrontend, margin: int = 8, min_frames: int = 16,
+                 seed: int = 0) -> None:
+        if margin < 0 or min_frames < max(1, margin):
+            raise ValueError(f"margin={margin}, min_frames={min_frames}: expected 0 <= margin <= min_frames")
+        self.vocoder, self.frontend = vocoder, frontend
+        self.margin, self.min_frames, self.seed = margin, min_frames, seed
+        self.hop = frontend.hop_length
+        self._pending: Tensor | None = None  # frames not rendered yet
+        self._context: Tensor | None = None  # last `margin` rendered frames
+        self._tail = np.zeros(0, dtype=np.float32)  # audio of the context frames, not emitted yet
+        self._renders = 0
+        fade = margin * self.hop
+        ramp = (np.arange(fade) + 0.5) / max(fade, 1) * (math.pi / 2)
+        self._fade_in, self._fade_out = np.sin(ramp).astype(np.float32), np.cos(ramp).astype(np.float32)
+
+    def push(self, mel: Tensor) -> np.ndarray:
+        """Model-space frames (n, F) → audio samples ready so far (float32)."""
+        self._pending = mel if self._pending is None else torch.cat([self._pending, mel])
+        if self._pending.shape[0] < self.min_frames:
+            return np.zeros(0, dtype=np.float32)
+        return self._render()
+
+    def finish(self) -> np.ndarray:
+        """Render what is left and return it with the held-back tail."""
+        if self._pending is not None and self._pending.shape[0]:
+            return self._render(final=True)
+        tail, self._tail = self._tail, np.zeros(0, dtype=np.float32)
+        return tail
+
+    def _render(self, final: bool = False) -> np.ndarray:
+        assert self._pending is not None
+        new, self._pending = self._pending, None
+        context = self._context if self._context is not None else new[:0]
+        mel = torch.cat([context, new])
+        power = self.frontend.inverse(mel)[None]
+        audio = self.vocoder(power, length=mel.shape[0] * self.hop, seed=self.seed + self._renders)[0]
+        audio = audio.float().cpu().numpy()
+        self._renders += 1
+        lead = context.shape[0] * self.hop
+        head = audio[:lead] * self._fade_in[-lead:] + self._tail * self._fade_out[-lead:] if lead else audio[:0]
+        keep = 0 if final else min(self.margin, mel.shape[0]) * self.hop
+        self._context = mel[mel.shape[0] - min(self.margin, mel.shape[0]):]
+        body = audio[lead: audio.shape[0] - keep]
+        self._tail = audio[audio.shape[0] - keep:]
+        return np.concatenate([head, body]).astype(np.float32)
+
+    def state_elements(self) -> int:
+        held = 0 if self._pending is None else self._pending.numel()
+        return held + self._tail.size + (0 if self._context is None else self._context.numel())
