@@ -220,10 +220,16 @@ def shortened(code: str) -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh copy of the repository: tracked files and untracked ones git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    """A fresh copy of the repository: tracked files and untracked ones git does not ignore (without git,
+    e.g. an unpacked archive: the tree minus build outputs, caches and ``outputs/``)."""
     root = tmp_path_factory.mktemp("docs") / "repo"
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "outputs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "build"))
+        return root
     for name in filter(None, listed):
         source = REPO / name
         if source.is_file():
