@@ -4,6 +4,8 @@ config's task, with the config's optimizer, clipping, schedule, precision and EM
 Prints samples/s, seconds of audio per second, model FLOP utilisation (FLOPs counted by
 ``torch.utils.flop_counter`` for one step, against ``--peak-tflops``), peak memory, and the
 time split between data wait, the log-mel front end, forward (with the loss), backward and the optimizer step.
+FLOPs are counted on the eager model before ``--compile`` compiles it (the counter's global module hooks
+would make a compiled model recompile inside the timed steps).
 
 Synthetic batch on the device (default)::
 

@@ -9,7 +9,7 @@ Front end: ms per clip of ``LogMelFrontend`` on CPU (and CUDA when available) ag
 By default test files are written to a temporary folder from the bundled LibriSpeech speech
 (data/librivox-mini), tiled to ``--file-seconds``; ``--folder`` benchmarks your own files instead.
 
-    python scripts/benchmark_data.py                 # about 30 s on a 2-core CPU
+    python scripts/benchmark_data.py                 # prints each figure as it is measured
     python scripts/benchmark_data.py --folder my_audio/train --clip-seconds 10.24
 """
 

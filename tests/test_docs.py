@@ -1,0 +1,270 @@
+"""The documentation's commands and snippets work as written.
+
+Every fenced block of README.md, QUICKSTART_AUDIO.md and AUDIO_README.md (:data:`DOCS`) is checked:
+
+- ``bash`` / ``sh`` / ``shell`` blocks parse (``bash -n``); every ``python scripts/X.py ...`` (or
+  ``torchrun ... scripts/X.py``, ``bash scripts/X.sh``) names a script that exists, and every
+  ``--flag`` it passes is one the script's ``--help`` lists (a sub-command's ``--help`` for
+  ``tokenize_audio.py encode|decode``);
+- ``python`` blocks compile; ``yaml`` blocks load; ``text`` and unlabelled blocks are not checked.
+
+Blocks then RUN, unless the line right before the fence is a marker:
+
+    <!-- doc-test: skip (why: needs a GPU / external data / a long time) -->
+    <!-- doc-test: parse-only (why: e.g. installs packages) -->
+
+(the two mean the same here: checked as above, not run; the reason is required). Runnable blocks run
+on the CPU (``CUDA_VISIBLE_DEVICES=""``) in one fresh copy of the repository (tracked files plus
+untracked files git does not ignore, so no ``outputs/`` of a previous run), file by file in the order
+of :data:`DOCS`, in document order: shell blocks with ``bash -euo pipefail`` (``python`` is this
+interpreter), Python blocks each in a fresh interpreter, so each must work when pasted on its own.
+
+The one change made to a documented command: every ``scripts/main_audio_tokenizer.py`` command gets
+``training.max_steps=20`` (:data:`TRAIN_OVERRIDES`) appended, so the demo trains 20 steps instead of
+1,200. The same override everywhere, so a second run of the same command resumes instead of being
+refused as a changed config. A file whose runnable blocks use ``outputs/demo/checkpoints/`` gets the
+demo trained first (same command, same override) when an earlier file has not, so each file's test
+also runs alone (``-k AUDIO_README``). Sections added later need nothing here: unmarked blocks run,
+marked ones are checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import runpy
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "QUICKSTART_AUDIO.md", "AUDIO_README.md")
+TRAIN_SCRIPT = "scripts/main_audio_tokenizer.py"
+TRAIN_OVERRIDES = "training.max_steps=20"
+DEMO_TRAIN = f"python {TRAIN_SCRIPT} configs/tokenizer/audio_demo_librivox_mini.yaml --output-dir outputs/demo"
+DEMO_CHECKPOINTS = "outputs/demo/checkpoints/"
+SHELL = {"bash", "sh", "shell"}
+MARKER = re.compile(r"<!--\s*doc-test:\s*(?P<kind>[\w-]+)\s*(?P<rest>.*?)\s*-->")
+MARKER_KINDS = {"skip", "parse-only"}
+BLOCK_TIMEOUT_S = 300
+
+
+@dataclass
+class Block:
+    doc: str
+    line: int  # 1-based line of the opening fence
+    lang: str
+    code: str
+    marker: str | None  # None: run
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc}:{self.line}"
+
+    @property
+    def runs(self) -> bool:
+        return self.marker is None
+
+
+def blocks_of(doc: str) -> list[Block]:
+    lines = (REPO / doc).read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        fence = re.match(r"^(`{3,})\s*([\w+-]*)", lines[i])
+        if not fence:
+            i += 1
+            continue
+        start, ticks, lang = i, fence.group(1), fence.group(2).lower()
+        i += 1
+        body = []
+        while i < len(lines) and not lines[i].startswith(ticks):
+            body.append(lines[i])
+            i += 1
+        i += 1
+        previous = lines[start - 1].strip() if start > 0 else ""
+        found = MARKER.fullmatch(previous)
+        blocks.append(Block(doc, start + 1, lang, "\n".join(body) + "\n", found.group(0) if found else None))
+    return blocks
+
+
+ALL_BLOCKS = [block for doc in DOCS for block in blocks_of(doc)]
+
+
+def test_docs_have_blocks_and_markers_are_known() -> None:
+    for doc in DOCS:
+        assert any(b.lang in SHELL | {"python"} for b in blocks_of(doc)), f"{doc}: no shell or Python block"
+        for number, line in enumerate((REPO / doc).read_text(encoding="utf-8").splitlines(), 1):
+            if "doc-test" not in line:
+                continue
+            found = MARKER.search(line)
+            assert found and found.group("kind") in MARKER_KINDS, f"{doc}:{number}: unknown marker {line.strip()!r}"
+            assert found.group("rest").startswith("(") and len(found.group("rest")) > 3, \
+                f"{doc}:{number}: a marker needs a reason in parentheses: {line.strip()!r}"
+
+
+def test_docs_cite_nothing_outside_the_repository() -> None:
+    forbidden = re.compile(r"DESIGN\.md|\bthe spec\b|\bspec's\b|\bspecification\b", re.IGNORECASE)
+    for doc in (*DOCS, "AUDIO_ARCHITECTURE.md", "CHANGELOG_AUDIO.md"):
+        for number, line in enumerate((REPO / doc).read_text(encoding="utf-8").splitlines(), 1):
+            assert not forbidden.search(line), f"{doc}:{number}: cites a document the reader cannot see: {line}"
+
+
+def _slug(heading: str) -> str:
+    text = re.sub(r"[^\w\s-]", "", heading.strip().lower().replace("`", ""))
+    return re.sub(r"\s", "-", text)
+
+
+def test_relative_links_resolve() -> None:
+    for doc in (*DOCS, "AUDIO_ARCHITECTURE.md", "CHANGELOG_AUDIO.md"):
+        text = (REPO / doc).read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = REPO / (path or doc)
+            assert file.exists(), f"{doc}: link to missing {target}"
+            if anchor and file.suffix == ".md":
+                headings = [_slug(h) for h in re.findall(r"^#+ (.+)$", file.read_text(encoding="utf-8"), re.M)]
+                assert anchor in headings, f"{doc}: link to missing heading {target}"
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def logical_lines(code: str) -> list[str]:
+    """Shell lines with backslash continuations joined."""
+    return [line for line in code.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def script_invocations(code: str) -> list[tuple[str, list[str]]]:
+    """``(script path, its arguments up to the next shell operator)`` for each script a shell block runs."""
+    found = []
+    for line in logical_lines(code):
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        tokens = list(lexer)
+        for index, token in enumerate(tokens):
+            if re.fullmatch(r"(\./)?scripts/[\w.-]+\.(py|sh)", token):
+                args = []
+                for arg in tokens[index + 1:]:
+                    if arg in {"&&", "||", ";", "|", ">", ">>", "<", "&"}:
+                        break
+                    args.append(arg)
+                found.append((token.removeprefix("./"), args))
+    return found
+
+
+_HELP: dict[tuple[str, str | None], str] = {}
+
+
+def script_help(script: str, subcommand: str | None) -> str:
+    """``--help`` of a script (run in this process: no interpreter start per script)."""
+    key = (script, subcommand)
+    if key not in _HELP:
+        argv = [str(REPO / script), *([subcommand] if subcommand else []), "--help"]
+        out = io.StringIO()
+        saved = sys.argv
+        sys.argv = argv
+        try:
+            with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+                runpy.run_path(str(REPO / script), run_name="__main__")
+        finally:
+            sys.argv = saved
+        _HELP[key] = out.getvalue()
+    return _HELP[key]
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.lang in SHELL], ids=lambda b: b.where)
+def test_shell_block_parses_and_names_real_scripts_and_flags(block: Block) -> None:
+    result = subprocess.run(["bash", "-n"], input=block.code, capture_output=True, text=True)
+    assert result.returncode == 0, f"{block.where}: bash -n: {result.stderr}"
+    for script, args in script_invocations(block.code):
+        assert (REPO / script).is_file(), f"{block.where}: {script} does not exist"
+        if not script.endswith(".py"):
+            continue
+        positional = [a for a in args if not a.startswith("-")]
+        subcommand = positional[0] if script.endswith("tokenize_audio.py") and positional else None
+        help_text = script_help(script, subcommand)
+        for arg in args:
+            if arg.startswith("--"):
+                flag = arg.split("=", 1)[0]
+                assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), \
+                    f"{block.where}: {script}{' ' + subcommand if subcommand else ''} has no flag {flag}"
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.lang in {"python", "yaml"}], ids=lambda b: b.where)
+def test_python_and_yaml_blocks_parse(block: Block) -> None:
+    if block.lang == "python":
+        compile(block.code, block.where, "exec")
+    else:
+        yaml.safe_load(block.code)
+
+
+# -- running -------------------------------------------------------------------------------------
+def shortened(code: str) -> str:
+    """The block with :data:`TRAIN_OVERRIDES` appended to every training command."""
+    lines = []
+    for line in code.replace("\\\n", " ").splitlines():
+        if TRAIN_SCRIPT in line and not line.lstrip().startswith("#") and "--help" not in line:
+            line = f"{line.rstrip()} {TRAIN_OVERRIDES}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the repository: tracked files and untracked ones git does not ignore (without git,
+    e.g. an unpacked archive: the tree minus build outputs, caches and ``outputs/``)."""
+    root = tmp_path_factory.mktemp("docs") / "repo"
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "outputs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "build"))
+        return root
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    return root
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(root), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def run_block(block: Block, root: Path) -> None:
+    if block.lang in SHELL:
+        command = ["bash", "-euo", "pipefail", "-c", shortened(block.code)]
+    else:
+        command = [sys.executable, "-c", block.code]
+    try:
+        result = subprocess.run(command, cwd=root, env=_env(root), capture_output=True, text=True,
+                                timeout=BLOCK_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{block.where}: no result after {BLOCK_TIMEOUT_S} s:\n{block.code}\n{err.stderr}")
+    assert result.returncode == 0, (f"{block.where} failed (exit {result.returncode}):\n{block.code}\n"
+                                    f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_runnable_blocks_run_in_a_fresh_copy(doc: str, workdir: Path) -> None:
+    runnable = [b for b in blocks_of(doc) if b.runs and b.lang in SHELL | {"python"}]
+    first_use = next((b for b in runnable if DEMO_CHECKPOINTS in b.code), None)
+    trains_before = first_use is not None and any(TRAIN_SCRIPT in b.code for b in runnable[:runnable.index(first_use)])
+    if first_use is not None and not trains_before and not (workdir / DEMO_CHECKPOINTS / "best.pt").exists():
+        run_block(Block(doc, 0, "bash", DEMO_TRAIN + "\n", None), workdir)
+    for block in runnable:
+        run_block(block, workdir)
