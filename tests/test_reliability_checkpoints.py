@@ -131,3 +131,9 @@ def test_failed_write_names_the_file_and_leaves_no_temporary(tmp_path: Path, mon
     with pytest.raises(OSError, match=r"could not write checkpoint .*latest.pt .*No space left.* MiB free"):
         save_atomic({"models": {}, "config": {}}, tmp_path / "latest.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_resume_file_leaves_no_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.pt: no such checkpoint"):
+        make_trainer(tmp_path / "run", resume=tmp_path / "missing.pt")
+    assert not (tmp_path / "run").exists()

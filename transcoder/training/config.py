@@ -208,7 +208,7 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
     if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"training.seed={seed!r}: expected an integer in [0, {MAX_SEED}]")
     for section, key in (("data", "pin_memory"), ("training", "compile"), ("training", "sync_batchnorm"),
-                         ("training", "deterministic")):
+                         ("training", "deterministic"), ("training", "ema_warmup")):
         value = config[section][key]
         if not isinstance(value, bool):
             raise ConfigError(f"{section}.{key}={value!r}: expected true or false")

@@ -92,6 +92,8 @@ class Trainer:
         # Data before the run folder: a missing root or an empty folder leaves nothing behind.
         self.train_dataset = self._build_dataset("train", mode="train")
         self.val_dataset = self._build_dataset("val", mode="eval") if self.data_cfg["val"] else None
+        if resume is not None and not Path(resume).is_file():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
         self._lock = RunLock(self.output_dir) if env.is_main else None
         if env.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +265,7 @@ class Trainer:
                                         seed=int(self.train_cfg["seed"]), start=self.state.step * batch_size)
         loader = iter(self._loader(self.train_dataset, sampler, batch_size, train=True))
         monitor = Monitor(self.output_dir, self.env.is_main, max_steps, self.state.step)
+        self._fit_start = time.perf_counter()
         previous_handlers = self._install_signal_handlers()
         # Log lines go through tqdm.write, so they don't break the progress bar.
         with logging_redirect_tqdm(loggers=[self.logger]):
@@ -326,9 +329,10 @@ class Trainer:
         if self._last_saved_step != self.state.step:
             self.save("latest")
         self._verify_replicas()
-        self.logger.info("%s %d steps (%d skipped as non-finite, %d reads of bad audio files skipped); "
+        self.logger.info("%s %d steps in %.0f s (%d skipped as non-finite, %d reads of bad audio files skipped); "
                          "results in %s", "finished" if finished else "stopped at", self.state.step,
-                         self.state.skipped_steps, self.state.skipped_files, self.output_dir)
+                         time.perf_counter() - self._fit_start, self.state.skipped_steps, self.state.skipped_files,
+                         self.output_dir)
         best = self.ckpt_dir / "best.pt"
         checkpoint = best if best.is_file() else self.ckpt_dir / "latest.pt"
         commands = [*self.task.next_commands(self.output_dir, checkpoint),
