@@ -160,6 +160,8 @@ class AudioFile:
         """
         self.path = str(path)
         self._start = 0
+        #: ``(first frame, frames)`` in the file when opened with a segment, else None.
+        self.segment: tuple[int, int] | None = None
         try:
             self._file = sf.SoundFile(fileobj if fileobj is not None else self.path)
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
@@ -197,6 +199,7 @@ class AudioFile:
                 self.close()
                 raise AudioDecodeError(self.path, f"segment from frame {start} starts after the end of the file")
             self._start = start
+            self.segment = (start, frames)
             self.info = AudioInfo(self.path, self.info.sample_rate, frames, self.info.channels, self.info.format,
                                   self.info.subtype)
 

@@ -178,11 +178,6 @@ class AudioClipDataset(Dataset):
         with open(self.path(file_index), "rb") as handle:
             return handle.read()
 
-    def segment(self, file_index: int) -> tuple[int, int] | None:
-        """``(first frame, frames)`` of the file's audio that the item uses, at the file's own rate, or
-        None for the whole file (only datasets of cuts, e.g. Lhotse supervisions, return a segment)."""
-        return None
-
     def metadata(self, file_index: int) -> dict[str, Any]:
         """The metadata columns (:attr:`metadata_keys`) of file ``file_index``."""
         return self._metadata(file_index)
