@@ -194,21 +194,23 @@ class ShardStreamDataset(IterableDataset):
         """Resume from :meth:`state_dict` of the same rank (a different world size or manifest starts
         the pass after the furthest recorded one, with a warning)."""
         workers = {int(w): [int(v) for v in s] for w, s in dict(state.get("workers", {})).items()}
-        furthest = max((s[1] for s in workers.values()), default=-1)
+        # A position (p, 0, 0) is "pass p not started" (items drained at the end of pass p - 1 carry it).
+        next_pass = max((s[1] + (0 if (s[2], s[3]) == (0, 0) else 1) for s in workers.values()), default=0)
         same = state.get("world_size") == self.world_size and state.get("fingerprint") == self.fingerprint()
         if not same:
             warnings.warn(f"{type(self).__name__}: the checkpoint's stream positions were written with world size "
                           f"{state.get('world_size')} and shards {state.get('fingerprint')}, this run has "
-                          f"{self.world_size} and {self.fingerprint()}: every consumer starts pass {furthest + 1}",
+                          f"{self.world_size} and {self.fingerprint()}: every consumer starts pass {next_pass}",
                           stacklevel=2)
-            workers = {}
-        self._observed = dict(workers)
-        self._resume = {"workers": workers, "next_pass": furthest + 1}
+        self._observed = dict(workers) if same else {}
+        self._resume = {"workers": workers, "next_pass": next_pass, "exact": same}
 
     def _start_position(self, worker: int, num_workers: int) -> StreamPosition:
         if self._resume is None:
             return StreamPosition()
         workers = self._resume["workers"]
+        if not self._resume["exact"]:
+            return StreamPosition(pass_index=self._resume["next_pass"])
         if workers and any(s[0] != num_workers for s in workers.values()):
             warnings.warn(f"{type(self).__name__}: the checkpoint's positions were written with a different number of "
                           f"loader workers than {num_workers}: starting pass {self._resume['next_pass']}",
@@ -222,7 +224,11 @@ class ShardStreamDataset(IterableDataset):
     # --- reading -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.stream(*((info.id, info.num_workers) if info is not None else (0, 1)))
+
+    def stream(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, Any]]:
+        """The endless item stream of loader worker ``worker`` of ``num_workers`` on this rank (what a
+        DataLoader worker iterates), from the loaded resume position if any."""
         consumer, consumers = self.rank * num_workers + worker, self.world_size * num_workers
         position = self._start_position(worker, num_workers)
         log = _RecordLog(self.rank, worker)
