@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
+import subprocess
 import tarfile
 import warnings
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_training import DEMO, SCRIPT, TINY, _cli_env, torchrun_path  # tests/ is on sys.path under pytest
 
 from transcoder.data import (
     AudioFolderDataset,
@@ -25,6 +28,10 @@ from transcoder.data import (
     write_dataset_shards,
 )
 from transcoder.data.shard_stream import STATE_KEY
+from transcoder.training.config import load_config
+from transcoder.training.trainer import Trainer
+from transcoder.utils.checkpoint import load_checkpoint
+from transcoder.utils.distributed import init_distributed
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -228,3 +235,65 @@ def test_config_errors_name_the_file(tmp_path: Path) -> None:
         ShardDataset(str(tmp_path))
     with pytest.raises(ValueError, match="ShardIndexDataset"):
         ShardStreamDataset(str(tmp_path), mode="eval")
+
+
+# --- training from shards -------------------------------------------------------------------------
+
+
+def shard_overrides(shards: Path) -> list[str]:
+    spec = f"{{target: transcoder.data.ShardDataset, params: {{shards: '{shards}', shuffle_buffer: 3}}}}"
+    return [f"data.train={spec}", f"data.val={spec}", "data.specaugment=null", "data.batch_size=2"]
+
+
+def test_trainer_streams_shards_with_workers_and_resumes(tmp_path: Path) -> None:
+    shards, _ = make_shards(tmp_path, n=12, per_shard=2)
+    common = [*TINY, *shard_overrides(shards), "data.num_workers=2", "training.max_steps=6", "training.val_every=6",
+              "training.val_max_batches=2"]
+    trainer = Trainer(load_config(DEMO, common), tmp_path / "run", init_distributed("cpu"))
+    assert trainer.train_files["count"] == 12
+    assert trainer.fit(stop_at_step=3).step == 3
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    (state,) = checkpoint["data_state"]  # one rank
+    # 3 steps of 2 items alternate between the 2 workers: batches 0 and 2 from worker 0, batch 1 from worker 1.
+    assert {w: s[-1] for w, s in state["workers"].items()} == {0: 4, 1: 2}
+    resumed = Trainer(load_config(DEMO, common), tmp_path / "run", init_distributed("cpu"))
+    assert resumed.train_dataset.state_dict()["workers"] == state["workers"]
+    assert resumed.fit().step == 6
+    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["data_state"][0]["workers"]
+    # The resumed loader starts its round robin at worker 0 again (batches 3, 4, 5 from workers 0, 1, 0), and the
+    # counts continue from the checkpointed positions.
+    assert {w: s[-1] for w, s in final.items()} == {0: 8, 1: 4}
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()  # validation ran over the shard index
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_node_torchrun_ranks_read_disjoint_shards(tmp_path: Path) -> None:
+    # 2 agents ("nodes") x 2 processes over 8 shards of 2 records; each rank reads 2 shards = 4 records in its
+    # first pass and trains 2 steps of batch 2, so the 4 ranks must have read the 16 records exactly once.
+    shards, _ = make_shards(tmp_path, n=16, per_shard=2)
+    logs = tmp_path / "record-logs"
+    logs.mkdir()
+    env = {**_cli_env(), "TRANSCODER_SHARD_LOG": str(logs)}
+    port = _free_port()
+    command = [torchrun_path(), "--nnodes", "2", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "shards-test", "--max-restarts", "0",
+               str(SCRIPT), str(DEMO), "--output-dir", str(tmp_path / "run"), "--device", "cpu", *TINY,
+               *shard_overrides(shards), "data.val=null", "data.num_workers=0", "training.max_steps=2"]
+    agents = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+              for _ in range(2)]
+    outputs = [agent.communicate(timeout=240) for agent in agents]
+    stderr = "\n".join(err for _, err in outputs)
+    assert all(agent.returncode == 0 for agent in agents), stderr[-4000:]
+    assert "weights identical on all 4 ranks" in stderr
+    per_rank = {path.name: path.read_text().splitlines() for path in sorted(logs.iterdir())}
+    assert sorted(per_rank) == [f"rank{r}-worker0.txt" for r in range(4)]
+    names = [line.split("\t")[1] for lines in per_rank.values() for line in lines]
+    assert all(len(lines) == 4 for lines in per_rank.values()), per_rank
+    assert len(set(names)) == len(names) == 16  # disjoint, and together every record
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert checkpoint["world_size"] == 4 and [s["rank"] for s in checkpoint["data_state"]] == [0, 1, 2, 3]
