@@ -125,11 +125,12 @@ class LhotseCutsDataset(AudioClipDataset):
             raise ValueError(f"LhotseCutsDataset: {self.cut_files or self.recordings} holds a "
                              f"{type(cuts).__name__}, not a CutSet. {self.layout_help()}")
         if self.per_supervision:
-            cuts = cuts.filter(lambda c: len(c.supervisions) > 0).trim_to_supervisions(keep_overlapping=False)
+            cuts = cuts.filter(_has_supervisions).trim_to_supervisions(keep_overlapping=False)
         return cuts
 
     def _scan(self) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {"path": [], **{k: [] for k in (*self.metadata_keys, *self.hidden_keys)}}
+        to_samples = self._lhotse.utils.compute_num_samples
         left_out: Counter[str] = Counter()
         examples: dict[str, str] = {}
         for cut in self._cutset():
@@ -142,8 +143,9 @@ class LhotseCutsDataset(AudioClipDataset):
             rate = int(recording.sampling_rate)
             source = recording.sources[0].source
             columns["path"].append(os.path.normpath(os.path.join(self.audio_root, source)))
-            columns["segment_start"].append(round(cut.start * rate))
-            columns["segment_frames"].append(max(1, round(cut.duration * rate)))
+            # Lhotse's own seconds -> samples rounding (half up), so a cut is the samples Lhotse would load.
+            columns["segment_start"].append(to_samples(cut.start, rate))
+            columns["segment_frames"].append(max(1, to_samples(cut.duration, rate)))
             columns["segment_rate"].append(rate)
             supervision = cut.supervisions[0] if cut.supervisions else None
             columns["cut_id"].append(str(cut.id))
@@ -171,6 +173,10 @@ class LhotseCutsDataset(AudioClipDataset):
                 raise AudioDecodeError(f"{path} (cut {self._column('cut_id', file_index)})", err.reason) from None
             raise
         return f
+
+
+def _has_supervisions(cut: Any) -> bool:
+    return len(cut.supervisions) > 0
 
 
 def _unsupported(cut: Any) -> str | None:
