@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Benchmark the data pipeline: decode+crop throughput per worker, and the log-mel front end.
+"""Benchmark the data pipeline: decode+crop throughput per worker, shards vs folders, listing, the log-mel front end.
 
 Decoding: clips/s that one DataLoader worker (one process, one core) delivers from an
-``AudioFolderDataset`` in train mode (random crops), per format and source sample rate.
+``AudioFolderDataset`` in train mode (random crops), per format and source sample rate, and from
+the same files written into tar shards and read by ``ShardStreamDataset`` (sequential reads).
+Listing: seconds to list a tree of ``--list-files`` files (``AudioFolderDataset``'s scan) against
+loading a shard manifest of as many records (what every rank does at start-up).
 Front end: ms per clip of ``LogMelFrontend`` on CPU (and CUDA when available) against
 ``librosa.feature.melspectrogram`` + dB on the same clips (and torchaudio's MelSpectrogram).
 
@@ -16,19 +19,32 @@ By default test files are written to a temporary folder from the bundled LibriSp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import json
 import os
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from transcoder.data import AudioFolderDataset, AudioSkipWarning, LogMelFrontend, MelConfig, collate_audio, resample
+from transcoder.data import (
+    AudioFolderDataset,
+    AudioSkipWarning,
+    LogMelFrontend,
+    MelConfig,
+    ShardStreamDataset,
+    collate_audio,
+    resample,
+    write_dataset_shards,
+)
+from transcoder.data.shard_format import MANIFEST_FORMAT, MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_THREADS = torch.get_num_threads()
@@ -74,16 +90,69 @@ def time_loop(fn: Callable[[int], object], budget_s: float, min_iters: int = 3) 
     return (time.perf_counter() - start) / i, i
 
 
-def bench_decode(folders: dict[str, str], clip_samples: int, budget_s: float) -> list[tuple[str, str, str]]:
+@contextlib.contextmanager
+def quiet_decoder_stderr() -> Iterator[None]:
+    """Silence C-level stderr (libmpg123 prints "part2_3_length ... too large" for every MP3 frame whose bit
+    reservoir lies before a seek point; the samples are still right) while decoding."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def bench_decode(folders: dict[str, str], clip_samples: int, budget_s: float,
+                 shard_root: str | None = None) -> list[tuple[str, str, str]]:
+    """Rows per source: folder reading (random file + seek + crop) and, with ``shard_root``, the same files read
+    from shards (sequential, one consumer with a small shuffle buffer)."""
     rows = []
     clip_seconds = clip_samples / 16000
     for name, folder in folders.items():
         ds = AudioFolderDataset(folder, sample_rate=16000, clip_samples=clip_samples)
-        per_clip, n = time_loop(lambda i, ds=ds: ds[(i % len(ds), i)], budget_s)
-        rows.append((name, f"{1 / per_clip:8.1f}", f"{clip_seconds / per_clip:8.0f}x ({n} clips)"))
+        with quiet_decoder_stderr():
+            per_clip, n = time_loop(lambda i, ds=ds: ds[(i % len(ds), i)], budget_s)
+        rows.append((f"{name}, folder", f"{1 / per_clip:8.1f}", f"{clip_seconds / per_clip:8.0f}x ({n} clips)"))
         if ds.num_skipped:
             rows[-1] = (name, "n/a", f"{ds.num_skipped} files failed: {ds.skipped_files[:2]}")
+        if shard_root is None:
+            continue
+        out = os.path.join(shard_root, os.path.basename(folder))
+        write_dataset_shards(ds, out, max_records=max(1, ds.num_files // 2))
+        stream = ShardStreamDataset(out, sample_rate=16000, clip_samples=clip_samples, shuffle_buffer=2,
+                                    rank=0, world_size=1).stream()
+        with quiet_decoder_stderr():
+            per_clip, n = time_loop(lambda i, stream=stream: next(stream), budget_s)
+        rows.append((f"{name}, shards", f"{1 / per_clip:8.1f}", f"{clip_seconds / per_clip:8.0f}x ({n} clips)"))
     return rows
+
+
+def bench_listing(folder: str, n_files: int) -> list[tuple[str, str, str]]:
+    """Seconds to list ``n_files`` files in 100 folders against loading a manifest of as many records."""
+    per_dir = max(1, n_files // 100)
+    for i in range(n_files):
+        sub = os.path.join(folder, "tree", f"spk{i // per_dir:04d}")
+        if i % per_dir == 0:
+            os.makedirs(sub, exist_ok=True)
+        open(os.path.join(sub, f"utt{i:07d}.flac"), "wb").close()  # listing never opens files
+    start = time.perf_counter()
+    listed = AudioFolderDataset(os.path.join(folder, "tree")).num_files
+    scan = time.perf_counter() - start
+    shards = [{"name": f"shard-{i:06d}.tar", "records": 1000, "seconds": 1e4, "bytes": 1 << 28}
+              for i in range(-(-n_files // 1000))]
+    manifest = os.path.join(folder, "manifest")
+    os.makedirs(manifest)
+    with open(os.path.join(manifest, MANIFEST_NAME), "w") as handle:
+        json.dump({"format": MANIFEST_FORMAT, "shards": shards}, handle)
+    start = time.perf_counter()
+    records = ShardStreamDataset(manifest, rank=0, world_size=1).num_files
+    load = time.perf_counter() - start
+    return [(f"AudioFolderDataset scan, {listed} files in 100 folders", f"{scan * 1e3:9.1f}", "per rank, at start"),
+            (f"shard manifest, {records} records in {len(shards)} shards", f"{load * 1e3:9.1f}",
+             f"{scan / max(load, 1e-9):.0f}x faster")]
 
 
 def bench_frontend(waves: torch.Tensor, cfg: MelConfig, budget_s: float) -> list[tuple[str, str, str]]:
@@ -147,10 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--files", type=int, default=4, help="generated files per format")
     parser.add_argument("--batch", type=int, default=16, help="clips per front-end batch on CPU")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--list-files", type=int, default=20000, help="files in the listing benchmark's tree")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
         args.file_seconds, args.files, args.batch, args.budget, args.clip_seconds = 6.0, 2, 2, 0.05, 2.56
+        args.list_files = 1000
 
     cfg = MelConfig()
     clip_samples = cfg.num_samples(cfg.num_frames(round(args.clip_seconds * cfg.sample_rate)))
@@ -158,13 +229,15 @@ def main(argv: list[str] | None = None) -> None:
     warnings.simplefilter("ignore", AudioSkipWarning)
     with tempfile.TemporaryDirectory() as tmp:
         folders = {args.folder: args.folder} if args.folder else write_test_files(tmp, args.files, args.file_seconds)
-        decode_rows = bench_decode(folders, clip_samples, args.budget)
+        decode_rows = bench_decode(folders, clip_samples, args.budget, shard_root=os.path.join(tmp, "shards"))
+        listing_rows = bench_listing(os.path.join(tmp, "listing"), args.list_files)
         first = AudioFolderDataset(next(iter(folders.values())), clip_samples=clip_samples)
         waves = collate_audio([first[(i % len(first), i)] for i in range(args.batch)])["audio"]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU core(s), clips of {clip_samples} samples "
           f"({clip_samples / cfg.sample_rate:.2f} s at 16 kHz) -> {cfg.num_frames(clip_samples)} x {cfg.n_mels} mel")
     print_table("Decode + random crop + resample to 16 kHz, one worker process",
                 ("source", "clips/s", "x real time"), decode_rows)
+    print_table("Listing the training data", ("what", "ms", "notes"), listing_rows)
     print_table(f"Log-mel front end (n_fft {cfg.n_fft}, hop {cfg.hop_length}, {cfg.n_mels} mels)",
                 ("implementation", "ms/clip", "notes"), bench_frontend(waves, cfg, args.budget))
 

@@ -28,6 +28,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -149,11 +150,23 @@ class AudioFile:
             wave = f.read(16000, offset=n // 2, num_samples=16000)  # (16000,)
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, fileobj: BinaryIO | None = None,
+                 segment: tuple[int, int] | None = None) -> None:
+        """Open ``path`` (or decode ``fileobj``, e.g. a ``BytesIO`` of a shard record, named ``path``).
+
+        ``segment=(start, frames)`` restricts the file to source frames ``[start, start + frames)``
+        (a Lhotse cut of a longer recording): ``info.frames`` is then ``frames`` and every offset is
+        relative to ``start``. A segment that does not fit in the file is an :class:`AudioDecodeError`.
+        """
         self.path = str(path)
+        self._start = 0
+        #: ``(first frame, frames)`` in the file when opened with a segment, else None.
+        self.segment: tuple[int, int] | None = None
         try:
-            self._file = sf.SoundFile(self.path)
+            self._file = sf.SoundFile(fileobj if fileobj is not None else self.path)
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
+            if fileobj is not None:
+                raise AudioDecodeError(self.path, f"cannot open as audio ({_describe(err)})") from err
             # libsndfile reports a missing file as "System error."; say what it is (the message starts
             # with the path: "<path>: cannot open: file not found").
             if not os.path.exists(self.path):
@@ -175,6 +188,20 @@ class AudioFile:
         if self.info.sample_rate <= 0:
             self.close()
             raise AudioDecodeError(self.path, f"invalid sample rate {self.info.sample_rate} in header")
+        if segment is not None:
+            start, frames = int(segment[0]), int(segment[1])
+            if start < 0 or frames <= 0 or start + frames > self.info.frames + _SHORT_READ_TOLERANCE:
+                self.close()
+                raise AudioDecodeError(self.path, f"segment of {frames} frames from frame {start} does not fit "
+                                                  f"in the file's {self.info.frames} frames")
+            frames = min(frames, self.info.frames - start)
+            if frames <= 0:
+                self.close()
+                raise AudioDecodeError(self.path, f"segment from frame {start} starts after the end of the file")
+            self._start = start
+            self.segment = (start, frames)
+            self.info = AudioInfo(self.path, self.info.sample_rate, frames, self.info.channels, self.info.format,
+                                  self.info.subtype)
 
     def __enter__(self) -> AudioFile:
         return self
@@ -242,7 +269,7 @@ class AudioFile:
         total = self.info.num_samples(sr_out)
         resampler = StreamResampler(sr_in, sr_out)
         emitted = read = 0
-        self._file.seek(0)
+        self._file.seek(self._start)
         while True:
             want = min(block_frames, self.info.frames - read)
             data = self._read_block(read, want) if want > 0 else np.zeros(0, dtype=np.float32)
@@ -277,8 +304,8 @@ class AudioFile:
         """Source frames ``[start, stop)`` mixed to mono: ``(stop - start,)`` float32 or shorter."""
         f = self._file
         try:
-            if start:
-                f.seek(start)
+            if start or self._start:
+                f.seek(self._start + start)
             data = f.read(stop - start, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as err:
             raise AudioDecodeError(self.path, f"decoding failed at frame {start} ({_describe(err)})") from err

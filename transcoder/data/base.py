@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from transcoder.data.audio_io import AudioDecodeError, AudioFile, audio_info
+from transcoder.data.audio_io import AudioDecodeError, AudioFile
 from transcoder.data.listing import StringColumn, load_list_cache, save_list_cache
 
 __all__ = ["AudioClipDataset", "AudioDataError", "AudioSkipWarning", "collate_audio"]
@@ -97,6 +97,9 @@ class AudioClipDataset(Dataset):
 
     #: Metadata columns a subclass lists for each file (see :meth:`metadata`).
     metadata_keys: tuple[str, ...] = ()
+    #: Columns a subclass lists in :meth:`_scan` for its own use (e.g. a segment's first frame): kept per
+    #: file like metadata (read them with :meth:`_column`) but not added to items.
+    hidden_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -128,7 +131,7 @@ class AudioClipDataset(Dataset):
             raise FileNotFoundError(f"{name}: no audio files found under '{self.root}'. {self.layout_help()}")
         self._paths = StringColumn(columns["path"])
         self._meta: dict[str, Any] = {}
-        for key in self.metadata_keys:
+        for key in (*self.metadata_keys, *self.hidden_keys):
             values = columns[key]
             self._meta[key] = (np.asarray(values, dtype=np.int64) if values and isinstance(values[0], int)
                                else StringColumn(values))
@@ -162,6 +165,19 @@ class AudioClipDataset(Dataset):
     def path(self, file_index: int) -> str:
         """Absolute path of file ``file_index`` (in the sorted order every DDP rank shares)."""
         return os.path.join(self.root, self._paths[file_index])
+
+    def open_audio(self, file_index: int) -> AudioFile:
+        """Open file ``file_index`` for decoding (:class:`AudioDecodeError` if unusable).
+
+        Subclasses whose items are not whole files on disk (a segment of a recording, a record inside
+        a shard) override this; everything that decodes goes through it.
+        """
+        return AudioFile(self.path(file_index))
+
+    def source_bytes(self, file_index: int) -> bytes:
+        """The stored (still compressed) bytes behind file ``file_index``, for copying into shards."""
+        with open(self.path(file_index), "rb") as handle:
+            return handle.read()
 
     @property
     def skipped_files(self) -> list[str]:
@@ -244,13 +260,14 @@ class AudioClipDataset(Dataset):
             warnings.warn(message, AudioSkipWarning, stacklevel=3)
             _log_to_run_files(message)
 
+    def _column(self, key: str, file_index: int) -> Any:
+        """Value of column ``key`` (a metadata or hidden key) for file ``file_index``."""
+        value = self._meta[key][file_index]
+        return int(value) if isinstance(value, np.integer) else value
+
     def metadata(self, file_index: int) -> dict[str, Any]:
         """The subclass's metadata of file ``file_index`` (an item's ``"file_index"``), e.g. its transcript."""
-        out: dict[str, Any] = {}
-        for key, column in self._meta.items():
-            value = column[file_index]
-            out[key] = int(value) if isinstance(value, np.integer) else value
-        return out
+        return {key: self._column(key, file_index) for key in self.metadata_keys}
 
     def _locate(self, index: int) -> tuple[int, int | None]:
         """``(file index, eval window or None)`` of item ``index`` (in ``[0, len)``)."""
@@ -267,7 +284,7 @@ class AudioClipDataset(Dataset):
         if path in self._unopenable:
             raise AudioDecodeError(path, self._unopenable[path])
         try:
-            f = AudioFile(path)
+            f = self.open_audio(file_index)
         except AudioDecodeError as err:
             self._unopenable[path] = err.reason
             raise
@@ -304,9 +321,9 @@ class AudioClipDataset(Dataset):
         if self._window_ends is None:
             counts = np.zeros(self.num_files, dtype=np.int64)
             for i in range(self.num_files):
-                path = self.path(i)
                 try:
-                    total = audio_info(path).num_samples(self.sample_rate)
+                    with self.open_audio(i) as f:
+                        total = f.info.num_samples(self.sample_rate)
                 except AudioDecodeError as err:
                     self._unopenable[err.path] = err.reason
                     self._record_failure(err.path, err.reason)

@@ -66,6 +66,26 @@ def build_loader(dataset: Any, sampler: Any, batch_size: int, *, workers: int, d
     )
 
 
+class ObservedIterator:
+    """Hands every batch of ``iterator`` to ``observe`` (which returns the batch to use) before yielding it;
+    used for a streaming dataset that must see which batches training consumed (its resume position)."""
+
+    def __init__(self, iterator: Any, observe: Any) -> None:
+        self._iterator = iterator
+        self._observe = observe
+
+    def __iter__(self) -> ObservedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self._observe(next(self._iterator))
+
+    def _shutdown_workers(self) -> None:
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def worker_init(_worker_id: int, parent_pid: int | None = None) -> None:
     # Loader workers only decode and crop: one thread each avoids oversubscribing the cores.
     torch.set_num_threads(1)

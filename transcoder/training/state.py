@@ -59,7 +59,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every rank's RNG state, in rank order (a collective: call it on all ranks)."""
-    local = capture_rng_state()
+    return gather_from_ranks(capture_rng_state())
+
+
+def gather_from_ranks(local: Any) -> list[Any]:
+    """Every rank's ``local`` (picklable plain data), in rank order (a collective: call it on all ranks)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [local]
     gathered: list[Any] = [None] * dist.get_world_size()
@@ -68,7 +72,10 @@ def gather_rng_states() -> list[dict[str, Any]]:
 
 
 def file_list_fingerprint(dataset: Any) -> dict[str, Any]:
-    """Number of files and a hash of their relative paths in dataset order (no file is opened)."""
+    """Number of files and a hash of their relative paths in dataset order (no file is opened); a dataset
+    with a ``fingerprint()`` method (e.g. a shard stream) gives its own."""
+    if callable(getattr(dataset, "fingerprint", None)):
+        return dataset.fingerprint()
     count = int(getattr(dataset, "num_files", len(dataset)))
     digest = hashlib.sha1()
     if hasattr(dataset, "path"):

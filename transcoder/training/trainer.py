@@ -12,20 +12,21 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from transcoder.audio import MelConfig
 from transcoder.data import build_dataset
 from transcoder.tasks import Task, build_task
 from transcoder.training.config import ConfigError, save_config
-from transcoder.training.loader import build_loader
+from transcoder.training.loader import ObservedIterator, build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
 from transcoder.training.run_dir import RunLock, config_differences, load_resumable, remove_stale_temporaries
 from transcoder.training.sampler import ResumableTrainSampler
 from transcoder.training.state import (
     TrainState,
     file_list_fingerprint,
+    gather_from_ranks,
     gather_rng_states,
     restore_rng_state,
     seed_everything,
@@ -121,7 +122,7 @@ class Trainer:
         n_params = sum(p.numel() for part in self.parts.values() for p in part.model.parameters())
         self.logger.info("%s | %.2fM parameters, %s, precision %s, world size %d, %d training files%s",
                          self.task.describe(self.step_state), n_params / 1e6, self.device,
-                         str(self.precision).replace("torch.", ""), env.world_size, len(self.train_dataset),
+                         str(self.precision).replace("torch.", ""), env.world_size, self.train_files["count"],
                          f", resumed from {self.resumed_from} at step {self.state.step}"
                          if self.resumed_from else "")
 
@@ -188,6 +189,7 @@ class Trainer:
             "train_files": self.train_files,
             "config": self.config,
             "mel": self.mel_config.to_dict(),
+            **self._stream_checkpoint(),
         }
 
     def _sync_skipped_files(self) -> None:
@@ -245,6 +247,7 @@ class Trainer:
                 load_weights_strict(part.ema.module, checkpoint["ema"][name], f"checkpoint {path}, EMA of {name!r}")
             part.load_training_state(checkpoint["optim"][name])
         self.step_state.counters = TrainState.from_dict(checkpoint["state"])
+        self._restore_stream(checkpoint)
         self._resumed_train_files = checkpoint.get("train_files")
         if checkpoint.get("world_size") == self.env.world_size:
             restore_rng_state(checkpoint["rng"][self.env.rank])
@@ -254,6 +257,30 @@ class Trainer:
                           stacklevel=2)
         self.resumed_from = path
 
+    # -- streaming training data: an IterableDataset with state_dict()/load_state_dict() -----
+    # It replaces ResumableTrainSampler: it splits the data over ranks and workers itself, sees each
+    # consumed batch (observe), and its per-rank position is gathered into the checkpoint ("data_state").
+    @property
+    def _streaming(self) -> bool:
+        dataset = self.train_dataset
+        return isinstance(dataset, IterableDataset) and all(
+            callable(getattr(dataset, name, None)) for name in ("state_dict", "load_state_dict", "observe"))
+
+    def _stream_batches(self, batch_size: int) -> ObservedIterator:
+        return ObservedIterator(iter(self._loader(self.train_dataset, None, batch_size, train=True)),
+                                self.train_dataset.observe)
+
+    def _stream_checkpoint(self) -> dict[str, Any]:
+        """``{"data_state": [state of rank 0, rank 1, ...]}`` (a collective), or ``{}`` for map-style data."""
+        return {"data_state": gather_from_ranks(self.train_dataset.state_dict())} if self._streaming else {}
+
+    def _restore_stream(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("data_state")
+        if not self._streaming or states is None:
+            return
+        # Another world size: the dataset sees it in the state, warns and starts a new pass.
+        self.train_dataset.load_state_dict(states[self.env.rank] if len(states) == self.env.world_size else states[0])
+
     # -- the loop --------------------------------------------------------------------------
     def fit(self, stop_at_step: int | None = None) -> TrainState:
         """Train to ``training.max_steps`` (or stop early at ``stop_at_step`` with a checkpoint, leaving
@@ -261,9 +288,14 @@ class Trainer:
         max_steps = int(self.train_cfg["max_steps"])
         end_step = min(max_steps, stop_at_step) if stop_at_step is not None else max_steps
         batch_size = int(self.data_cfg["batch_size"])
-        sampler = ResumableTrainSampler(len(self.train_dataset), rank=self.env.rank, world_size=self.env.world_size,
-                                        seed=int(self.train_cfg["seed"]), start=self.state.step * batch_size)
-        loader = iter(self._loader(self.train_dataset, sampler, batch_size, train=True))
+        if self._streaming:
+            sampler = self.train_dataset  # gives the epoch (pass) for logging
+            loader = self._stream_batches(batch_size)
+        else:
+            sampler = ResumableTrainSampler(len(self.train_dataset), rank=self.env.rank,
+                                            world_size=self.env.world_size, seed=int(self.train_cfg["seed"]),
+                                            start=self.state.step * batch_size)
+            loader = iter(self._loader(self.train_dataset, sampler, batch_size, train=True))
         monitor = Monitor(self.output_dir, self.env.is_main, max_steps, self.state.step)
         self._fit_start = time.perf_counter()
         previous_handlers = self._install_signal_handlers()
@@ -286,9 +318,10 @@ class Trainer:
         if self._lock is not None:
             self._lock.release()
 
-    def _loop(self, loader: Any, sampler: ResumableTrainSampler, monitor: Monitor, end_step: int, max_steps: int,
+    def _loop(self, loader: Any, sampler: Any, monitor: Monitor, end_step: int, max_steps: int,
               batch_size: int) -> None:
-        """Steps until ``end_step``; logging, media, validation and checkpoints on their schedules."""
+        """Steps until ``end_step``; logging, media, validation and checkpoints on their schedules
+        (``sampler.epoch_at(position)`` gives the logged epoch: the sampler, or a streaming dataset)."""
         cfg = self.train_cfg
         window = LogWindow()
         while self.state.step < end_step:
