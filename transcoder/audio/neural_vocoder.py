@@ -55,9 +55,10 @@ class NeuralVocoder(nn.Module):
 
     def __init__(self, generator: nn.Module, mel_config: MelConfig, name: str = "<module>") -> None:
         super().__init__()
-        self.generator = generator.eval()
+        self.generator = generator
         self.mel_config = mel_config
         self.name = name
+        self.eval()
 
     @property
     def sample_rate(self) -> int:

@@ -35,7 +35,7 @@ from transcoder.audio.neural_vocoder import mel_differences
 from transcoder.losses.vocoder import VocoderLoss
 from transcoder.models.discriminators import DiscriminatorOutput
 from transcoder.tasks.base import Task
-from transcoder.training.config import ConfigError, instantiate
+from transcoder.training.config import ConfigError, get_obj_from_str, instantiate
 from transcoder.utils.distributed import all_reduce_sum
 
 if TYPE_CHECKING:
@@ -128,6 +128,10 @@ class VocoderTask(Task):
         ``tokenizer_checkpoint`` is checked against the data block's mel settings."""
         mel_config = MelConfig.from_dict(config["data"], strict=False)
         config["model"] = derive_generator_spec(config["model"], mel_config)
+        loss_cls = get_obj_from_str(config["loss"]["target"])
+        if not (isinstance(loss_cls, type) and issubclass(loss_cls, VocoderLoss)):
+            raise ConfigError(f"loss.target={config['loss']['target']}: the vocoder task needs "
+                              "transcoder.losses.VocoderLoss (or a subclass)")
         loss_params = config["loss"]["params"]
         given = loss_params.setdefault("sample_rate", mel_config.sample_rate)
         if given != mel_config.sample_rate:
