@@ -295,7 +295,9 @@ def test_clis_accept_vocoder(tokenizer_ckpt: Path, vocoder_ckpt: Path, tmp_path:
     assert set(results["audio"]) == {"recon", "ceiling", "vocoder_recon", "vocoder_ceiling"}
     assert results["windows"] == 2  # the second window is short: STOI needs more valid audio than it has
     assert results["audio"]["vocoder_ceiling"]["stoi_clips"] == results["audio"]["ceiling"]["stoi_clips"] == 1
-    assert {"vocoder_pesq", "vocoder_ceiling_stoi", "ceiling_pesq", "pesq"} <= set(results["per_clip"][0])
+    assert {"vocoder_pesq", "vocoder_ceiling_stoi", "ceiling_pesq", "pesq", "vocoder_ceiling_mel_mae_db",
+            "ceiling_mel_mae_db"} <= set(results["per_clip"][0])
+    assert 0 < results["audio"]["ceiling"]["mel_mae_db"] < results["audio"]["vocoder_ceiling"]["mel_mae_db"]
     assert len(list((out / "examples").glob("*_vocoder_*.wav"))) == 2
 
     codes = tmp_path / "codes"
@@ -322,3 +324,17 @@ def test_train_vocoder_script_checks_the_task(tmp_path: Path, capsys: pytest.Cap
                         "training.max_steps=2"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").is_file()
 
+
+
+def test_benchmark_script_reports_both_phases_and_rtf(tmp_path: Path) -> None:
+    from test_tokenize import _load_script
+
+    out = tmp_path / "bench.json"
+    script = _load_script("benchmark_vocoder")
+    assert script.main([str(DEMO), "--steps", "1", "--warmup", "0", "--device", "cpu", "--batch-size", "2",
+                        "--infer-seconds", "0.5", "--json", str(out), *TINY]) == 0
+    results = json.loads(out.read_text())
+    assert results["segment_seconds"] == pytest.approx(0.2)
+    assert results["warmup_segments_per_second"] > 0 and results["adversarial_segments_per_second"] > 0
+    assert results["adversarial_step_ms"] > results["warmup_step_ms"]  # the discriminators cost time
+    assert results["inference_rtf"] > 0

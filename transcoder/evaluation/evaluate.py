@@ -13,7 +13,8 @@ last window of a file zero-padded). Spectrogram errors and code usage follow
 :class:`~transcoder.evaluation.reconstruction.ReconstructionMetrics` (valid frames and the token rows
 covering them only; the same class computes the trainer's validation). Audio metrics (PESQ-WB, STOI,
 SI-SNR) compare Griffin-Lim renderings with the original waveform, for the reconstruction AND for the
-input mel itself (the vocoder ceiling); a tokenizer with a neural vocoder
+input mel itself (the vocoder ceiling), with the dB MAE between each rendering's log-mel and the input
+mel (``mel_mae_db``: how faithfully the renderer reproduces the spectrogram); a tokenizer with a neural vocoder
 (``load_tokenizer(ckpt, vocoder=...)``) is also scored with it, side by side, with its own ceiling.
 Window ``i`` is rendered alone with phase seed ``seed + i``, so its scores do not depend on the batch
 size. Griffin-Lim's phase is random, so its SI-SNR is reported but is not a meaningful quality measure
@@ -213,7 +214,8 @@ def evaluate_tokenizer(
     # Sides: Griffin-Lim of the reconstruction / of the input mel (its ceiling); with a neural vocoder also
     # the vocoder's two renderings.
     sides = ["recon", "ceiling"] + (["vocoder_recon", "vocoder_ceiling"] if tok.neural_vocoder is not None else [])
-    audio = {f"{side}_{metric}": MeanAccumulator() for side in sides for metric in ("pesq", "stoi", "si_snr")}
+    metrics = ("pesq", "stoi", "si_snr", "mel_mae_db")
+    audio = {f"{side}_{metric}": MeanAccumulator() for side in sides for metric in metrics}
     per_clip: list[dict[str, Any]] = []
     files: set[str] = set()
     skipped: list[str] = []
@@ -277,6 +279,15 @@ def evaluate_tokenizer(
                         snr = si_snr(estimate, r).item()
                         audio[f"{side}_si_snr"].add(snr)
                         clip[_clip_key(side, "si_snr")] = snr
+                        # How far the rendering's own log-mel is from the input mel (dB, valid frames).
+                        frames = n_valid // tok.hop_length
+                        if frames > 0:
+                            with torch.inference_mode():
+                                rendered = tok.frontend(estimate[: frames * tok.hop_length])
+                                rendered_db = tok.frontend.model_to_db(rendered)
+                            mae = spectrogram_mae_db(rendered_db, input_db[b, :frames].cpu()).item()
+                            audio[f"{side}_mel_mae_db"].add(mae)
+                            clip[_clip_key(side, "mel_mae_db")] = mae
                         jobs.append((r.numpy(), estimate.numpy()))
                 if saved < num_audio and out_dir is not None:
                     save_examples(out_dir / "examples", saved, tok, {
@@ -336,7 +347,7 @@ def evaluate_tokenizer(
     }
     if audio_metrics:
         results["audio"] = {
-            side: {metric: audio[f"{side}_{metric}"].value for metric in ("pesq", "stoi", "si_snr")}
+            side: {metric: audio[f"{side}_{metric}"].value for metric in metrics}
             | {f"{metric}_clips": audio[f"{side}_{metric}"].count for metric in ("pesq", "stoi")}
             | {f"{metric}_skipped": audio[f"{side}_{metric}"].skipped for metric in ("pesq", "stoi")}
             for side in sides
@@ -374,9 +385,12 @@ def format_table(results: dict[str, Any]) -> str:
         for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI")):
             lines.append(f"{label:<28}{a['recon'][key]:>16.3f}{a['ceiling'][key]:>20.3f}")
         lines += ["  Griffin-Lim phase is random, so SI-SNR (phase-sensitive) is not meaningful here:",
-                  f"{'  SI-SNR (dB, not meaningful)':<28}{a['recon']['si_snr']:>16.3f}{a['ceiling']['si_snr']:>20.3f}"]
+                  f"{'  SI-SNR (dB, not meaningful)':<28}{a['recon']['si_snr']:>16.3f}{a['ceiling']['si_snr']:>20.3f}",
+                  f"{'  mel MAE vs input (dB)':<28}{a['recon']['mel_mae_db']:>16.3f}"
+                  f"{a['ceiling']['mel_mae_db']:>20.3f}"]
         if "vocoder_recon" in a:
             lines += ["", f"{'audio (neural vocoder)':<28}{'reconstruction':>16}{'voc(input) ceiling':>20}"]
-            for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI"), ("si_snr", "  SI-SNR (dB)")):
+            for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI"), ("si_snr", "  SI-SNR (dB)"),
+                               ("mel_mae_db", "  mel MAE vs input (dB)")):
                 lines.append(f"{label:<28}{a['vocoder_recon'][key]:>16.3f}{a['vocoder_ceiling'][key]:>20.3f}")
     return "\n".join(lines)
