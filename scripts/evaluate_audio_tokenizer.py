@@ -8,7 +8,9 @@ The data are cut into non-overlapping windows of the model's length (eval mode o
 last window of a file zero-padded). Per window: mel MSE / MAE in dB and L1 in model space over the
 unpadded frames; codebook usage over the token rows covering them. Audio metrics (PESQ-WB, STOI,
 SI-SNR) compare Griffin-Lim renderings with the original waveform, for the reconstruction AND for the
-input mel itself (the vocoder ceiling: what a perfect tokenizer would score with this vocoder).
+input mel itself (the vocoder ceiling: what a perfect tokenizer would score with this vocoder). With
+``--vocoder CKPT`` a neural vocoder (scripts/train_vocoder.py, same mel settings) is scored the same way,
+side by side with Griffin-Lim.
 Window ``i`` of the dataset is rendered alone with phase seed ``--seed + i``, so its scores do not
 depend on --batch-size. Griffin-Lim's phase is random, so SI-SNR (phase-sensitive) is reported in
 metrics.json but is not a meaningful quality measure here; PESQ and STOI are.
@@ -42,7 +44,7 @@ __all__ = ["evaluate", "format_table", "main", "parse_args"]
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Load the checkpoint and the dataset the flags name and run :func:`evaluate_tokenizer`."""
     tok = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema, batch_size=args.batch_size,
-                         vocoder_kwargs={"n_iter": args.gl_iters})
+                         vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder)
     spec = dataset_spec(tok.checkpoint_config, args.audio_dir, args.data_config, args.split)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     print(f"{tok!r}, weights={tok.weights}, single process; dataset {spec['target']} "
@@ -71,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--audio-metrics", action=argparse.BooleanOptionalAction, default=True,
                         help="Griffin-Lim + PESQ / STOI / SI-SNR (default: yes; --no-audio-metrics is much faster)")
     parser.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
+    parser.add_argument("--vocoder", default=None, metavar="CKPT",
+                        help="also render with this neural vocoder checkpoint (scripts/train_vocoder.py) and report "
+                             "it beside Griffin-Lim, each with its true-mel ceiling")
     parser.add_argument("--seed", type=int, default=0, help="Griffin-Lim initial phase seed")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding audio")
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         results = evaluate(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointError is a RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(results))

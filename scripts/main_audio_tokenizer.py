@@ -19,114 +19,13 @@ destroyed, so a failing rank never lingers. Under torchrun a rank whose peer die
 collective after ``$TRANSCODER_DIST_TIMEOUT_S`` seconds (default 1800).
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-import traceback
-from pathlib import Path
 
-from transcoder.data import AudioDataError
-from transcoder.training.config import ConfigError, load_config
-from transcoder.training.loader import shutdown_loaders
-from transcoder.training.run_dir import RunLockedError
-from transcoder.training.trainer import NonFiniteLossError, Trainer
-from transcoder.utils.checkpoint import CheckpointError
-from transcoder.utils.distributed import cleanup_distributed, init_distributed
-
-#: Raised while building from the config: a bad value, a missing file or folder (exit code 2).
-BUILD_ERRORS = (ConfigError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, RunLockedError)
-#: Known ways a run fails that a traceback would not explain better than the message (exit code 1).
-RUN_ERRORS = (AudioDataError, NonFiniteLossError, OSError, CheckpointError)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config (model / loss / data / optimizer / training)")
-    parser.add_argument("--output-dir", required=True, help="run folder; an existing run there is resumed")
-    parser.add_argument("--resume", default=None,
-                        help="resume from this checkpoint instead of OUTPUT_DIR's newest readable one")
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="resume even if the config differs from the checkpoint's in settings that change "
-                             "results (by default that is refused, listing the differences)")
-    parser.add_argument("--stop-at-step", type=int, default=None,
-                        help="save and stop at this step without changing the schedule (resume later)")
-    parser.add_argument("--validate-only", action="store_true",
-                        help="load the checkpoint (as when resuming), run validation on every rank, write "
-                             "OUTPUT_DIR/validation_step_N.json and exit")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    parser.add_argument("overrides", nargs="*", help="config overrides KEY.SUB=VALUE")
-    return parser.parse_intermixed_args(argv)
-
-
-def one_line(err: BaseException) -> str:
-    """``err`` as one line: the message of an exception re-raised from a DataLoader worker (whose text
-    is the worker's whole traceback) is its last line; other messages have their lines joined."""
-    text = str(err).strip()
-    if text.startswith("Caught ") and "Original Traceback" in text:
-        text = text.splitlines()[-1].strip()
-        name, sep, message = text.partition(": ")
-        if sep and name.rpartition(".")[2] == type(err).__name__:
-            text = message
-    if isinstance(err, OSError) and err.filename is not None and err.strerror:
-        text = f"{err.strerror}: {err.filename}"
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return text or type(err).__name__
-
-
-def report(err: BaseException, exit_code: int, *, with_traceback: bool = False) -> int:
-    """Print ``error: ...`` as the last stderr line (after the traceback if asked), write it to the
-    run's ``train.log`` when one is open, and return ``exit_code``."""
-    plain = exit_code == 2 or isinstance(err, AudioDataError | NonFiniteLossError | CheckpointError)  # says it all
-    kind = "" if plain else f"{type(err).__name__}: "
-    line = f"error: {kind}{one_line(err)}"
-    trace = "".join(traceback.format_exception(err)) if with_traceback else ""
-    logger = logging.getLogger("transcoder")  # the run's logger (training.monitor.setup_text_logger)
-    for handler in logger.handlers:
-        if isinstance(handler, logging.FileHandler):
-            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, (trace + line).rstrip(), (), None)
-            handler.handle(record)
-    if trace:
-        print(trace, end="", file=sys.stderr)
-    print(line, file=sys.stderr, flush=True)
-    return exit_code
+from transcoder.training.cli import one_line, report, run  # noqa: F401 - one_line / report: the script's API
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-    except BUILD_ERRORS as err:
-        return report(err, 2)
-    try:
-        try:
-            env = init_distributed(args.device)
-            trainer = Trainer(config, Path(args.output_dir), env, resume=args.resume,
-                              allow_config_change=args.allow_config_change)
-        except BUILD_ERRORS as err:
-            return report(err, 2)
-        if args.validate_only:
-            trainer.validate_to_file()
-        else:
-            trainer.fit(stop_at_step=args.stop_at_step)
-        return 0
-    except SystemExit as stop:  # the trainer's signal handling: checkpoint saved, exit 128 + signal
-        return stop.code if isinstance(stop.code, int) else 1
-    except KeyboardInterrupt as err:
-        return report(err, 130)
-    except RUN_ERRORS as err:
-        return report(err, 1)
-    except BaseException as err:  # noqa: BLE001 - every failure must end the process, workers included
-        return report(err, 1, with_traceback=True)
-    finally:
-        # Stop the loader workers first: they ignore SIGTERM, and a worker still alive at interpreter exit
-        # would be joined forever. Then leave the process group, so no peer waits on this rank.
-        shutdown_loaders()
-        try:
-            cleanup_distributed()
-        except Exception as err:  # noqa: BLE001 - a broken group must not turn an exit into a hang/crash
-            print(f"warning: could not destroy the process group: {one_line(err)}", file=sys.stderr)
+    return run(argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ per audio file, mirroring the folder tree, plus ``manifest.json``::
 
     python scripts/tokenize_audio.py encode --checkpoint CKPT.pt INPUT_FILE_OR_DIR OUTPUT_DIR
 
-Decode a folder written by ``encode`` (or one ``.npy`` inside it) to WAV via Griffin-Lim, or to
-mel ``.npy`` files ``(frames, n_mels)`` with ``--mel``::
+Decode a folder written by ``encode`` (or one ``.npy`` inside it) to WAV via Griffin-Lim (or a neural
+vocoder trained by scripts/train_vocoder.py with ``--vocoder VOCODER.pt``), or to mel ``.npy`` files
+``(frames, n_mels)`` with ``--mel``::
 
-    python scripts/tokenize_audio.py decode --checkpoint CKPT.pt CODES_DIR_OR_NPY OUTPUT_DIR [--mel]
+    python scripts/tokenize_audio.py decode --checkpoint CKPT.pt CODES_DIR_OR_NPY OUTPUT_DIR [--mel] [--vocoder V.pt]
 
 The format (versioned; older unversioned manifests still read) and its checks live in
 :mod:`transcoder.codes`; decoding validates every file against the manifest and the checkpoint.
@@ -267,7 +268,7 @@ def decode(args: argparse.Namespace) -> int:
         return 2
     tokenizer = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema,
                                batch_size=args.batch_size,
-                               vocoder_kwargs={"n_iter": args.gl_iters})
+                               vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder)
     if manifest is not None:
         other = check_manifest_model(manifest, tokenizer.codes_spec, manifest_path, tokenizer.checkpoint_sha256)
         if other and not args.force:
@@ -323,7 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="processes decoding audio files")
     common(enc)
 
-    dec = sub.add_parser("decode", help=".npy codes -> WAV (Griffin-Lim) or mel .npy")
+    dec = sub.add_parser("decode", help=".npy codes -> WAV (Griffin-Lim or --vocoder) or mel .npy")
     dec.add_argument("input", help="a folder written by encode, a sub-folder of it, or one .npy")
     dec.add_argument("output", help="output folder")
     dec.add_argument("--manifest", default=None, help="manifest.json (default: searched upwards from the input)")
@@ -331,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dec.add_argument("--mel-space", choices=["model", "db", "power"], default="db",
                      help="scale of --mel output: model space [-1, 1], dB, or power (default: db)")
     dec.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
+    dec.add_argument("--vocoder", default=None, metavar="CKPT",
+                     help="render with this neural vocoder checkpoint (scripts/train_vocoder.py; same mel "
+                          "settings as the tokenizer) instead of Griffin-Lim")
     dec.add_argument("--seed", type=int, default=0, help="Griffin-Lim initial phase seed")
     dec.add_argument("--force", action="store_true", help="decode codes made by a different checkpoint file")
     common(dec)

@@ -19,7 +19,9 @@ on the whole decoded signal (also when the file is resampled: soxr's stream equa
 
 Decoding decodes whole windows: a trailing partial window of codes is completed with the codes of a
 silent window (what the encoder saw as padding) so its tokens sit at the positions they were encoded
-at. :meth:`AudioTokenizer.decode_codes` renders the whole mel with Griffin-Lim at once;
+at. Audio is rendered with Griffin-Lim, or with a neural vocoder trained by this repository when one
+is given (``load_tokenizer(ckpt, vocoder="vocoder.pt")``, :mod:`transcoder.audio.neural_vocoder`; its
+mel settings must equal the tokenizer's). :meth:`AudioTokenizer.decode_codes` renders the whole mel at once;
 :meth:`AudioTokenizer.decode_to_file` / :meth:`~AudioTokenizer.decode_file` stream window by window
 into a WAV (see :mod:`transcoder.audio.stream_render`; not sample-equal to the one-shot render).
 """
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 
 from transcoder.audio.griffin_lim import GriffinLimVocoder
 from transcoder.audio.mel import LogMelFrontend, MelConfig
+from transcoder.audio.neural_vocoder import NeuralVocoder, load_vocoder
 from transcoder.audio.stream_render import WindowedRenderer
 from transcoder.audio.windows import WindowSegmenter, segments_of
 from transcoder.codes import CodesFile, CodesSpec, codes_dtype
@@ -114,7 +117,7 @@ class EncodedAudio:
 
 
 class AudioTokenizer:
-    """A trained Audio BSQ-ViT model with its front end and a Griffin-Lim vocoder.
+    """A trained Audio BSQ-ViT model with its front end, a Griffin-Lim vocoder and optionally a neural one.
 
     Build with :func:`load_tokenizer`. All ``encode_*`` methods return CPU int64 indices of shape
     ``(n_time_tokens, n_freq_patches)`` (time-major, like ``info["indices"]`` of the model).
@@ -129,6 +132,8 @@ class AudioTokenizer:
         weights: ``"ema"`` or ``"model"``, which weights of the checkpoint were loaded (informative).
         checkpoint_config: the checkpoint's resolved training config (informative).
         checkpoint_step: the training step of the checkpoint (informative).
+        neural_vocoder: renders waveforms instead of Griffin-Lim when given (its mel settings must equal
+            ``mel_config``'s, else ``ValueError`` naming the differing settings).
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class AudioTokenizer:
         weights: str = "model",
         checkpoint_config: dict[str, Any] | None = None,
         checkpoint_step: int | None = None,
+        neural_vocoder: NeuralVocoder | None = None,
     ) -> None:
         self.weights = weights
         self.checkpoint_config = checkpoint_config or {}
@@ -151,6 +157,13 @@ class AudioTokenizer:
         self.mel_config = mel_config
         self.frontend = LogMelFrontend(mel_config).to(self.device)
         self.vocoder = GriffinLimVocoder.from_frontend(self.frontend, **(vocoder_kwargs or {})).to(self.device)
+        if neural_vocoder is not None:
+            if not isinstance(neural_vocoder, NeuralVocoder):
+                raise TypeError(f"neural_vocoder must be a transcoder.audio.neural_vocoder.NeuralVocoder (wrap a "
+                                f"generator as NeuralVocoder(generator, mel_config)), got {type(neural_vocoder)}")
+            neural_vocoder.check_fits(mel_config, f"the tokenizer {checkpoint_path or '<module>'}")
+            neural_vocoder = neural_vocoder.to(self.device).eval()
+        self.neural_vocoder = neural_vocoder
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
@@ -409,14 +422,30 @@ class AudioTokenizer:
             return self.frontend.inverse(mel)
         return mel
 
+    @property
+    def renderer_name(self) -> str:
+        """``"griffin-lim"`` or ``"neural"`` (what :meth:`render` uses)."""
+        return "griffin-lim" if self.neural_vocoder is None else "neural"
+
+    @torch.inference_mode()
+    def render(self, mel: Tensor, length: int | None = None, seed: int | None = 0) -> Tensor:
+        """Model-space mel ``(B, T, n_mels)`` on any device -> waveforms ``(B, length)`` on the device, with the
+        neural vocoder when there is one, else Griffin-Lim (``seed``: its initial phase)."""
+        mel = mel.to(self.device)
+        if self.neural_vocoder is not None:
+            return self.neural_vocoder(mel, length if length is not None else mel.shape[-2] * self.hop_length)
+        return self.vocoder(self.frontend.inverse(mel), length=length, seed=seed)
+
     @torch.inference_mode()
     def mel_to_wave(self, mel: Tensor, num_samples: int | None = None, seed: int | None = 0) -> Tensor:
-        """Model-space mel ``(T, n_mels)`` or ``(B, T, n_mels)`` -> waveform(s) via Griffin-Lim, on the CPU.
+        """Model-space mel ``(T, n_mels)`` or ``(B, T, n_mels)`` -> waveform(s) on the CPU, via the neural
+        vocoder when there is one, else Griffin-Lim.
 
         ``num_samples`` trims (or zero-pads) the output; default ``T * hop_length``.
         """
-        power = self.frontend.inverse(mel.to(self.device))
-        return self.vocoder(power, length=num_samples, seed=seed).cpu()
+        squeeze = mel.ndim == 2
+        wave = self.render(mel.unsqueeze(0) if squeeze else mel, num_samples, seed).cpu()
+        return wave[0] if squeeze else wave
 
     def _check_num_samples(self, num_samples: int | None, rows: int) -> None:
         covered = self.codes_spec.covered_samples(rows)
@@ -455,18 +484,18 @@ class AudioTokenizer:
         windows, rows = self._full_windows(x)
         total = rows * self.patch_size[0] * self.hop_length if num_samples is None else num_samples
 
-        def power_windows() -> Iterator[Tensor]:
+        def model_windows() -> Iterator[Tensor]:
             for chunk in windows.split(self.batch_size):
-                for mel in self._decode_windows(chunk.to(self.device)):
-                    yield self.frontend.inverse(mel)
+                yield from self._decode_windows(chunk.to(self.device))
 
-        renderer = WindowedRenderer(lambda mel, length, s: self.vocoder(mel, length=length, seed=s),
-                                    self.window_frames, self.hop_length, margin=margin_frames, seed=seed)
+        crossfade = "power" if self.neural_vocoder is None else "amplitude"
+        renderer = WindowedRenderer(self.render, self.window_frames, self.hop_length, margin=margin_frames,
+                                    seed=seed, crossfade=crossfade)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         written = 0
         with sf.SoundFile(str(path), "w", samplerate=self.sample_rate, channels=1, subtype=subtype) as out:
-            for block in renderer.blocks(power_windows()):
+            for block in renderer.blocks(model_windows()):
                 block = block[: total - written]
                 out.write(block)
                 written += block.shape[0]
@@ -542,14 +571,20 @@ def load_tokenizer(
     use_ema: bool = True,
     batch_size: int = 16,
     vocoder_kwargs: dict[str, Any] | None = None,
+    vocoder: str | Path | NeuralVocoder | None = None,
 ) -> AudioTokenizer:
     """Load a trainer checkpoint as an :class:`AudioTokenizer` (model in eval mode on ``device``,
     CUDA when available by default), with the front end built from the checkpoint's mel settings.
 
     ``use_ema`` picks the EMA weights when the checkpoint has them (the raw weights otherwise;
-    ``tokenizer.weights`` says which were loaded).
+    ``tokenizer.weights`` says which were loaded). ``vocoder``: a vocoder checkpoint (written by
+    ``scripts/train_vocoder.py``; its EMA weights when present) or a loaded
+    :class:`~transcoder.audio.neural_vocoder.NeuralVocoder` renders waveforms instead of Griffin-Lim;
+    ``ValueError`` naming the settings if its mel settings differ from the tokenizer's.
     """
     model, mel_config, state = load_model_from_checkpoint(checkpoint, use_ema=use_ema)
+    neural = load_vocoder(vocoder, device=None) if isinstance(vocoder, str | Path) else vocoder
     return AudioTokenizer(model, mel_config, device=device, batch_size=batch_size,
                           vocoder_kwargs=vocoder_kwargs, checkpoint_path=checkpoint, weights=state["weights"],
-                          checkpoint_config=state["config"], checkpoint_step=state.get("step"))
+                          checkpoint_config=state["config"], checkpoint_step=state.get("step"),
+                          neural_vocoder=neural)

@@ -7,7 +7,10 @@ consecutive renderings with an equal-power (sine / cosine) crossfade over ``2 * 
 centred on the border. The phases of two renderings are independent, so equal power (not equal
 amplitude) keeps the loudness steady across a border. The result is NOT sample-equal to rendering
 the whole spectrogram at once (Griffin-Lim's phase differs); it is deterministic for a given seed
-(window ``k`` uses ``seed + k``).
+(window ``k`` uses ``seed + k``). A neural vocoder renders the shared frames of two neighbours nearly
+identically (same phase), so for it the crossfade is equal-amplitude (``crossfade="amplitude"``:
+sin² / cos² gains summing to one) -- an equal-power fade of two coherent renderings would be up to 3 dB
+too loud at the border.
 """
 
 from __future__ import annotations
@@ -23,18 +26,23 @@ __all__ = ["WindowedRenderer"]
 
 
 class WindowedRenderer:
-    """Turn a stream of power-mel windows ``(W, n_mels)`` into consecutive waveform blocks.
+    """Turn a stream of mel windows ``(W, n_mels)`` into consecutive waveform blocks.
 
     Args:
-        render: ``render(power_mel (1, T, n_mels), length, seed) -> (1, length)`` (a vocoder call).
+        render: ``render(mel (1, T, n_mels), length, seed) -> (1, length)`` (a vocoder call; the mel is in
+            whatever space ``render`` takes).
         window_frames: frames ``W`` per window; samples per frame are ``hop_length``.
         hop_length: samples per frame.
         margin: context / crossfade frames on each side of a border (clipped to ``W // 2``).
         seed: phase seed of window 0 (window ``k`` gets ``seed + k``; ``None`` for random).
+        crossfade: ``"power"`` (sin / cos gains, for renderings with independent phases: Griffin-Lim) or
+            ``"amplitude"`` (sin² / cos², for coherent renderings: a neural vocoder).
     """
 
     def __init__(self, render: Callable[[Tensor, int, int | None], Tensor], window_frames: int, hop_length: int,
-                 margin: int = 16, seed: int | None = 0) -> None:
+                 margin: int = 16, seed: int | None = 0, crossfade: str = "power") -> None:
+        if crossfade not in ("power", "amplitude"):
+            raise ValueError(f"crossfade={crossfade!r}: expected 'power' or 'amplitude'")
         self.render = render
         self.window_frames = int(window_frames)
         self.hop = int(hop_length)
@@ -42,7 +50,9 @@ class WindowedRenderer:
         self.seed = seed
         fade = self.margin * self.hop * 2
         ramp = (np.arange(fade, dtype=np.float64) + 0.5) / max(fade, 1) * (math.pi / 2)
-        self._fade_in, self._fade_out = np.sin(ramp).astype(np.float32), np.cos(ramp).astype(np.float32)
+        exponent = 1 if crossfade == "power" else 2
+        self._fade_in = (np.sin(ramp) ** exponent).astype(np.float32)
+        self._fade_out = (np.cos(ramp) ** exponent).astype(np.float32)
 
     def blocks(self, windows: Iterable[Tensor]) -> Iterator[np.ndarray]:
         """Yield float32 waveform blocks; their concatenation is ``n_windows * W * hop`` samples long."""

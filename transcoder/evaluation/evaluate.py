@@ -13,9 +13,12 @@ last window of a file zero-padded). Spectrogram errors and code usage follow
 :class:`~transcoder.evaluation.reconstruction.ReconstructionMetrics` (valid frames and the token rows
 covering them only; the same class computes the trainer's validation). Audio metrics (PESQ-WB, STOI,
 SI-SNR) compare Griffin-Lim renderings with the original waveform, for the reconstruction AND for the
-input mel itself (the vocoder ceiling). Window ``i`` is rendered alone with phase seed ``seed + i``, so
-its scores do not depend on the batch size. Griffin-Lim's phase is random, so SI-SNR is reported but
-is not a meaningful quality measure here; PESQ and STOI are.
+input mel itself (the vocoder ceiling), with the dB MAE between each rendering's log-mel and the input
+mel (``mel_mae_db``: how faithfully the renderer reproduces the spectrogram); a tokenizer with a neural vocoder
+(``load_tokenizer(ckpt, vocoder=...)``) is also scored with it, side by side, with its own ceiling.
+Window ``i`` is rendered alone with phase seed ``seed + i``, so its scores do not depend on the batch
+size. Griffin-Lim's phase is random, so its SI-SNR is reported but is not a meaningful quality measure
+here; PESQ and STOI are.
 
 A window that fails to decode is left out of every metric and count and listed under
 ``skipped_windows``; files whose header is unreadable are listed in ``skipped_files``.
@@ -137,7 +140,9 @@ def save_examples(out_dir: Path, index: int, tok: AudioTokenizer, item: dict[str
     fig.suptitle(f"{item['path']} @ {item['offset'] / tok.sample_rate:.2f} s")
     fig.savefig(out_dir / f"{name}.png", dpi=100)
     plt.close(fig)
-    for suffix in ("original", "gl_input", "gl_reconstruction"):
+    for suffix in ("original", "gl_input", "gl_reconstruction", "vocoder_input", "vocoder_reconstruction"):
+        if suffix not in item:
+            continue
         sf.write(str(out_dir / f"{name}_{suffix}.wav"), item[suffix], tok.sample_rate, subtype="PCM_16")
 
 
@@ -156,6 +161,11 @@ def render_pair(tok: AudioTokenizer, mel: Tensor, recon: Tensor, seeds: list[int
     gl_recon = torch.stack([tok.vocoder(power_recon[b:b + 1], length=length, seed=seed)[0].cpu()
                             for b, seed in enumerate(seeds)])
     return gl_input, gl_recon
+
+
+def _clip_key(side: str, metric: str) -> str:
+    """Per-clip key of a side's metric: ``pesq`` / ``ceiling_pesq`` / ``vocoder_pesq`` / ``vocoder_ceiling_pesq``."""
+    return metric if side == "recon" else f"{side.removesuffix('_recon')}_{metric}"
 
 
 def evaluate_tokenizer(
@@ -201,8 +211,11 @@ def evaluate_tokenizer(
                         collate_fn=collate_audio)
     pt = tok.patch_size[0]
     totals = ReconstructionMetrics(tok.frontend, tok.bits_per_token, pt, "cpu")
-    audio = {key: MeanAccumulator() for key in ("recon_pesq", "recon_stoi", "recon_si_snr",
-                                      "ceiling_pesq", "ceiling_stoi", "ceiling_si_snr")}
+    # Sides: Griffin-Lim of the reconstruction / of the input mel (its ceiling); with a neural vocoder also
+    # the vocoder's two renderings.
+    sides = ["recon", "ceiling"] + (["vocoder_recon", "vocoder_ceiling"] if tok.neural_vocoder is not None else [])
+    metrics = ("pesq", "stoi", "si_snr", "mel_mae_db")
+    audio = {f"{side}_{metric}": MeanAccumulator() for side in sides for metric in metrics}
     per_clip: list[dict[str, Any]] = []
     files: set[str] = set()
     skipped: list[str] = []
@@ -252,31 +265,49 @@ def evaluate_tokenizer(
                 continue
             with torch.inference_mode():
                 gl_input, gl_recon = render_pair(tok, mel, recon, [seed + i for i in window_index], ref.shape[-1])
+                renders = {"recon": gl_recon, "ceiling": gl_input}
+                if tok.neural_vocoder is not None:
+                    renders["vocoder_recon"] = tok.neural_vocoder(recon, ref.shape[-1]).cpu()
+                    renders["vocoder_ceiling"] = tok.neural_vocoder(mel, ref.shape[-1]).cpu()
             jobs = []
             for b, n_valid in enumerate(valid_samples):
-                r, c, g = ref[b, :n_valid], gl_input[b, :n_valid], gl_recon[b, :n_valid]
+                r = ref[b, :n_valid]
                 clip = per_clip[first_clip + b]
                 if audio_metrics:
-                    snr_r, snr_c = si_snr(g, r).item(), si_snr(c, r).item()
-                    audio["recon_si_snr"].add(snr_r)
-                    audio["ceiling_si_snr"].add(snr_c)
-                    clip.update(si_snr=snr_r, ceiling_si_snr=snr_c)
-                    jobs += [(r.numpy(), g.numpy()), (r.numpy(), c.numpy())]
+                    for side in sides:
+                        estimate = renders[side][b, :n_valid]
+                        snr = si_snr(estimate, r).item()
+                        audio[f"{side}_si_snr"].add(snr)
+                        clip[_clip_key(side, "si_snr")] = snr
+                        # How far the rendering's own log-mel is from the input mel (dB, valid frames).
+                        frames = n_valid // tok.hop_length
+                        if frames > 0:
+                            with torch.inference_mode():
+                                rendered = tok.frontend(estimate[: frames * tok.hop_length])
+                                rendered_db = tok.frontend.model_to_db(rendered)
+                            mae = spectrogram_mae_db(rendered_db, input_db[b, :frames].cpu()).item()
+                            audio[f"{side}_mel_mae_db"].add(mae)
+                            clip[_clip_key(side, "mel_mae_db")] = mae
+                        jobs.append((r.numpy(), estimate.numpy()))
                 if saved < num_audio and out_dir is not None:
                     save_examples(out_dir / "examples", saved, tok, {
                         "path": paths[b], "offset": offsets[b],
                         "input_db": input_db[b].cpu().numpy(), "recon_db": recon_db[b].cpu().numpy(),
-                        "original": r.numpy(), "gl_input": c.numpy(), "gl_reconstruction": g.numpy()})
+                        "original": r.numpy(), "gl_input": gl_input[b, :n_valid].numpy(),
+                        "gl_reconstruction": gl_recon[b, :n_valid].numpy(),
+                        **({"vocoder_input": renders["vocoder_ceiling"][b, :n_valid].numpy(),
+                            "vocoder_reconstruction": renders["vocoder_recon"][b, :n_valid].numpy()}
+                           if tok.neural_vocoder is not None else {})})
                     saved += 1
             refs, ests = [j[0] for j in jobs], [j[1] for j in jobs]
             rates = [tok.sample_rate] * len(jobs)
             flat = list(pool.map(speech_quality, refs, ests, rates) if pool else map(speech_quality, refs, ests, rates))
-            scores = [(*flat[i], *flat[i + 1]) for i in range(0, len(flat), 2)]
-            for b, (p_r, s_r, p_c, s_c) in enumerate(scores):
-                for key, value in (("recon_pesq", p_r), ("recon_stoi", s_r), ("ceiling_pesq", p_c),
-                                   ("ceiling_stoi", s_c)):
-                    audio[key].add(value)
-                per_clip[first_clip + b].update(pesq=p_r, stoi=s_r, ceiling_pesq=p_c, ceiling_stoi=s_c)
+            for job, (pesq_value, stoi_value) in enumerate(flat):
+                b, side = divmod(job, len(sides))
+                clip = per_clip[first_clip + b]
+                for metric, value in (("pesq", pesq_value), ("stoi", stoi_value)):
+                    audio[f"{sides[side]}_{metric}"].add(value)
+                    clip[_clip_key(sides[side], metric)] = value
     finally:
         if pool is not None:
             pool.shutdown()
@@ -311,14 +342,15 @@ def evaluate_tokenizer(
         "codebook": summary.codebook.to_dict(),
         "vocoder": {"type": "griffin-lim", "n_iter": tok.vocoder.n_iter, "nnls_iter": tok.vocoder.nnls_iter,
                     "seed": seed, "seed_per_window": "seed + window index"},
+        "neural_vocoder": None if tok.neural_vocoder is None else tok.neural_vocoder.name,
         "per_clip": per_clip,
     }
     if audio_metrics:
         results["audio"] = {
-            side: {metric: audio[f"{side}_{metric}"].value for metric in ("pesq", "stoi", "si_snr")}
+            side: {metric: audio[f"{side}_{metric}"].value for metric in metrics}
             | {f"{metric}_clips": audio[f"{side}_{metric}"].count for metric in ("pesq", "stoi")}
             | {f"{metric}_skipped": audio[f"{side}_{metric}"].skipped for metric in ("pesq", "stoi")}
-            for side in ("recon", "ceiling")
+            for side in sides
         }
     if out_dir is not None:
         write_metrics_json(out_dir / "metrics.json", results)
@@ -353,5 +385,12 @@ def format_table(results: dict[str, Any]) -> str:
         for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI")):
             lines.append(f"{label:<28}{a['recon'][key]:>16.3f}{a['ceiling'][key]:>20.3f}")
         lines += ["  Griffin-Lim phase is random, so SI-SNR (phase-sensitive) is not meaningful here:",
-                  f"{'  SI-SNR (dB, not meaningful)':<28}{a['recon']['si_snr']:>16.3f}{a['ceiling']['si_snr']:>20.3f}"]
+                  f"{'  SI-SNR (dB, not meaningful)':<28}{a['recon']['si_snr']:>16.3f}{a['ceiling']['si_snr']:>20.3f}",
+                  f"{'  mel MAE vs input (dB)':<28}{a['recon']['mel_mae_db']:>16.3f}"
+                  f"{a['ceiling']['mel_mae_db']:>20.3f}"]
+        if "vocoder_recon" in a:
+            lines += ["", f"{'audio (neural vocoder)':<28}{'reconstruction':>16}{'voc(input) ceiling':>20}"]
+            for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI"), ("si_snr", "  SI-SNR (dB)"),
+                               ("mel_mae_db", "  mel MAE vs input (dB)")):
+                lines.append(f"{label:<28}{a['vocoder_recon'][key]:>16.3f}{a['vocoder_ceiling'][key]:>20.3f}")
     return "\n".join(lines)

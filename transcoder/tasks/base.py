@@ -29,8 +29,9 @@ class Task(ABC):
     Subclasses set :attr:`name`, :attr:`model_sections` (config sections that are ``{target, params}``
     model specs), :attr:`optimizer_sections` (part name → config section holding its
     optimizer settings, in update order), :attr:`ema_parts` (parts that keep an EMA when
-    ``training.ema_decay`` is set) and :attr:`best_metric` (the validation scalar whose minimum is kept
-    as ``best.pt``), and implement :meth:`build_models`, :meth:`step` and :meth:`validate`.
+    ``training.ema_decay`` is set), :attr:`best_metric` (the validation scalar whose minimum is kept
+    as ``best.pt``) and, if it has any, :attr:`extra_keys` (its own top-level config keys), and implement
+    :meth:`build_models`, :meth:`step` and :meth:`validate`.
 
     Args:
         config: the resolved run config.
@@ -43,6 +44,8 @@ class Task(ABC):
     optimizer_sections: dict[str, str] = {"model": "optimizer"}
     ema_parts: tuple[str, ...] = ("model",)
     best_metric: str = "val/loss"
+    #: Task-specific top-level config keys and their defaults (checked by :meth:`resolve_config`).
+    extra_keys: dict[str, Any] = {}
 
     @classmethod
     def resolve_config(cls, config: dict[str, Any]) -> None:

@@ -11,10 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from transcoder.audio import MelConfig
+from transcoder.audio.neural_vocoder import NeuralVocoder, load_vocoder
 from transcoder.data import SpecAugment
 from transcoder.tasks.base import Task
 from transcoder.training.config import ConfigError, instantiate
 from transcoder.training.validation import ValidationMetrics
+from transcoder.utils.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -45,6 +47,23 @@ def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
     return instantiate(derive_input_grid(spec, mel_config))
 
 
+def load_media_vocoder(path: str | None, mel_config: MelConfig, device: torch.device) -> NeuralVocoder | None:
+    """The neural vocoder of ``training.vocoder`` (``None``: Griffin-Lim renders TensorBoard audio).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming ``training.vocoder`` and the
+    differing settings when its mel settings differ from the ``data`` block's."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"training.vocoder={path}: no such file")
+    try:
+        vocoder = load_vocoder(path, device=device)
+    except CheckpointError as err:
+        raise ValueError(f"training.vocoder={path}: {err}") from None
+    vocoder.check_fits(mel_config, "this run's data mel settings (training.vocoder)")
+    return vocoder
+
+
 class TokenizerTask(Task):
     """Reconstruct the clean log-mel from a (SpecAugment-ed) log-mel through BSQ codes.
 
@@ -69,6 +88,7 @@ class TokenizerTask(Task):
         self.loss_fn = instantiate(config["loss"]).to(device)
         spec_cfg = config["data"]["specaugment"]
         self.specaugment = SpecAugment(**spec_cfg).to(device) if spec_cfg else None
+        self.vocoder = load_media_vocoder(config["training"].get("vocoder"), mel_config, device)
 
     def build_models(self) -> dict[str, nn.Module]:
         return {"model": build_model(self.config["model"], self.mel_config).to(self.device)}
@@ -136,7 +156,8 @@ class TokenizerTask(Task):
         with state.autocast():
             recon, _, _ = model(target)
         model.train(was_training)
-        monitor.reconstructions(self.frontend, target, recon.float(), batch["audio"].shape[-1], step)
+        monitor.reconstructions(self.frontend, target, recon.float(), batch["audio"].shape[-1], step,
+                                vocoder=self.vocoder)
 
     def next_commands(self, output_dir: Path, checkpoint: Path) -> list[str]:
         return [f"python scripts/evaluate_audio_tokenizer.py {checkpoint} --output {output_dir / 'eval'}"]

@@ -46,6 +46,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "sync_batchnorm": False,  # SyncBatchNorm for the conv module under DDP
     "max_nonfinite_steps": 10,  # abort after this many non-finite losses in a row
     "deterministic": False,  # torch.use_deterministic_algorithms (slower on GPU)
+    "vocoder": None,  # a vocoder checkpoint (scripts/train_vocoder.py) for TensorBoard audio; None: Griffin-Lim
 }
 LOSS_DEFAULTS: dict[str, Any] = {"target": "transcoder.losses.AudioTokenizerLoss", "params": {}}
 DATA_DEFAULTS: dict[str, Any] = {
@@ -136,8 +137,10 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
     model_sections = list(cls.model_sections)
     optimizer_sections = list(dict.fromkeys(cls.optimizer_sections.values()))
     section_defaults = {**SECTION_DEFAULTS, **{name: OPTIMIZER_DEFAULTS for name in optimizer_sections}}
-    _reject_unknown(raw, {"task", *model_sections, *section_defaults}, "top level")
+    _reject_unknown(raw, {"task", *model_sections, *section_defaults, *cls.extra_keys}, "top level")
     config: dict[str, Any] = {"task": task}
+    for key, default in cls.extra_keys.items():  # task-specific top-level settings (checked by the task)
+        config[key] = copy.deepcopy(raw.get(key, default))
     for section in model_sections:
         if section not in raw:
             raise ConfigError(f"missing section {section!r} (target + params)")
@@ -212,6 +215,9 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
         value = config[section][key]
         if not isinstance(value, bool):
             raise ConfigError(f"{section}.{key}={value!r}: expected true or false")
+    vocoder = config["training"]["vocoder"]
+    if vocoder is not None and (not isinstance(vocoder, str) or not vocoder):
+        raise ConfigError(f"training.vocoder={vocoder!r}: expected null or the path of a vocoder checkpoint")
     checkpointing = config["training"]["grad_checkpointing"]
     if checkpointing is not None and not isinstance(checkpointing, bool):
         raise ConfigError(f"training.grad_checkpointing={checkpointing!r}: expected null, true or false")

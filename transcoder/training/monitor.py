@@ -1,4 +1,5 @@
-"""Rank-0 monitoring: plain-text log, tqdm bar, TensorBoard scalars, spectrogram images and audio."""
+"""Rank-0 monitoring: plain-text log, tqdm bar, TensorBoard scalars, spectrogram images and audio (rendered
+with Griffin-Lim, or with the neural vocoder of ``training.vocoder``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from transcoder.audio.griffin_lim import GriffinLimVocoder  # noqa: E402
+from transcoder.audio.neural_vocoder import NeuralVocoder  # noqa: E402
 from transcoder.data import LogMelFrontend  # noqa: E402
 
 
@@ -89,17 +91,22 @@ class Monitor:
             self.writer.add_audio(f"{tag}/{i}", (clip / peak * 0.9).unsqueeze(0), step, sample_rate=sample_rate)
 
     def reconstructions(self, frontend: LogMelFrontend, target: Tensor, recon: Tensor, num_samples: int,
-                        step: int) -> None:
-        """Spectrogram figures and Griffin-Lim audio of (N, T, F) model-space inputs and reconstructions."""
+                        step: int, vocoder: NeuralVocoder | None = None) -> None:
+        """Spectrogram figures and audio of (N, T, F) model-space inputs and reconstructions, rendered by
+        ``vocoder`` (a neural vocoder, ``training.vocoder``) when given, else by Griffin-Lim."""
         if self.writer is None:
             return
         self.spectrograms("spectrogram", frontend.model_to_db(target), frontend.model_to_db(recon), step)
-        vocoder = GriffinLimVocoder.from_frontend(frontend).to(target.device)
+        if vocoder is not None:
+            for tag, mel in (("audio/input", target), ("audio/reconstruction", recon)):
+                self.audio(tag, vocoder(mel, num_samples), frontend.config.sample_rate, step)
+            return
+        griffin_lim = GriffinLimVocoder.from_frontend(frontend).to(target.device)
         devices = [target.device] if target.device.type == "cuda" else []
         # The vocoder's random initial phase must not advance the training RNG (exact resume).
         with torch.random.fork_rng(devices=devices):
             for tag, mel in (("audio/input", target), ("audio/reconstruction", recon)):
-                wave = vocoder(frontend.inverse(mel), length=num_samples, seed=0)
+                wave = griffin_lim(frontend.inverse(mel), length=num_samples, seed=0)
                 self.audio(tag, wave, frontend.config.sample_rate, step)
 
     def write(self, message: str) -> None:
