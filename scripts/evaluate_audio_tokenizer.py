@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
                         help="use the EMA weights when the checkpoint has them (default: yes)")
     parser.add_argument("--audio-metrics", action=argparse.BooleanOptionalAction, default=True,
-                        help="Griffin-Lim + PESQ / STOI / SI-SNR (default: yes; --no-audio-metrics is much faster)")
+                        help="PESQ / STOI / SI-SNR of rendered audio (default: yes; --no-audio-metrics is much "
+                             "faster; the --num-audio example windows are still rendered, --num-audio 0 renders none)")
     parser.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
     parser.add_argument("--vocoder", default=None, metavar="CKPT",
                         help="also render with this neural vocoder checkpoint (scripts/train_vocoder.py) and report "
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(results))
     print(f"wrote {Path(args.output) / 'metrics.json'}")
+    if args.num_audio:
+        print(f"examples (spectrogram PNGs, input / reconstruction WAVs): {Path(args.output) / 'examples'}")
     return 0
 
 

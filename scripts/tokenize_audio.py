@@ -208,7 +208,7 @@ def encode(args: argparse.Namespace) -> int:
         "n_mels": tokenizer.mel_config.n_mels,
         "window_frames": tokenizer.window_frames,
         "patch_size": [pt, pf],
-        "grid_per_window": [tokenizer.tokens_per_window, tokenizer.n_freq_patches],
+        "grid_per_window": [tokenizer.time_rows_per_window, tokenizer.n_freq_patches],
         "bits": tokenizer.bits_per_token,
         "codes_dtype": dtype.name,
         "tokens_per_second": tokenizer.tokens_per_second,

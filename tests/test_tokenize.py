@@ -82,7 +82,9 @@ def test_properties(tok: AudioTokenizer) -> None:
     assert tok.sample_rate == SR
     assert tok.bits_per_token == 12
     assert tok.patch_size == (16, 16)
-    assert tok.tokens_per_window == 4 and tok.n_freq_patches == 2
+    assert tok.time_rows_per_window == 4 and tok.n_freq_patches == 2 and tok.tokens_per_window == 8
+    window_seconds = tok.window_samples / tok.sample_rate
+    assert tok.tokens_per_window / window_seconds == pytest.approx(tok.tokens_per_second)  # the numbers add up
     # 100 frames/s / 16 frames per token row x 2 frequency patches
     assert tok.tokens_per_second == pytest.approx(12.5)
     assert tok.bitrate == pytest.approx(150.0)
@@ -97,7 +99,7 @@ def test_long_signal_roundtrip_restores_length(tok: AudioTokenizer) -> None:
     wave = _speechlike(samples / SR)
     codes = tok.encode_wave(wave, SR)
     assert codes.dtype == torch.int64
-    assert codes.shape == (4 * tok.tokens_per_window, tok.n_freq_patches)
+    assert codes.shape == (4 * tok.time_rows_per_window, tok.n_freq_patches)
     assert tok.last_num_samples == samples
     assert int(codes.min()) >= 0 and int(codes.max()) < 2**12
     out = tok.decode_codes(codes, num_samples=samples)
@@ -287,6 +289,7 @@ def test_evaluate_script(audio_tree: tuple[Path, dict[str, int]], tmp_path: Path
     assert rc == 0
     table = capsys.readouterr().out
     assert "GL(input) ceiling" in table and "PESQ-WB" in table
+    assert f"examples (spectrogram PNGs, input / reconstruction WAVs): {out / 'examples'}" in table
     results = json.loads((out / "metrics.json").read_text())
     assert results["windows"] == 8 and results["processes"] == 1
     assert results["dataset"]["target"] == "transcoder.data.AudioFolderDataset"

@@ -206,9 +206,15 @@ class AudioTokenizer:
         return self.mel_config.n_mels // self.patch_size[1]
 
     @property
-    def tokens_per_window(self) -> int:
+    def time_rows_per_window(self) -> int:
         """Time rows of tokens per window (``window_frames / patch_t``)."""
         return self.window_frames // self.patch_size[0]
+
+    @property
+    def tokens_per_window(self) -> int:
+        """Tokens per window, all frequency patches counted (``time_rows_per_window * n_freq_patches``);
+        ``tokens_per_window / window seconds == tokens_per_second``."""
+        return self.time_rows_per_window * self.n_freq_patches
 
     @property
     def bits_per_token(self) -> int:
@@ -229,7 +235,7 @@ class AudioTokenizer:
     def codes_spec(self) -> CodesSpec:
         """What this model's codes look like (for :mod:`transcoder.codes` checks)."""
         return CodesSpec(self.sample_rate, self.hop_length, self.mel_config.n_mels, self.bits_per_token,
-                         self.patch_size, self.tokens_per_window, self.n_freq_patches, self.window_samples)
+                         self.patch_size, self.time_rows_per_window, self.n_freq_patches, self.window_samples)
 
     @property
     def checkpoint_sha256(self) -> str | None:
@@ -297,17 +303,17 @@ class AudioTokenizer:
             sample_rate: their sample rate (default: the tokenizer's).
 
         Returns:
-            One :class:`EncodedAudio` per signal; ``indices`` ``(n_windows_i * tokens_per_window, Nf)``.
+            One :class:`EncodedAudio` per signal; ``indices`` ``(n_windows_i * time_rows_per_window, Nf)``.
         """
         prepared = [self._as_wave(w, sample_rate) for w in waves]
         if not prepared:
             return []
         windows = torch.cat([self._mel_windows(w) for w in prepared])
-        indices = self.encode_mel(windows).cpu()  # (total_windows, tokens_per_window, Nf)
+        indices = self.encode_mel(windows).cpu()  # (total_windows, time_rows_per_window, Nf)
         out, start = [], 0
         for w in prepared:
             n = self.num_windows(w.numel())
-            codes = indices[start:start + n].reshape(n * self.tokens_per_window, self.n_freq_patches)
+            codes = indices[start:start + n].reshape(n * self.time_rows_per_window, self.n_freq_patches)
             out.append(EncodedAudio(codes, int(w.numel()), -(-int(w.numel()) // self.hop_length)))
             start += n
         return out
@@ -315,7 +321,7 @@ class AudioTokenizer:
     def encode_wave(self, wave: Tensor | np.ndarray, sample_rate: int | None = None) -> Tensor:
         """Mono ``(S,)`` signal at ``sample_rate`` -> indices ``(n_time_tokens, n_freq_patches)`` int64.
 
-        ``n_time_tokens = ceil(S' / window_samples) * tokens_per_window`` with ``S'`` the length at the
+        ``n_time_tokens = ceil(S' / window_samples) * time_rows_per_window`` with ``S'`` the length at the
         tokenizer's rate (stored in :attr:`last_num_samples` for :meth:`decode_codes`).
         """
         encoded = self.encode_waves([wave], sample_rate)[0]
@@ -381,7 +387,7 @@ class AudioTokenizer:
 
     @torch.inference_mode()
     def silence_codes(self) -> Tensor:
-        """Codes ``(tokens_per_window, n_freq_patches)`` of an all-zero window (the encoder's padding), on the CPU."""
+        """Codes ``(time_rows_per_window, n_freq_patches)`` of an all-zero window (the encoder's padding), on CPU."""
         if self._silence is None:
             mel = self.frontend(torch.zeros(1, self.window_samples, device=self.device))
             self._silence = self.encode_mel(mel)[0].cpu()
@@ -389,14 +395,14 @@ class AudioTokenizer:
 
     @torch.inference_mode()
     def _decode_windows(self, windows: Tensor) -> Tensor:
-        """Indices ``(B, tokens_per_window, Nf)`` on the device -> model-space mel ``(B, window_frames, n_mels)``."""
+        """Indices ``(B, time_rows_per_window, Nf)`` on the device -> model-space mel ``(B, window_frames, n_mels)``."""
         return torch.cat([self.model.decode_indices(chunk).float() for chunk in windows.split(self.batch_size)])
 
     def _full_windows(self, x: Tensor) -> tuple[Tensor, int]:
-        """``(rows, Nf)`` -> ``(n_windows, tokens_per_window, Nf)``, a partial last window completed with the
+        """``(rows, Nf)`` -> ``(n_windows, time_rows_per_window, Nf)``, a partial last window completed with the
         silent window's codes at the same positions (so every token is decoded where it was encoded);
         also returns the number of real rows."""
-        rows, tpw = x.shape[0], self.tokens_per_window
+        rows, tpw = x.shape[0], self.time_rows_per_window
         short = -rows % tpw
         if short:
             x = torch.cat([x, self.silence_codes().to(x.device)[tpw - short:]])
@@ -406,7 +412,7 @@ class AudioTokenizer:
     def decode_to_mel(self, indices: Tensor | np.ndarray, space: str = "model") -> Tensor:
         """Indices ``(n_time_tokens, n_freq_patches)`` -> mel ``(n_time_tokens * patch_t, n_mels)``.
 
-        Decoded window by window (``tokens_per_window`` rows each). A partial last window is completed
+        Decoded window by window (``time_rows_per_window`` rows each). A partial last window is completed
         with the codes of a silent window (:meth:`silence_codes`, what the encoder saw as zero padding)
         and decoded at full length, so its tokens get the position embeddings they were encoded with;
         the frames of the completion are dropped. ``space``: ``model`` ([-1, 1], the model's output),

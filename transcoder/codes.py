@@ -72,13 +72,13 @@ class CodesSpec:
     n_mels: int
     bits: int
     patch_size: tuple[int, int]
-    tokens_per_window: int  # time rows of tokens per model window
+    time_rows_per_window: int  # time rows of tokens per model window
     n_freq_patches: int
     window_samples: int  # samples per model window
 
     def covered_samples(self, rows: int) -> int:
         """Samples covered by ``rows`` time rows of tokens (whole windows)."""
-        return math.ceil(rows / self.tokens_per_window) * self.window_samples
+        return math.ceil(rows / self.time_rows_per_window) * self.window_samples
 
 
 @dataclass

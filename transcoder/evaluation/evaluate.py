@@ -336,7 +336,7 @@ def evaluate_tokenizer(
         "elapsed_seconds": time.perf_counter() - started,
         "rates": {"tokens_per_second": tok.tokens_per_second, "bits_per_token": tok.bits_per_token,
                   "bitrate": tok.bitrate, "patch_size": list(tok.patch_size),
-                  "grid_per_window": [tok.tokens_per_window, tok.n_freq_patches]},
+                  "grid_per_window": [tok.time_rows_per_window, tok.n_freq_patches]},
         "spectrogram": {"mse_db": summary.mse_db, "mae_db": summary.mae_db, "l1_model": summary.l1,
                         "quant_loss": summary.quant_loss},
         "codebook": summary.codebook.to_dict(),
