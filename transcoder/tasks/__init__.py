@@ -12,6 +12,7 @@ from transcoder.tasks.base import Task
 # Task names a config's top-level ``task`` key accepts; a dotted class path works too.
 TASKS: dict[str, str] = {
     "tokenizer": "transcoder.tasks.tokenizer.TokenizerTask",
+    "mae_pretrain": "transcoder.tasks.pretrain.MAEPretrainTask",
 }
 
 
