@@ -205,6 +205,12 @@ class AudioMAE(nn.Module):
         self.decoder = MaskedPatchDecoder(decoder_config)
         self.apply(_init_weights)
         trunc_normal_(self.mask_token, std=0.02)
+        if encoder_conv == "skip":
+            # Never used here: frozen from construction (so DDP and AdamW leave them out); they keep their
+            # initial values in checkpoints and are trained when the tokenizer is fine-tuned.
+            for block in self.encoder.blocks:
+                if block.conv is not None:
+                    block.conv.requires_grad_(False)
 
     @property
     def patch_size(self) -> tuple[int, int]:

@@ -54,6 +54,7 @@ def load_modules(model: nn.Module, spec: dict[str, Any], ema_model: nn.Module | 
     checkpoint = load_checkpoint(path, map_location="cpu")
     weights, kind = model_weights(checkpoint, "model", use_ema=bool(spec["use_ema"]))
     for name in spec["modules"]:
+        submodule(model, name)  # a name the model lacks is a config error, whatever the checkpoint holds
         source = submodule_weights(weights, name)
         if not source:
             raise CheckpointError(f"training.init_from: checkpoint {path} holds no weights under {name + '.'!r} "
