@@ -261,7 +261,8 @@ class AudioTransformerEncoder(_AudioTransformer):
                 are then trained only when fine-tuning).
 
         Returns:
-            (B, Nv, width) features of the visible tokens, after the final LayerNorm.
+            (B, Nv, width) features of the visible tokens, after the final LayerNorm. (Gradient
+            checkpointing is not applied here: a masked step is already a fraction of a full one.)
         """
         if conv not in ("zero_fill", "skip"):
             raise ValueError(f"conv={conv!r}: expected 'zero_fill' or 'skip'")
