@@ -104,7 +104,7 @@ class MAEPretrainTask(Task):
             with state.autocast():
                 out: MaskedPrediction = model(mel, generator=generator)
             per_patch = (out.pred.float() - self.loss_fn.target(out.target.float())).pow(2).mean(-1)
-            per_window = torch.where(out.mask, per_patch, 0.0).sum(1) / out.mask.sum(1)
+            per_window = torch.where(out.mask, per_patch, 0.0).sum(1) / out.mask.sum(1).clamp_min(1)
             keep = torch.as_tensor(batch["num_valid"], device=self.device) > 0
             totals += torch.stack([per_window[keep].double().sum(), keep.double().sum()])
         model.train(was_training)
