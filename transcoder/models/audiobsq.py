@@ -280,6 +280,58 @@ class AudioTransformerEncoder(_AudioTransformer):
         patches = rearrange(mel, "b (nt pt) (nf pf) -> b (nt nf) (pt pf)", pt=pt, pf=pf)
         return self.run_blocks(self.patch_embed(patches), grid), grid
 
+    # -- masked (MAE) pre-training: the encoder on visible tokens only -------------------------------
+    def forward_visible(self, mel: Tensor, visible: Tensor, conv: str = "zero_fill") -> Tensor:
+        """Encode only the visible patches (AudioMAE, Huang et al. 2022): masked tokens are dropped from
+        the sequence, so attention and MLPs cost ``Nv / N`` of a full forward.
+
+        Args:
+            mel: (B, T, F) log-mel.
+            visible: (B, Nv) int64 token indices (time-major, ``t * Nf + f``) to keep, the same count per row.
+            conv: how the Conformer conv module, which needs the full (Nt, Nf) grid, runs: ``"zero_fill"``
+                scatters the visible tokens into a zero grid for the depthwise convolution only (per-token
+                layers and BatchNorm see visible tokens only); ``"skip"`` leaves the conv modules out (they
+                are then trained only when fine-tuning).
+
+        Returns:
+            (B, Nv, width) features of the visible tokens, after the final LayerNorm. (Gradient
+            checkpointing is not applied here: a masked step is already a fraction of a full one.)
+        """
+        if conv not in ("zero_fill", "skip"):
+            raise ValueError(f"conv={conv!r}: expected 'zero_fill' or 'skip'")
+        grid = self.token_grid(mel)
+        pt, pf = self.config.patch_tf
+        patches = rearrange(mel, "b (nt pt) (nf pf) -> b (nt nf) (pt pf)", pt=pt, pf=pf)
+        tokens = self.patch_embed(patches) + self.position_embedding(grid).to(patches.dtype)
+        x = _take_tokens(tokens, visible)
+        for block in self.blocks:
+            x = x + block.drop_path(block.attn(block.norm1(x)))
+            if block.conv is not None and conv == "zero_fill":
+                x = x + block.drop_path(_conv_module_on_visible(block.conv, x, visible, grid))
+            x = x + block.drop_path(block.mlp(block.norm2(x)))
+        return self.norm(x)
+
+
+def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """Tokens ``x`` (B, N, C) at ``index`` (B, K) → (B, K, C)."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _conv_module_on_visible(module: ConformerConvModule, x: Tensor, visible: Tensor, grid: tuple[int, int]) -> Tensor:
+    """The conv module on visible tokens (B, Nv, C) → (B, Nv, C): the depthwise convolution runs on the
+    full grid with zeros at masked positions; everything per-token (and BatchNorm's statistics) sees
+    visible tokens only."""
+    batch, _, channels = x.shape
+    nt, nf = grid
+    h = F.glu(module.pointwise_in(module.norm(x)), dim=-1)
+    index = visible.unsqueeze(-1).expand(-1, -1, channels)
+    full = h.new_zeros(batch, nt * nf, channels).scatter(1, index, h)
+    full = depthwise_conv_time(full.reshape(batch, nt, nf, channels), module.depthwise_weight,
+                               module.depthwise_bias).reshape(batch, nt * nf, channels)
+    h = torch.gather(full, 1, index)
+    h = module.batch_norm(h.reshape(-1, channels)).reshape(h.shape)
+    return module.dropout(module.pointwise_out(F.silu(h)))
+
 
 class AudioTransformerDecoder(_AudioTransformer):
     """Token features (B, Nt*Nf, width) on ``grid`` → log-mel (B, Nt*pt, Nf*pf)."""

@@ -13,6 +13,7 @@ from transcoder.tasks.base import Task
 TASKS: dict[str, str] = {
     "tokenizer": "transcoder.tasks.tokenizer.TokenizerTask",
     "vocoder": "transcoder.tasks.vocoder.VocoderTask",
+    "mae_pretrain": "transcoder.tasks.pretrain.MAEPretrainTask",
 }
 
 

@@ -47,6 +47,16 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "max_nonfinite_steps": 10,  # abort after this many non-finite losses in a row
     "deterministic": False,  # torch.use_deterministic_algorithms (slower on GPU)
     "vocoder": None,  # a vocoder checkpoint (scripts/train_vocoder.py) for TensorBoard audio; None: Griffin-Lim
+    # Start a fresh run (never a resumed one) with some modules' weights from another run's checkpoint, e.g.
+    # {path: runs/mae/checkpoints/latest.pt, modules: [encoder], use_ema: false, freeze_steps: 0}; see
+    # INIT_FROM_DEFAULTS and transcoder.training.init_from
+    "init_from": None,
+}
+INIT_FROM_DEFAULTS: dict[str, Any] = {
+    "path": None,  # required: a format-2 checkpoint (e.g. of an mae_pretrain run)
+    "modules": ["encoder"],  # submodules of part `model`, loaded from the checkpoint's part `model`
+    "use_ema": False,  # take the checkpoint's EMA weights (when it has them) instead of the raw ones
+    "freeze_steps": 0,  # the loaded modules get no update for the first N applied updates
 }
 LOSS_DEFAULTS: dict[str, Any] = {"target": "transcoder.losses.AudioTokenizerLoss", "params": {}}
 DATA_DEFAULTS: dict[str, Any] = {
@@ -221,6 +231,7 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
     checkpointing = config["training"]["grad_checkpointing"]
     if checkpointing is not None and not isinstance(checkpointing, bool):
         raise ConfigError(f"training.grad_checkpointing={checkpointing!r}: expected null, true or false")
+    config["training"]["init_from"] = _check_init_from(config["training"]["init_from"])
     _check_mel(config["data"])
     _check_specaugment(config["data"]["specaugment"])
     ema = config["training"]["ema_decay"]
@@ -228,6 +239,29 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
         raise ConfigError(f"training.ema_decay={ema!r}: expected null or a number in (0, 1)")
     for name in optimizer_sections:
         _check_optimizer(config[name], name)
+
+
+def _check_init_from(value: Any) -> dict[str, Any] | None:
+    """``training.init_from`` with its defaults filled in (or None); a bad value names its key."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"training.init_from={value!r}: expected null or a mapping with keys "
+                          f"{sorted(INIT_FROM_DEFAULTS)}")
+    _reject_unknown(value, set(INIT_FROM_DEFAULTS), "training.init_from")
+    spec = {**copy.deepcopy(INIT_FROM_DEFAULTS), **copy.deepcopy(value)}
+    if not isinstance(spec["path"], str) or not spec["path"]:
+        raise ConfigError(f"training.init_from.path={spec['path']!r}: expected the path of a checkpoint")
+    modules = spec["modules"]
+    if (not isinstance(modules, list) or not modules
+            or not all(isinstance(m, str) and m and not m.startswith(".") for m in modules)):
+        raise ConfigError(f"training.init_from.modules={modules!r}: expected a non-empty list of submodule "
+                          "names, e.g. [encoder]")
+    if not isinstance(spec["use_ema"], bool):
+        raise ConfigError(f"training.init_from.use_ema={spec['use_ema']!r}: expected true or false")
+    if not _is_int(spec["freeze_steps"]) or spec["freeze_steps"] < 0:
+        raise ConfigError(f"training.init_from.freeze_steps={spec['freeze_steps']!r}: expected an integer >= 0")
+    return spec
 
 
 def _check_optimizer(optim: dict[str, Any], section: str) -> None:

@@ -53,6 +53,21 @@ def spectrogram_figure(target_db: Tensor, recon_db: Tensor, title: str = "") -> 
     return figure
 
 
+def panels_figure(panels: dict[str, Tensor], title: str = "") -> plt.Figure:
+    """One (T, F) dB spectrogram per panel, named by its key, one above the other."""
+    figure, axes = plt.subplots(len(panels), 1, figsize=(10, 2.5 * len(panels)), sharex=True, squeeze=False)
+    for axis, (name, mel) in zip(axes[:, 0], panels.items(), strict=True):
+        image = axis.imshow(mel.float().T.cpu().numpy(), origin="lower", aspect="auto", vmin=-80, vmax=0,
+                            cmap="magma", interpolation="nearest")
+        axis.set_ylabel(f"{name}\nmel bin")
+        figure.colorbar(image, ax=axis, label="dB")
+    axes[-1, 0].set_xlabel("frame")
+    if title:
+        axes[0, 0].set_title(title)
+    figure.tight_layout()
+    return figure
+
+
 class Monitor:
     """Writes to TensorBoard and the progress bar on rank 0; does nothing on other ranks."""
 
@@ -79,6 +94,15 @@ class Monitor:
             return
         for i in range(target_db.shape[0]):
             figure = spectrogram_figure(target_db[i], recon_db[i], f"step {step}")
+            self.writer.add_figure(f"{tag}/{i}", figure, step, close=True)
+
+    def spectrogram_panels(self, tag: str, panels: dict[str, Tensor], step: int) -> None:
+        """Named (N, T, F) dB spectrograms, one figure per sample with one panel per name (``tag/i``)."""
+        if self.writer is None:
+            return
+        count = next(iter(panels.values())).shape[0]
+        for i in range(count):
+            figure = panels_figure({name: mel[i] for name, mel in panels.items()}, f"step {step}")
             self.writer.add_figure(f"{tag}/{i}", figure, step, close=True)
 
     def audio(self, tag: str, wave: Tensor, sample_rate: int, step: int) -> None:

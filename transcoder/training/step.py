@@ -55,6 +55,8 @@ class TrainPart:
     ema: ModelEma | None = None
     forward_model: nn.Module | None = None
     updates: int = 0
+    frozen: tuple[nn.Parameter, ...] = ()  # get no update while `updates < frozen_updates` (init_from)
+    frozen_updates: int = 0
 
     def __post_init__(self) -> None:
         if self.forward_model is None:
@@ -166,6 +168,9 @@ class StepState:
         part.optimizer.zero_grad(set_to_none=True)
         part.scaler.scale(loss).backward()
         self.mark("backward")
+        if part.updates < part.frozen_updates:
+            for param in part.frozen:  # the same on every rank: AdamW skips parameters without a gradient
+                param.grad = None
         part.scaler.unscale_(part.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(part.model.parameters(),
                                                    part.clip_norm if part.clip_norm else math.inf)

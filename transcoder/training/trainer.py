@@ -19,6 +19,7 @@ from transcoder.audio import MelConfig
 from transcoder.data import build_dataset
 from transcoder.tasks import Task, build_task
 from transcoder.training.config import ConfigError, save_config
+from transcoder.training.init_from import frozen_parameters, load_modules
 from transcoder.training.loader import ObservedIterator, build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
 from transcoder.training.run_dir import RunLock, config_differences, load_resumable, remove_stale_temporaries
@@ -109,6 +110,7 @@ class Trainer:
         found = self._find_checkpoint(Path(resume) if resume else None)
         if found is not None:
             self._load(*found, allow_config_change=allow_config_change)
+        self._init_from(fresh=found is None)
         self._wrap_parts()
 
         self.train_files = self._check_same_files_on_every_rank()
@@ -280,6 +282,21 @@ class Trainer:
             return
         # Another world size: the dataset sees it in the state, warns and starts a new pass.
         self.train_dataset.load_state_dict(states[self.env.rank] if len(states) == self.env.world_size else states[0])
+
+    def _init_from(self, fresh: bool) -> None:
+        """``training.init_from``: load the modules' weights at the start of a fresh run only (a resumed run
+        has them in its checkpoint), and on every start set which parameters stay frozen for how long."""
+        spec = self.train_cfg.get("init_from")
+        if spec is None:
+            return
+        if "model" not in self.parts:
+            raise ConfigError(f"training.init_from loads into part 'model'; task {self.task.name!r} has parts "
+                              f"{list(self.parts)}")
+        part = self.parts["model"]
+        if fresh:
+            self.logger.info("%s", load_modules(part.model, spec, part.ema.module if part.ema else None))
+        part.frozen = tuple(frozen_parameters(part.model, spec["modules"]))
+        part.frozen_updates = int(spec["freeze_steps"])
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self, stop_at_step: int | None = None) -> TrainState:
