@@ -2,5 +2,7 @@
 
 from transcoder.losses.adversarial import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
 from transcoder.losses.reconstruction import AudioTokenizerLoss
+from transcoder.losses.tokenizer_gan import AudioTokenizerGanLoss
 
-__all__ = ["AudioTokenizerLoss", "discriminator_hinge_loss", "feature_matching_loss", "generator_hinge_loss"]
+__all__ = ["AudioTokenizerGanLoss", "AudioTokenizerLoss", "discriminator_hinge_loss", "feature_matching_loss",
+           "generator_hinge_loss"]

@@ -271,7 +271,7 @@ class AudioBSQModel(nn.Module):
         l2_norm: quantize on the unit sphere (BSQ); codes have norm 1.
         clamp_range: range the reconstruction is clamped to outside training (model space).
         beta, gamma0, gamma, zeta, inv_temperature, group_size, persample_entropy_compute,
-        cb_entropy_compute: see :class:`BinarySphericalQuantizer`.
+        cb_entropy_compute, straight_through, cb_entropy_ddp_average: see :class:`BinarySphericalQuantizer`.
     """
 
     def __init__(
@@ -288,6 +288,8 @@ class AudioBSQModel(nn.Module):
         group_size: int | None = None,
         persample_entropy_compute: str = "analytical",
         cb_entropy_compute: str = "group",
+        straight_through: str = "unit",
+        cb_entropy_ddp_average: bool = False,
     ) -> None:
         super().__init__()
         self.config = AudioConfig.from_dict(audioconfig)
@@ -305,6 +307,8 @@ class AudioBSQModel(nn.Module):
             persample_entropy_compute=persample_entropy_compute,  # type: ignore[arg-type]
             cb_entropy_compute=cb_entropy_compute,  # type: ignore[arg-type]
             l2_norm=l2_norm,
+            straight_through=straight_through,  # type: ignore[arg-type]
+            cb_entropy_ddp_average=cb_entropy_ddp_average,
         )
         self.post_quant_embed = nn.Linear(embed_dim, self.config.width)
         self.decoder = AudioTransformerDecoder(self.config)
@@ -338,13 +342,14 @@ class AudioBSQModel(nn.Module):
         self.decoder.set_grad_checkpointing(enable)
 
     # -- API --------------------------------------------------------------------------------
-    def encode(self, mel: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def encode(self, mel: Tensor, compute_entropy: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """(B, T, F) log-mel → codes (B, N, embed_dim) on the unit sphere, quantizer loss, info.
 
-        ``info["indices"]`` has shape (B, T/pt, F/pf), int64; ``info["grid"]`` is (Nt, Nf).
+        ``info["indices"]`` has shape (B, T/pt, F/pf), int64; ``info["grid"]`` is (Nt, Nf). The soft
+        entropies (and their loss terms) are computed in training mode or with ``compute_entropy=True``.
         """
         features, grid = self.encoder(mel)
-        codes, quant_loss, info = self.quantizer(self.quant_embed(features))
+        codes, quant_loss, info = self.quantizer(self.quant_embed(features), compute_entropy=compute_entropy)
         info["indices"] = info["indices"].reshape(mel.shape[0], *grid)
         info["grid"] = grid
         return codes, quant_loss, info
@@ -367,9 +372,9 @@ class AudioBSQModel(nn.Module):
             mel = mel.clamp(*self.clamp_range)
         return mel
 
-    def forward(self, mel: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        """(B, T, F) → reconstruction (B, T, F), quantizer loss (scalar), info."""
-        codes, quant_loss, info = self.encode(mel)
+    def forward(self, mel: Tensor, compute_entropy: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """(B, T, F) → reconstruction (B, T, F), quantizer loss (scalar), info (see :meth:`encode`)."""
+        codes, quant_loss, info = self.encode(mel, compute_entropy)
         return self.decode(codes, info["grid"]), quant_loss, info
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from transcoder.tasks.base import Task
 # Task names a config's top-level ``task`` key accepts; a dotted class path works too.
 TASKS: dict[str, str] = {
     "tokenizer": "transcoder.tasks.tokenizer.TokenizerTask",
+    "tokenizer_gan": "transcoder.tasks.tokenizer_gan.TokenizerGanTask",
 }
 
 
