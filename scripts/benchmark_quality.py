@@ -138,7 +138,8 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     full = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.eval_max_batches,
                               audio_metrics=False, dataset_spec=spec)
-    result = {"weights": "ema" if use_ema else "raw", "loaded_weights": tok.weights, "windows": full["windows"], "spectrogram": full["spectrogram"],
+    result = {"weights": "ema" if use_ema else "raw", "loaded_weights": tok.weights, "windows": full["windows"],
+              "spectrogram": full["spectrogram"],
               "codebook": {k: full["codebook"][k] for k in ("distinct_codes", "usage", "entropy_bits", "perplexity")},
               "rates": full["rates"]}
     if args.audio_batches > 0:
