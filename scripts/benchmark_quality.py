@@ -8,7 +8,8 @@ Each ``--variant NAME:KEY=VALUE,KEY=VALUE`` is a list of config overrides (value
 inside brackets kept: ``optimizer.betas=[0.9,0.95]``) applied after the preset's. Every variant is trained
 from scratch in one process with the one trainer, then evaluated with the library's
 :func:`transcoder.evaluation.evaluate.evaluate_tokenizer` on the ``--val`` folder: log-mel MAE / MSE in dB
-(full band, valid frames) and the distinct codes and entropy of the actual indices over every window; PESQ-WB
+(full band, valid frames) and the distinct codes and entropy of the actual indices over every window; the
+patch-boundary seam ratios (frequency / time; 1.0 = no seams, :mod:`transcoder.evaluation.seams`); PESQ-WB
 and STOI through Griffin-Lim (or ``--vocoder CKPT``) on the first ``--audio-batches`` batches. With EMA
 weights in the checkpoint both the raw and the EMA weights are scored (one row each). Prints one table row
 per (variant, weights) and writes ``results.json`` and ``results.md`` into ``--output``; each variant's run
@@ -42,6 +43,7 @@ import torch
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
 from transcoder.evaluation.evaluate import evaluate_tokenizer, write_metrics_json
+from transcoder.evaluation.seams import seam_scores
 from transcoder.training.config import ConfigError, load_config
 from transcoder.training.trainer import Trainer
 from transcoder.utils.distributed import init_distributed
@@ -141,7 +143,7 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
     result = {"weights": "ema" if use_ema else "raw", "loaded_weights": tok.weights, "windows": full["windows"],
               "spectrogram": full["spectrogram"],
               "codebook": {k: full["codebook"][k] for k in ("distinct_codes", "usage", "entropy_bits", "perplexity")},
-              "rates": full["rates"]}
+              "rates": full["rates"], "seams": seam_scores(tok, dataset, args.eval_batch_size)}
     if args.audio_batches > 0:
         audio = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.audio_batches,
                                    audio_metrics=True, num_audio=args.num_audio, output_dir=out_dir,
@@ -192,7 +194,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table, one row per (variant, weights)."""
     head = ("| variant | weights | steps | train s | steps/s | MAE dB | MSE dB² | distinct codes | code entropy bits "
-            "| bit/s | PESQ-WB | STOI |")
+            "| bit/s | PESQ-WB | STOI | seams f/t |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         audio = row.get("audio", {}).get("recon", {})
@@ -201,7 +203,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{row['steps_per_second']:.2f} | {row['spectrogram']['mae_db']:.3f} | "
             f"{row['spectrogram']['mse_db']:.2f} | "
             f"{row['codebook']['distinct_codes']} | {row['codebook']['entropy_bits']:.2f} | "
-            f"{row['rates']['bitrate']:g} | {_fmt(audio.get('pesq'))} | {_fmt(audio.get('stoi'))} |")
+            f"{row['rates']['bitrate']:g} | {_fmt(audio.get('pesq'))} | {_fmt(audio.get('stoi'))} | "
+            f"{row['seams']['freq']:.2f}/{row['seams']['time']:.2f} |")
     return "\n".join(lines)
 
 

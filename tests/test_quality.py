@@ -275,3 +275,14 @@ def test_benchmark_vocoder_flag_is_explicit(tmp_path: Path, capsys: pytest.Captu
         pytest.skip("vocoder support present")
     with pytest.raises(NotImplementedError, match="not supported yet"):
         bench.load_scored_tokenizer(tmp_path / "x.pt", "cpu", True, "voc.pt")
+
+
+def test_seam_ratio_sees_patch_boundary_steps() -> None:
+    from transcoder.evaluation.seams import seam_ratio
+
+    torch.manual_seed(0)
+    target = torch.cumsum(torch.randn(2, 32, 32) * 0.05, dim=2)  # smooth along frequency
+    assert seam_ratio(target.clone(), target, 8, 2) == pytest.approx(1.0)
+    offsets = torch.randn(2, 32, 4).repeat_interleave(8, dim=2)  # one offset per 8-bin patch
+    assert seam_ratio(target + offsets, target, 8, 2) > 2.0
+    assert seam_ratio(target + offsets, target, 8, 1) == pytest.approx(1.0, abs=0.3)  # time axis unaffected
