@@ -178,6 +178,7 @@ def test_switch_errors_name_the_key(tmp_path: Path) -> None:
     ["model.params.straight_through=scaled"], ["model.params.inv_temperature=10.0"],
     ["loss.params.codebook_ramp=down", "loss.params.codebook_warmup_steps=3"], ["loss.params.multiscale_weight=1.0"],
     ["model.params.audioconfig.use_conv_module=false"], ["training.ema_decay=0.99"],
+    ["model.params.audioconfig.output_conv_channels=4"],
 ])
 def test_each_switch_trains_with_finite_losses(tmp_path: Path, switch: list[str]) -> None:
     run = trainer(tmp_path, "training.max_steps=2", "training.log_every=1", *switch)
@@ -286,3 +287,18 @@ def test_seam_ratio_sees_patch_boundary_steps() -> None:
     offsets = torch.randn(2, 32, 4).repeat_interleave(8, dim=2)  # one offset per 8-bin patch
     assert seam_ratio(target + offsets, target, 8, 2) > 2.0
     assert seam_ratio(target + offsets, target, 8, 1) == pytest.approx(1.0, abs=0.3)  # time axis unaffected
+
+
+def test_output_conv_head_starts_as_identity_and_learns() -> None:
+    from transcoder.models.audiobsq import AudioBSQModel
+
+    model = AudioBSQModel(audioconfig={"input_size": 32, "input_length": 64, "patch_size": 8, "width": 32,
+                                       "layers": 1, "heads": 2, "output_conv_channels": 4})
+    mel = torch.randn(2, 64, 32)
+    assert torch.equal(model.decoder.output_conv(mel), mel)
+    recon, loss, _ = model(mel)
+    assert recon.shape == mel.shape
+    ((recon - mel).abs().mean() + loss).backward()
+    assert model.decoder.output_conv.conv_out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="audioconfig.output_conv_channels=-1"):
+        AudioBSQModel(audioconfig={"output_conv_channels": -1})

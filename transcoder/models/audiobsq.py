@@ -51,6 +51,7 @@ class AudioConfig:
     attn_drop_rate: float = 0.0
     drop_path: float = 0.0
     grad_checkpointing: bool = False
+    output_conv_channels: int = 0  # >0: a residual 3x3 conv head over the decoded mel (smooths patch seams)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | AudioConfig | None) -> AudioConfig:
@@ -85,6 +86,10 @@ class AudioConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"audioconfig.{name}={value!r}: expected a positive integer")
+        if isinstance(self.output_conv_channels, bool) or not isinstance(self.output_conv_channels, int) \
+                or self.output_conv_channels < 0:
+            raise ValueError(f"audioconfig.output_conv_channels={self.output_conv_channels!r}: expected an integer "
+                             ">= 0 (0: off)")
         for name in ("qkv_bias", "use_conv_module", "grad_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"audioconfig.{name}={getattr(self, name)!r}: expected true or false")
@@ -248,6 +253,27 @@ class AudioTransformerEncoder(_AudioTransformer):
         return self.run_blocks(self.patch_embed(patches), grid), grid
 
 
+class OutputConvHead(nn.Module):
+    """Residual 3x3 convolutions over the decoded (B, T, F) mel: ``x + conv(gelu(conv(x)))``.
+
+    Each patch is predicted by its own linear head, so the decoder has no direct way to match the cells on
+    either side of a patch boundary; two 3x3 convolutions see across it. The last convolution starts at
+    zero, so the head starts as the identity.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(1, channels, kernel_size=3, padding=1)
+        self.conv_out = nn.Conv2d(channels, 1, kernel_size=3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """(B, T, F) → (B, T, F)."""
+        x = mel.unsqueeze(1)
+        return (x + self.conv_out(F.gelu(self.conv_in(x)))).squeeze(1)
+
+
 class AudioTransformerDecoder(_AudioTransformer):
     """Token features (B, Nt*Nf, width) on ``grid`` → log-mel (B, Nt*pt, Nf*pf)."""
 
@@ -255,11 +281,13 @@ class AudioTransformerDecoder(_AudioTransformer):
         super().__init__(config)
         pt, pf = config.patch_tf
         self.to_patches = nn.Linear(config.width, pt * pf)
+        self.output_conv = OutputConvHead(config.output_conv_channels) if config.output_conv_channels else None
 
     def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         pt, pf = self.config.patch_tf
         patches = self.to_patches(self.run_blocks(tokens, grid))
-        return rearrange(patches, "b (nt nf) (pt pf) -> b (nt pt) (nf pf)", nt=grid[0], pt=pt, pf=pf)
+        mel = rearrange(patches, "b (nt nf) (pt pf) -> b (nt pt) (nf pf)", nt=grid[0], pt=pt, pf=pf)
+        return self.output_conv(mel) if self.output_conv is not None else mel
 
 
 class AudioBSQModel(nn.Module):
