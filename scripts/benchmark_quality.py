@@ -143,7 +143,8 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
     result = {"weights": "ema" if use_ema else "raw", "loaded_weights": tok.weights, "windows": full["windows"],
               "spectrogram": full["spectrogram"],
               "codebook": {k: full["codebook"][k] for k in ("distinct_codes", "usage", "entropy_bits", "perplexity")},
-              "rates": full["rates"], "seams": seam_scores(tok, dataset, args.eval_batch_size)}
+              "rates": full["rates"], "seams": seam_scores(tok, dataset, args.eval_batch_size,
+                                                                      min(8, args.eval_max_batches or 8))}
     if args.audio_batches > 0:
         audio = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.audio_batches,
                                    audio_metrics=True, num_audio=args.num_audio, output_dir=out_dir,
