@@ -110,7 +110,9 @@ def apply_override(config: dict[str, Any], override: str) -> None:
     keys = dotted.strip().split(".")
     node = config
     for key in keys[:-1]:
-        child = node.setdefault(key, {})
+        if node.get(key) is None:  # a missing or null section (e.g. data.specaugment: null) starts empty
+            node[key] = {}
+        child = node[key]
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {key!r} is not a section")
         node = child
