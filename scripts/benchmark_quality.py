@@ -164,8 +164,10 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
         budget = None
     if steps is None and budget is None:
         raise ValueError("give --steps or --budget-seconds")
+    # A wall-clock budget ends the cosine at the budget (optimizer.schedule=budget; a variant may override it).
     limits = ([f"training.max_steps={steps}"] if budget is None else
-              [f"training.max_steps={steps or 10**9}", f"training.budget_seconds={budget}"])
+              [f"training.max_steps={steps or 10**9}", f"training.budget_seconds={budget}",
+               "optimizer.schedule=budget"])
     run_dir = Path(args.output) / name
     all_overrides = [*preset["overrides"], "data.train.target=transcoder.data.AudioFolderDataset",
                      f"data.train.params={{root: {args.train}}}", *RUN_OVERRIDES, *limits, *args.set, *overrides]

@@ -270,6 +270,17 @@ def test_benchmark_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert float(rows[0].split("|")[6]) > 0  # MAE in dB
 
 
+def test_benchmark_budget_mode_ends_the_cosine_at_the_budget(tmp_path: Path) -> None:
+    bench = _benchmark()
+    code = bench.main(["--config", str(DEMO), "--preset", "tiny", "--budget-seconds", "0.001", "--train",
+                       str(DATA_ROOT), "--val", str(DATA_ROOT), "--output", str(tmp_path), "--audio-batches", "0",
+                       "--eval-max-batches", "1", "--set", "data.target_length=64", "--variant", "b:"])
+    assert code == 0
+    config = load_config(tmp_path / "b" / "config.yaml")
+    assert config["optimizer"]["schedule"] == "budget" and config["training"]["budget_seconds"] == 0.001
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 1
+
+
 def test_benchmark_vocoder_flag_is_explicit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = _benchmark()
     if "vocoder" in inspect.signature(bench.load_tokenizer).parameters:
