@@ -1,7 +1,8 @@
 """SpecAugment time and frequency masking (Park et al., 2019, arXiv 1904.08779), batched.
 
-The trainer applies it to the model INPUT only: the reconstruction target stays the clean mel,
-so the tokenizer learns to fill masked regions rather than to reproduce the masks. Time warping
+The tokenizer task applies it to the model INPUT only by default (``data.specaugment.apply_to: input``):
+the reconstruction target stays the clean mel, so the tokenizer learns to fill masked regions;
+``apply_to: input_and_target`` masks both alike (plain augmentation, the masks are reproduced). Time warping
 from the paper is not implemented.
 """
 

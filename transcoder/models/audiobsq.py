@@ -59,6 +59,7 @@ class AudioConfig:
     lookahead: int = 0
     context: int = 32
     rope_base: float = 10000.0
+    output_conv_channels: int = 0  # >0: a residual 3x3 conv head over the decoded mel (smooths patch seams)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | AudioConfig | None) -> AudioConfig:
@@ -93,6 +94,10 @@ class AudioConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"audioconfig.{name}={value!r}: expected a positive integer")
+        if isinstance(self.output_conv_channels, bool) or not isinstance(self.output_conv_channels, int) \
+                or self.output_conv_channels < 0:
+            raise ValueError(f"audioconfig.output_conv_channels={self.output_conv_channels!r}: expected an integer "
+                             ">= 0 (0: off)")
         for name in ("qkv_bias", "use_conv_module", "grad_checkpointing", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"audioconfig.{name}={getattr(self, name)!r}: expected true or false")
@@ -333,6 +338,27 @@ def _conv_module_on_visible(module: ConformerConvModule, x: Tensor, visible: Ten
     return module.dropout(module.pointwise_out(F.silu(h)))
 
 
+class OutputConvHead(nn.Module):
+    """Residual 3x3 convolutions over the decoded (B, T, F) mel: ``x + conv(gelu(conv(x)))``.
+
+    Each patch is predicted by its own linear head, so the decoder has no direct way to match the cells on
+    either side of a patch boundary; two 3x3 convolutions see across it. The last convolution starts at
+    zero, so the head starts as the identity.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(1, channels, kernel_size=3, padding=1)
+        self.conv_out = nn.Conv2d(channels, 1, kernel_size=3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """(B, T, F) → (B, T, F)."""
+        x = mel.unsqueeze(1)
+        return (x + self.conv_out(F.gelu(self.conv_in(x)))).squeeze(1)
+
+
 class AudioTransformerDecoder(_AudioTransformer):
     """Token features (B, Nt*Nf, width) on ``grid`` → log-mel (B, Nt*pt, Nf*pf)."""
 
@@ -340,11 +366,13 @@ class AudioTransformerDecoder(_AudioTransformer):
         super().__init__(config)
         pt, pf = config.patch_tf
         self.to_patches = nn.Linear(config.width, pt * pf)
+        self.output_conv = OutputConvHead(config.output_conv_channels) if config.output_conv_channels else None
 
     def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         pt, pf = self.config.patch_tf
         patches = self.to_patches(self.run_blocks(tokens, grid))
-        return rearrange(patches, "b (nt nf) (pt pf) -> b (nt pt) (nf pf)", nt=grid[0], pt=pt, pf=pf)
+        mel = rearrange(patches, "b (nt nf) (pt pf) -> b (nt pt) (nf pf)", nt=grid[0], pt=pt, pf=pf)
+        return self.output_conv(mel) if self.output_conv is not None else mel
 
 
 class AudioBSQModel(nn.Module):
@@ -356,7 +384,7 @@ class AudioBSQModel(nn.Module):
         l2_norm: quantize on the unit sphere (BSQ); codes have norm 1.
         clamp_range: range the reconstruction is clamped to outside training (model space).
         beta, gamma0, gamma, zeta, inv_temperature, group_size, persample_entropy_compute,
-        cb_entropy_compute: see :class:`BinarySphericalQuantizer`.
+        cb_entropy_compute, straight_through, cb_entropy_ddp_average: see :class:`BinarySphericalQuantizer`.
     """
 
     def __init__(
@@ -373,6 +401,8 @@ class AudioBSQModel(nn.Module):
         group_size: int | None = None,
         persample_entropy_compute: str = "analytical",
         cb_entropy_compute: str = "group",
+        straight_through: str = "unit",
+        cb_entropy_ddp_average: bool = False,
     ) -> None:
         super().__init__()
         self.config = AudioConfig.from_dict(audioconfig)
@@ -390,6 +420,8 @@ class AudioBSQModel(nn.Module):
             persample_entropy_compute=persample_entropy_compute,  # type: ignore[arg-type]
             cb_entropy_compute=cb_entropy_compute,  # type: ignore[arg-type]
             l2_norm=l2_norm,
+            straight_through=straight_through,  # type: ignore[arg-type]
+            cb_entropy_ddp_average=cb_entropy_ddp_average,
         )
         self.post_quant_embed = nn.Linear(embed_dim, self.config.width)
         self.decoder = AudioTransformerDecoder(self.config)
@@ -423,13 +455,14 @@ class AudioBSQModel(nn.Module):
         self.decoder.set_grad_checkpointing(enable)
 
     # -- API --------------------------------------------------------------------------------
-    def encode(self, mel: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def encode(self, mel: Tensor, compute_entropy: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """(B, T, F) log-mel → codes (B, N, embed_dim) on the unit sphere, quantizer loss, info.
 
-        ``info["indices"]`` has shape (B, T/pt, F/pf), int64; ``info["grid"]`` is (Nt, Nf).
+        ``info["indices"]`` has shape (B, T/pt, F/pf), int64; ``info["grid"]`` is (Nt, Nf). The soft
+        entropies (and their loss terms) are computed in training mode or with ``compute_entropy=True``.
         """
         features, grid = self.encoder(mel)
-        codes, quant_loss, info = self.quantizer(self.quant_embed(features))
+        codes, quant_loss, info = self.quantizer(self.quant_embed(features), compute_entropy=compute_entropy)
         info["indices"] = info["indices"].reshape(mel.shape[0], *grid)
         info["grid"] = grid
         return codes, quant_loss, info
@@ -452,9 +485,9 @@ class AudioBSQModel(nn.Module):
             mel = mel.clamp(*self.clamp_range)
         return mel
 
-    def forward(self, mel: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        """(B, T, F) → reconstruction (B, T, F), quantizer loss (scalar), info."""
-        codes, quant_loss, info = self.encode(mel)
+    def forward(self, mel: Tensor, compute_entropy: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """(B, T, F) → reconstruction (B, T, F), quantizer loss (scalar), info (see :meth:`encode`)."""
+        codes, quant_loss, info = self.encode(mel, compute_entropy)
         return self.decode(codes, info["grid"]), quant_loss, info
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

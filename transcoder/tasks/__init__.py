@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "tokenizer": "transcoder.tasks.tokenizer.TokenizerTask",
     "vocoder": "transcoder.tasks.vocoder.VocoderTask",
     "mae_pretrain": "transcoder.tasks.pretrain.MAEPretrainTask",
+    "tokenizer_gan": "transcoder.tasks.tokenizer_gan.TokenizerGanTask",
 }
 
 

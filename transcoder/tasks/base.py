@@ -41,6 +41,8 @@ class Task(ABC):
 
     name: str = "task"
     model_sections: tuple[str, ...] = ("model",)
+    #: ``{target, params}`` used for a model section the config leaves out (e.g. a default discriminator).
+    default_model_sections: dict[str, dict[str, Any]] = {}
     optimizer_sections: dict[str, str] = {"model": "optimizer"}
     ema_parts: tuple[str, ...] = ("model",)
     best_metric: str = "val/loss"

@@ -86,7 +86,9 @@ class TokenizerTask(Task):
     def __init__(self, config: dict[str, Any], mel_config: MelConfig, device: torch.device) -> None:
         super().__init__(config, mel_config, device)
         self.loss_fn = instantiate(config["loss"]).to(device)
-        spec_cfg = config["data"]["specaugment"]
+        spec_cfg = dict(config["data"]["specaugment"] or {})
+        # "input": the model learns to fill the masked cells; "input_and_target": the same masks on both.
+        self.specaugment_target = spec_cfg.pop("apply_to", "input") == "input_and_target"
         self.specaugment = SpecAugment(**spec_cfg).to(device) if spec_cfg else None
         self.vocoder = load_media_vocoder(config["training"].get("vocoder"), mel_config, device)
 
@@ -94,11 +96,13 @@ class TokenizerTask(Task):
         return {"model": build_model(self.config["model"], self.mel_config).to(self.device)}
 
     def model_input(self, audio: Tensor, augment: bool) -> tuple[Tensor, Tensor]:
-        """(B, S) waveforms → model input (SpecAugment-ed if ``augment``) and clean target, both (B, T, F)."""
+        """(B, S) waveforms → model input (SpecAugment-ed if ``augment``) and target, both (B, T, F); the target
+        is clean unless ``data.specaugment.apply_to`` is ``input_and_target`` (then it is the masked input)."""
         with torch.no_grad():
             target = self.frontend(audio.to(self.device, non_blocking=True))
             if augment and self.specaugment is not None:
-                return self.specaugment.train()(target), target
+                masked = self.specaugment.train()(target)
+                return masked, masked if self.specaugment_target else target
         return target, target
 
     def step(self, state: StepState, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -109,10 +113,15 @@ class TokenizerTask(Task):
             recon, quant_loss, info = part.forward_model(model_input)
         loss, terms = self.loss_fn(recon, target, quant_loss, part.updates)
         state.optimize("model", loss)
+        self._entropy_terms(info, terms)
+        return terms, {"indices": info["indices"]}
+
+    @staticmethod
+    def _entropy_terms(info: dict[str, Any], terms: dict[str, Tensor]) -> None:
+        """Add the soft entropies (bits) to ``terms`` when the quantizer computed them."""
         if "per_sample_entropy" in info:
             terms["entropy/per_sample_bits"] = info["per_sample_entropy"].detach() / math.log(2)
             terms["entropy/codebook_bits"] = info["codebook_entropy"].detach() / math.log(2)
-        return terms, {"indices": info["indices"]}
 
     def log_scalars(self, state: StepState, info: dict[str, Any]) -> dict[str, float]:
         indices = info["indices"]

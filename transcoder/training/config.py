@@ -27,9 +27,11 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 1000,
     "min_lr_ratio": 0.0,  # the cosine decays to lr * min_lr_ratio at max_steps
     "grad_clip_norm": 1.0,  # clipping is on by default; null or 0 turns it off
+    "schedule": "cosine",  # cosine: over training.max_steps; budget: over training.budget_seconds (see optim.py)
 }
 TRAINING_DEFAULTS: dict[str, Any] = {
     "max_steps": 100000,
+    "budget_seconds": None,  # stop after this many seconds of training (and end a `budget` schedule there)
     "seed": 0,
     "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     "log_every": 50,
@@ -71,7 +73,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "pin_memory": True,
     "train": None,  # {target, params}
     "val": None,  # {target, params} or null
-    "specaugment": None,  # {time_masks, time_width, freq_masks, freq_width} or null
+    # {time_masks, time_width, freq_masks, freq_width, fill_value, apply_to: input | input_and_target} or null
+    "specaugment": None,
 }
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "loss": LOSS_DEFAULTS,
@@ -118,7 +121,9 @@ def apply_override(config: dict[str, Any], override: str) -> None:
     keys = dotted.strip().split(".")
     node = config
     for key in keys[:-1]:
-        child = node.setdefault(key, {})
+        if node.get(key) is None:  # a missing or null section (e.g. data.specaugment: null) starts empty
+            node[key] = {}
+        child = node[key]
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {key!r} is not a section")
         node = child
@@ -152,9 +157,15 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
     for key, default in cls.extra_keys.items():  # task-specific top-level settings (checked by the task)
         config[key] = copy.deepcopy(raw.get(key, default))
     for section in model_sections:
+        if section not in raw and section in cls.default_model_sections:
+            config[section] = _target_spec(cls.default_model_sections[section], section)
+            continue
         if section not in raw:
             raise ConfigError(f"missing section {section!r} (target + params)")
-        config[section] = _target_spec(raw[section], section)
+        given = raw[section]
+        if isinstance(given, dict) and "target" not in given and section in cls.default_model_sections:
+            given = {**cls.default_model_sections[section], **given}  # params only: the default target
+        config[section] = _target_spec(given, section)
     for section, defaults in section_defaults.items():
         given = raw.get(section) or {}
         if not isinstance(given, dict):
@@ -183,7 +194,7 @@ def _is_int(value: Any) -> bool:
 
 
 FLOAT_KEYS = {"optimizer": ("lr", "eps", "weight_decay", "min_lr_ratio", "grad_clip_norm"),
-              "training": ("ema_decay",)}
+              "training": ("ema_decay", "budget_seconds")}
 
 
 def _coerce_floats(config: dict[str, Any], optimizer_sections: list[str]) -> None:
@@ -237,8 +248,14 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
     ema = config["training"]["ema_decay"]
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1):
         raise ConfigError(f"training.ema_decay={ema!r}: expected null or a number in (0, 1)")
+    budget = config["training"]["budget_seconds"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
+        raise ConfigError(f"training.budget_seconds={budget!r}: expected null or a positive number of seconds")
     for name in optimizer_sections:
         _check_optimizer(config[name], name)
+        if config[name]["schedule"] == "budget" and budget is None:
+            raise ConfigError(f"{name}.schedule=budget needs training.budget_seconds (a positive number); "
+                              "or use schedule=cosine")
 
 
 def _check_init_from(value: Any) -> dict[str, Any] | None:
@@ -265,6 +282,8 @@ def _check_init_from(value: Any) -> dict[str, Any] | None:
 
 
 def _check_optimizer(optim: dict[str, Any], section: str) -> None:
+    if optim["schedule"] not in ("cosine", "budget"):
+        raise ConfigError(f"{section}.schedule={optim['schedule']!r}: expected cosine or budget")
     clip = optim["grad_clip_norm"]
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or clip < 0):
         raise ConfigError(f"{section}.grad_clip_norm={clip!r}: expected null, 0 (off) or a positive number")
@@ -279,7 +298,9 @@ def _check_optimizer(optim: dict[str, Any], section: str) -> None:
 
 #: ``training.seed`` + rank seeds NumPy, which takes 32-bit seeds; leave room for the ranks.
 MAX_SEED = 2**31 - 1
-SPECAUGMENT_KEYS = ("time_masks", "time_width", "freq_masks", "freq_width", "fill_value")
+SPECAUGMENT_KEYS = ("time_masks", "time_width", "freq_masks", "freq_width", "fill_value", "apply_to")
+#: ``data.specaugment.apply_to``: mask the model input only (the target stays clean), or input and target alike.
+SPECAUGMENT_TARGETS = ("input", "input_and_target")
 
 
 def _check_mel(data: dict[str, Any]) -> None:
@@ -298,7 +319,10 @@ def _check_specaugment(spec: Any) -> None:
         raise ConfigError(f"data.specaugment={spec!r}: expected null or a mapping with keys {list(SPECAUGMENT_KEYS)}")
     _reject_unknown(spec, set(SPECAUGMENT_KEYS), "data.specaugment")
     for key, value in spec.items():
-        if key == "fill_value":
+        if key == "apply_to":
+            if value not in SPECAUGMENT_TARGETS:
+                raise ConfigError(f"data.specaugment.apply_to={value!r}: expected one of {list(SPECAUGMENT_TARGETS)}")
+        elif key == "fill_value":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"data.specaugment.fill_value={value!r}: expected a number")
         elif not _is_int(value) or value < 0:

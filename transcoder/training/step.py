@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from transcoder.training.ema import ModelEma
-from transcoder.training.optim import build_optimizer
+from transcoder.training.optim import BudgetClock, build_optimizer
 from transcoder.training.state import TrainState
 from transcoder.utils.distributed import all_reduce_max
 
@@ -87,9 +87,10 @@ class TrainPart:
 
 
 def build_part(name: str, model: nn.Module, optim_cfg: dict[str, Any], max_steps: int, device: torch.device,
-               precision: torch.dtype, ema_decay: float | None, ema_warmup: bool = True) -> TrainPart:
+               precision: torch.dtype, ema_decay: float | None, ema_warmup: bool = True,
+               clock: BudgetClock | None = None) -> TrainPart:
     """A :class:`TrainPart` for ``model`` (already on ``device``) from an optimizer config section."""
-    optimizer, scheduler = build_optimizer(model, optim_cfg, max_steps, device)
+    optimizer, scheduler = build_optimizer(model, optim_cfg, max_steps, device, clock)
     clip = optim_cfg.get("grad_clip_norm")
     return TrainPart(
         name=name, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -100,8 +101,9 @@ def build_part(name: str, model: nn.Module, optim_cfg: dict[str, Any], max_steps
 
 
 def build_parts(task: Task, config: dict[str, Any], device: torch.device, precision: torch.dtype,
-                distributed: bool = False) -> dict[str, TrainPart]:
-    """The task's models, each with the optimizer of its config section and, for ``task.ema_parts``, an EMA."""
+                distributed: bool = False, clock: BudgetClock | None = None) -> dict[str, TrainPart]:
+    """The task's models, each with the optimizer of its config section and, for ``task.ema_parts``, an EMA;
+    ``clock`` drives ``schedule: budget`` optimizers."""
     from transcoder.training.config import ConfigError
 
     train_cfg = config["training"]
@@ -120,7 +122,8 @@ def build_parts(task: Task, config: dict[str, Any], device: torch.device, precis
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ema = train_cfg["ema_decay"] if name in task.ema_parts else None
         parts[name] = build_part(name, model.to(device), config[task.optimizer_sections[name]],
-                                 int(train_cfg["max_steps"]), device, precision, ema, bool(train_cfg["ema_warmup"]))
+                                 int(train_cfg["max_steps"]), device, precision, ema, bool(train_cfg["ema_warmup"]),
+                                 clock)
     return parts
 
 
@@ -138,6 +141,7 @@ class StepState:
     step_nonfinite: bool = field(default=False, repr=False)
     grad_norms: dict[str, Tensor] = field(default_factory=dict, repr=False)
     marks: list[tuple[str, Any]] | None = field(default=None, repr=False)  # set by the benchmark to time phases
+    clock: BudgetClock | None = None  # training.budget_seconds: its agreed seconds are updated in optimize()
 
     def mark(self, phase: str) -> None:
         """End of a phase of the step (``frontend``, ``forward``, ``backward``, ``optimizer``), recorded only
@@ -161,7 +165,8 @@ class StepState:
         """Backward ``loss`` into part ``name`` and apply its update if the loss and gradient are finite
         on every rank. Returns whether the update was applied (fp16 overflow skips count as not applied).
 
-        One host sync: the non-finite flag and the stop request are reduced together across ranks.
+        One host sync: the non-finite flag, the stop request and the budget clock are reduced together
+        across ranks (the clock's maximum, so every rank's ``budget`` schedule reads the same time).
         """
         part = self.parts[name]
         self.mark("forward")
@@ -178,9 +183,13 @@ class StepState:
         loss_bad = ~torch.isfinite(loss.detach())
         # Under fp16 an overflowing gradient is the scaler's business (it skips and lowers the scale).
         grad_bad = ~torch.isfinite(grad_norm) if not part.scaler.is_enabled() else torch.zeros_like(loss_bad)
-        flags = torch.stack([(loss_bad | grad_bad).float().reshape(()),
-                             torch.tensor(float(self.stop_requested), device=loss.device)])
-        nonfinite, stop = all_reduce_max(flags).tolist()
+        clock_seconds = self.clock.local_seconds() if self.clock is not None else 0.0
+        flags = torch.stack([(loss_bad | grad_bad).double().reshape(()),
+                             torch.tensor(float(self.stop_requested), device=loss.device, dtype=torch.float64),
+                             torch.tensor(clock_seconds, device=loss.device, dtype=torch.float64)])
+        nonfinite, stop, clock_seconds = all_reduce_max(flags).tolist()
+        if self.clock is not None:
+            self.clock.seconds = clock_seconds
         self.stop_agreed = self.stop_agreed or bool(stop)  # a later signal is acted on at the next step
         if nonfinite:
             self.step_nonfinite = True

@@ -22,6 +22,7 @@ from transcoder.training.config import ConfigError, save_config
 from transcoder.training.init_from import frozen_parameters, load_modules
 from transcoder.training.loader import ObservedIterator, build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
+from transcoder.training.optim import BudgetClock
 from transcoder.training.run_dir import RunLock, config_differences, load_resumable, remove_stale_temporaries
 from transcoder.training.sampler import ResumableTrainSampler
 from transcoder.training.state import (
@@ -87,9 +88,12 @@ class Trainer:
         self.precision = resolve_precision(self.train_cfg["precision"], self.device)
         self.mel_config = MelConfig.from_dict(self.data_cfg, strict=False)
         self.task: Task = build_task(config, self.mel_config, self.device)
-        parts = build_parts(self.task, config, self.device, self.precision, distributed=env.distributed)
+        budget = self.train_cfg["budget_seconds"]
+        self.clock = BudgetClock(float(budget)) if budget is not None else None
+        parts = build_parts(self.task, config, self.device, self.precision, distributed=env.distributed,
+                            clock=self.clock)
         self.step_state = StepState(parts=parts, counters=TrainState(), precision=self.precision,
-                               device=self.device)
+                                    device=self.device, clock=self.clock)
 
         # Data before the run folder: a missing root or an empty folder leaves nothing behind.
         self.train_dataset = self._build_dataset("train", mode="train")
@@ -192,6 +196,7 @@ class Trainer:
             "config": self.config,
             "mel": self.mel_config.to_dict(),
             **self._stream_checkpoint(),
+            "budget_clock_seconds": self.clock.seconds if self.clock is not None else None,
         }
 
     def _sync_skipped_files(self) -> None:
@@ -250,6 +255,8 @@ class Trainer:
             part.load_training_state(checkpoint["optim"][name])
         self.step_state.counters = TrainState.from_dict(checkpoint["state"])
         self._restore_stream(checkpoint)
+        if self.clock is not None:
+            self.clock.seconds = float(checkpoint.get("budget_clock_seconds") or 0.0)
         self._resumed_train_files = checkpoint.get("train_files")
         if checkpoint.get("world_size") == self.env.world_size:
             restore_rng_state(checkpoint["rng"][self.env.rank])
@@ -300,8 +307,9 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self, stop_at_step: int | None = None) -> TrainState:
-        """Train to ``training.max_steps`` (or stop early at ``stop_at_step`` with a checkpoint, leaving
-        the schedule unchanged, e.g. to split a run into jobs); returns the final counters."""
+        """Train to ``training.max_steps`` or until ``training.budget_seconds`` are spent (or stop early at
+        ``stop_at_step`` with a checkpoint, leaving the schedule unchanged, e.g. to split a run into jobs);
+        returns the final counters."""
         max_steps = int(self.train_cfg["max_steps"])
         end_step = min(max_steps, stop_at_step) if stop_at_step is not None else max_steps
         batch_size = int(self.data_cfg["batch_size"])
@@ -316,6 +324,8 @@ class Trainer:
         monitor = Monitor(self.output_dir, self.env.is_main, max_steps, self.state.step)
         self._fit_start = time.perf_counter()
         previous_handlers = self._install_signal_handlers()
+        if self.clock is not None:
+            self.clock.start()
         # Log lines go through tqdm.write, so they don't break the progress bar.
         with logging_redirect_tqdm(loggers=[self.logger]):
             try:
@@ -341,7 +351,7 @@ class Trainer:
         (``sampler.epoch_at(position)`` gives the logged epoch: the sampler, or a streaming dataset)."""
         cfg = self.train_cfg
         window = LogWindow()
-        while self.state.step < end_step:
+        while self.state.step < end_step and not (self.clock is not None and self.clock.spent):
             wait_start = time.perf_counter()
             batch = next(loader)
             window.data_seconds += time.perf_counter() - wait_start
@@ -373,8 +383,9 @@ class Trainer:
                 self.logger.warning("received signal %d: saved checkpoints/latest.pt at step %d, exiting",
                                     signum, step)
                 raise SystemExit(128 + signum)
-        finished = self.state.step >= max_steps
-        if finished and self.val_dataset is not None and max_steps % int(cfg["val_every"]):
+        budget_spent = self.clock is not None and self.clock.spent
+        finished = self.state.step >= max_steps or budget_spent
+        if finished and self.val_dataset is not None and self.state.step % int(cfg["val_every"]):
             self._validate_and_keep_best(monitor)
         if self._last_saved_step != self.state.step:
             self.save("latest")

@@ -14,6 +14,17 @@ The entropies are soft: each token gets a distribution over codes from its dista
 "analytical" factorises it per bit (exact for BSQ, since the code distribution of one token is
 a product over bits); "group" computes it over sub-codebooks of ``group_size`` bits (2^group_size
 entries), so memory never grows with 2^d.
+
+The soft entropies are computed only when a loss needs them: in training mode, or when the caller
+asks (``forward(z, compute_entropy=True)``). Tokenizing (eval mode) skips them and the info dict has
+no entropy keys. ``cb_entropy_ddp_average`` averages the code probabilities over DDP ranks before
+the codebook entropy (as lucidrains' ``LookupFreeQuantization`` does), so the term sees the global
+batch; gradients flow through this rank's part only.
+
+Straight-through estimator (``straight_through``): ``"unit"`` passes the gradient of the codes to
+``u`` unchanged (``codes = q + u - sg(u)``); ``"scaled"`` multiplies it by ``q_scale`` (1/sqrt(d) with
+``l2_norm``), as the original BSQ-ViT does (it quantizes ``sign(u)`` with a straight-through estimator,
+then scales the result by 1/sqrt(d)). The forward values are identical.
 """
 
 from __future__ import annotations
@@ -22,10 +33,12 @@ import math
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 EntropyMode = Literal["analytical", "group"]
+StraightThrough = Literal["unit", "scaled"]
 
 #: Largest code width whose indices fit a signed int64 with a bit to spare.
 MAX_INDEX_BITS = 62
@@ -56,6 +69,10 @@ class BinarySphericalQuantizer(nn.Module):
         persample_entropy_compute: "analytical" (per bit) or "group".
         cb_entropy_compute: "analytical" (per bit) or "group".
         l2_norm: project inputs onto the unit sphere and scale codes by ``1/sqrt(d)``.
+        straight_through: ``"unit"`` (gradient reaches ``u`` unchanged) or ``"scaled"`` (times
+            ``q_scale``, the original BSQ-ViT's estimator).
+        cb_entropy_ddp_average: average the code probabilities over the ranks of the default
+            process group before taking the codebook entropy (no effect without one).
     """
 
     def __init__(
@@ -71,8 +88,14 @@ class BinarySphericalQuantizer(nn.Module):
         persample_entropy_compute: EntropyMode = "analytical",
         cb_entropy_compute: EntropyMode = "group",
         l2_norm: bool = True,
+        straight_through: StraightThrough = "unit",
+        cb_entropy_ddp_average: bool = False,
     ) -> None:
         super().__init__()
+        if straight_through not in ("unit", "scaled"):
+            raise ValueError(f"straight_through={straight_through!r}: expected 'unit' or 'scaled'")
+        if not isinstance(cb_entropy_ddp_average, bool):
+            raise ValueError(f"cb_entropy_ddp_average={cb_entropy_ddp_average!r}: expected true or false")
         if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or not 1 <= embed_dim <= MAX_INDEX_BITS:
             raise ValueError(f"embed_dim={embed_dim}: expected 1..{MAX_INDEX_BITS} bits (indices are int64)")
         for name, value in (("beta", beta), ("gamma0", gamma0), ("gamma", gamma), ("zeta", zeta),
@@ -104,6 +127,8 @@ class BinarySphericalQuantizer(nn.Module):
         self.persample_entropy_compute = persample_entropy_compute
         self.cb_entropy_compute = cb_entropy_compute
         self.l2_norm = l2_norm
+        self.straight_through = straight_through
+        self.cb_entropy_ddp_average = cb_entropy_ddp_average
         self.q_scale = 1.0 / math.sqrt(embed_dim) if l2_norm else 1.0
         self.register_buffer("bit_weights", 2 ** torch.arange(embed_dim, dtype=torch.int64), persistent=False)
         if "group" in (persample_entropy_compute, cb_entropy_compute):
@@ -116,32 +141,36 @@ class BinarySphericalQuantizer(nn.Module):
     def bits(self) -> int:
         return self.embed_dim
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def forward(self, z: Tensor, compute_entropy: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Quantize ``z`` (..., d) → codes (..., d) in fp32, the scalar loss and an info dict.
 
-        The info dict holds ``indices`` (...) int64, ``per_sample_entropy`` and
-        ``codebook_entropy`` (nats, in [0, d ln 2]), ``commit_loss``, ``entropy_loss``.
+        ``compute_entropy`` (default: ``self.training``) decides whether the soft entropies are computed.
+        The info dict holds ``indices`` (...) int64 and ``commit_loss``; with the entropies also
+        ``per_sample_entropy`` and ``codebook_entropy`` (nats, in [0, d ln 2]) and ``entropy_loss``.
+        Without them the loss is the commitment term alone.
         """
         if z.shape[-1] != self.embed_dim:
             raise ValueError(f"expected last dim {self.embed_dim}, got shape {tuple(z.shape)}")
+        if compute_entropy is None:
+            compute_entropy = self.training
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             u = F.normalize(z, dim=-1) if self.l2_norm else z
             hard = self.sign_codes(u)
-            # Exact straight-through: the value is `hard` bit for bit (u - sg(u) == 0), the gradient
-            # reaches u unchanged. decode(encode(x)) therefore equals decode_indices(indices).
-            codes = hard + (u - u.detach())
+            # Straight-through: the value is `hard` bit for bit (u - sg(u) == 0), so
+            # decode(encode(x)) equals decode_indices(indices); the gradient reaches u times `st_gain`.
+            st_gain = self.q_scale if self.straight_through == "scaled" else 1.0
+            codes = hard + st_gain * (u - u.detach())
             commit_loss = ((hard - u) ** 2).sum(-1).mean()
-            per_sample_entropy, codebook_entropy = self.soft_entropies(u)
-            entropy_loss = (self.gamma0 * per_sample_entropy - self.gamma * codebook_entropy) / self.inv_temperature
-            loss = self.beta * commit_loss + self.zeta * entropy_loss
-        info = {
-            "indices": self.codes_to_indices(hard),
-            "per_sample_entropy": per_sample_entropy.detach(),
-            "codebook_entropy": codebook_entropy.detach(),
-            "commit_loss": commit_loss.detach(),
-            "entropy_loss": entropy_loss.detach(),
-        }
+            loss = self.beta * commit_loss
+            info = {"commit_loss": commit_loss.detach()}
+            if compute_entropy:
+                per_sample_entropy, codebook_entropy = self.soft_entropies(u)
+                entropy_loss = (self.gamma0 * per_sample_entropy - self.gamma * codebook_entropy) / self.inv_temperature
+                loss = loss + self.zeta * entropy_loss
+                info.update(per_sample_entropy=per_sample_entropy.detach(),
+                            codebook_entropy=codebook_entropy.detach(), entropy_loss=entropy_loss.detach())
+        info["indices"] = self.codes_to_indices(hard)
         return codes, loss, info
 
     def sign_codes(self, u: Tensor) -> Tensor:
@@ -177,10 +206,25 @@ class BinarySphericalQuantizer(nn.Module):
         else:
             per_sample = categorical_entropy(group_prob).sum(-1).mean()
         if self.cb_entropy_compute == "analytical":
-            codebook = binary_entropy(bit_prob.mean(0)).sum()
+            codebook = binary_entropy(self._mean_over_ranks(bit_prob)).sum()
         else:
-            codebook = categorical_entropy(group_prob.mean(0)).sum()
+            codebook = categorical_entropy(self._mean_over_ranks(group_prob)).sum()
         return per_sample, codebook
+
+    def _mean_over_ranks(self, prob: Tensor) -> Tensor:
+        """(N, ...) probabilities → (...) their mean over this batch, or over every rank's batch with
+        ``cb_entropy_ddp_average`` under an initialised process group. The other ranks' sums enter as
+        constants, so the gradient reaches this rank's tokens only (each rank back-propagates its own)."""
+        if not (self.cb_entropy_ddp_average and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return prob.mean(0)
+        local_sum = prob.sum(0)
+        stats = torch.cat([local_sum.detach().reshape(-1),
+                           torch.tensor([float(prob.shape[0])], device=prob.device, dtype=local_sum.dtype)])
+        dist.all_reduce(stats)
+        global_sum = stats[:-1].reshape(local_sum.shape)
+        # Value: the global sum; gradient: d(local_sum).
+        return (local_sum + (global_sum - local_sum.detach())) / stats[-1]
 
     def _group_probabilities(self, flat: Tensor) -> Tensor:
         """(N, d) → (N, d / group_size, 2^group_size) soft assignment to each sub-codebook."""
@@ -191,4 +235,5 @@ class BinarySphericalQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, beta={self.beta}, gamma0={self.gamma0}, gamma={self.gamma}, "
                 f"zeta={self.zeta}, inv_temperature={self.inv_temperature}, group_size={self.group_size}, "
-                f"l2_norm={self.l2_norm}")
+                f"l2_norm={self.l2_norm}, straight_through={self.straight_through!r}, "
+                f"cb_entropy_ddp_average={self.cb_entropy_ddp_average}")

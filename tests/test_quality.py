@@ -1,0 +1,315 @@
+"""The token-quality levers: quantizer entropy only when needed (and averaged over DDP ranks), scaled
+straight-through, codebook-weight ramps, SpecAugment targets, the multi-scale loss, the budget schedule,
+the mel-GAN task (discriminator isolation, exact resume) and the quality benchmark script."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from transcoder.losses import AudioTokenizerGanLoss, AudioTokenizerLoss
+from transcoder.models.mel_discriminator import MultiScaleMelDiscriminator
+from transcoder.models.quantizer.bsq import BinarySphericalQuantizer
+from transcoder.training.config import ConfigError, load_config
+from transcoder.training.optim import BudgetClock, warmup_budget_factor
+from transcoder.training.trainer import Trainer
+from transcoder.utils.checkpoint import load_checkpoint
+from transcoder.utils.distributed import init_distributed
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = REPO / "data" / "librivox-mini" / "LibriSpeech"
+DEMO = REPO / "configs" / "tokenizer" / "audio_demo_librivox_mini.yaml"
+TINY = [f"data.train.params.root={DATA_ROOT}", f"data.val.params.root={DATA_ROOT}", "data.target_length=64",
+        "data.batch_size=4", "data.num_workers=0", "model.params.audioconfig.width=32",
+        "model.params.audioconfig.layers=1", "model.params.audioconfig.heads=2", "training.log_every=2",
+        "training.val_every=1000", "training.image_every=0", "training.latest_every=1000",
+        "training.ckpt_every=1000", "training.max_steps=8", "optimizer.warmup_steps=2"]
+GAN = ["task=tokenizer_gan", "loss.params.disc_start=2", "disc_optimizer.lr=2e-4", "disc_optimizer.warmup_steps=2",
+       "discriminator.params={channels: 4, layers: 2, num_scales: 2}", "training.ema_decay=0.9"]
+ENTROPY_KEYS = {"per_sample_entropy", "codebook_entropy", "entropy_loss"}
+
+
+def trainer(output_dir: Path, *overrides: str) -> Trainer:
+    return Trainer(load_config(DEMO, [*TINY, *overrides]), output_dir, init_distributed("cpu"))
+
+
+# -- quantizer ------------------------------------------------------------------------------------------------
+def test_entropies_only_when_a_loss_needs_them() -> None:
+    quantizer = BinarySphericalQuantizer(embed_dim=18, group_size=9)
+    z = torch.randn(4, 10, 18)
+    _, train_loss, train_info = quantizer.train()(z)
+    assert ENTROPY_KEYS <= set(train_info) and train_loss.ndim == 0 and torch.isfinite(train_loss)
+    codes, eval_loss, eval_info = quantizer.eval()(z)
+    assert not ENTROPY_KEYS & set(eval_info) and eval_info["indices"].shape == (4, 10)
+    assert float(eval_loss) == 0.0  # beta=0: the commitment term alone
+    _, _, forced = quantizer.eval()(z, compute_entropy=True)
+    torch.testing.assert_close(forced["codebook_entropy"], train_info["codebook_entropy"])
+    assert torch.equal(codes, quantizer.train()(z)[0])
+
+
+def test_scaled_straight_through_divides_the_gradient_by_sqrt_d() -> None:
+    z = torch.randn(6, 18)
+    results = {}
+    for mode in ("unit", "scaled"):
+        quantizer = BinarySphericalQuantizer(embed_dim=18, straight_through=mode).eval()
+        leaf = z.clone().requires_grad_(True)
+        codes, _, info = quantizer(leaf)
+        (codes * torch.arange(18.0)).sum().backward()
+        results[mode] = (codes.detach(), leaf.grad)
+    assert torch.equal(results["unit"][0], results["scaled"][0])  # identical values
+    torch.testing.assert_close(results["scaled"][1], results["unit"][1] / math.sqrt(18))
+    with pytest.raises(ValueError, match="straight_through='x'"):
+        BinarySphericalQuantizer(embed_dim=18, straight_through="x")  # type: ignore[arg-type]
+
+
+def _ddp_entropy_worker(rank: int, world: int, init_file: str, out_dir: str, mode: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        z = torch.randn(2 * 24, 6) * 3
+        local = z[rank * 24:(rank + 1) * 24].clone().requires_grad_(True)
+        quantizer = BinarySphericalQuantizer(embed_dim=6, group_size=3, cb_entropy_compute=mode,
+                                             cb_entropy_ddp_average=True, inv_temperature=5.0)
+        _, codebook = quantizer.soft_entropies(torch.nn.functional.normalize(local, dim=-1))
+        codebook.backward()
+        torch.save({"entropy": codebook.detach(), "grad": local.grad}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["group", "analytical"])
+def test_codebook_entropy_averaged_over_two_gloo_ranks_equals_the_whole_batch(tmp_path: Path, mode: str) -> None:
+    mp.spawn(_ddp_entropy_worker, args=(2, str(tmp_path / "init"), str(tmp_path), mode), nprocs=2, join=True)
+    torch.manual_seed(0)
+    z = (torch.randn(48, 6) * 3).requires_grad_(True)
+    single = BinarySphericalQuantizer(embed_dim=6, group_size=3, cb_entropy_compute=mode, inv_temperature=5.0)
+    _, expected = single.soft_entropies(torch.nn.functional.normalize(z, dim=-1))
+    expected.backward()
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(result["entropy"], expected.detach())
+        # Each rank's gradient is the whole-batch entropy's gradient on its own tokens.
+        torch.testing.assert_close(result["grad"], z.grad[rank * 24:(rank + 1) * 24])
+    local = BinarySphericalQuantizer(embed_dim=6, group_size=3, cb_entropy_compute=mode, inv_temperature=5.0)
+    _, half = local.soft_entropies(torch.nn.functional.normalize(z[:24].detach(), dim=-1))
+    assert not torch.allclose(half, expected.detach())  # without averaging a rank sees only its half
+
+
+# -- losses ---------------------------------------------------------------------------------------------------
+def test_codebook_ramps_up_from_zero_or_down_from_three_times() -> None:
+    up = AudioTokenizerLoss(codebook_weight=0.1, codebook_warmup_steps=10, codebook_ramp="up")
+    down = AudioTokenizerLoss(codebook_weight=0.1, codebook_warmup_steps=10, codebook_ramp="down")
+    assert [round(up.codebook_weight_at(s), 4) for s in (0, 5, 10, 50)] == [0.0, 0.05, 0.1, 0.1]
+    assert [round(down.codebook_weight_at(s), 4) for s in (0, 5, 10, 50)] == [0.3, 0.2, 0.1, 0.1]
+    with pytest.raises(ValueError, match="codebook_ramp='sideways'"):
+        AudioTokenizerLoss(codebook_ramp="sideways")
+
+
+def test_multiscale_loss_is_zero_for_a_perfect_reconstruction_and_adds_to_the_total() -> None:
+    target = torch.rand(2, 32, 16)
+    loss = AudioTokenizerLoss(multiscale_weight=2.0, multiscale_scales=[[2, 4], 8])
+    assert loss.multiscale_scales == [(2, 4), (8, 8)]
+    total, terms = loss(target.clone(), target, torch.tensor(0.0), 0)
+    assert float(total) == 0.0 and float(terms["loss/multiscale"]) == 0.0
+    recon = (target + 0.3 * torch.randn_like(target)).requires_grad_(True)
+    total, terms = loss(recon, target, torch.tensor(0.0), 0)
+    plain, _ = AudioTokenizerLoss()(recon, target, torch.tensor(0.0), 0)
+    torch.testing.assert_close(total, plain + 2.0 * terms["loss/multiscale"])
+    total.backward()
+    assert torch.isfinite(recon.grad).all()
+    # Pooling averages the noise away: the coarse error is smaller than the per-cell one.
+    assert float(terms["loss/multiscale"]) < float(terms["loss/l1"])
+    with pytest.raises(ValueError, match="multiscale_weight=-1"):
+        AudioTokenizerLoss(multiscale_weight=-1)
+
+
+def test_adaptive_gan_weight_is_the_gradient_norm_ratio() -> None:
+    layer = nn.Parameter(torch.randn(3, 4))
+    loss = AudioTokenizerGanLoss(disc_weight=0.5)
+    weight = loss.gan_weight((2 * layer).sum(), (4 * layer).sum(), layer)
+    torch.testing.assert_close(weight, torch.tensor(0.25), rtol=1e-3, atol=0)
+    fixed = AudioTokenizerGanLoss(disc_weight=0.5, adaptive_weight=False)
+    assert float(fixed.gan_weight((2 * layer).sum(), (4 * layer).sum(), layer)) == 0.5
+    assert not AudioTokenizerGanLoss(disc_start=3).gan_active(2) and AudioTokenizerGanLoss(disc_start=3).gan_active(3)
+
+
+def test_mel_discriminator_shapes() -> None:
+    disc = MultiScaleMelDiscriminator(channels=4, layers=2, num_scales=3)
+    logits, features = disc(torch.randn(2, 64, 32))
+    assert [tuple(t.shape) for t in logits] == [(2, 1, 16, 8), (2, 1, 8, 4), (2, 1, 4, 2)]
+    assert len(features) == 3 and all(len(layers) == 3 for layers in features)
+    with pytest.raises(ValueError, match="num_scales=0"):
+        MultiScaleMelDiscriminator(num_scales=0)
+
+
+# -- task switches --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("apply_to", ["input", "input_and_target"])
+def test_specaugment_masks_the_target_only_when_asked(tmp_path: Path, apply_to: str) -> None:
+    run = trainer(tmp_path, f"data.specaugment={{time_masks: 2, time_width: 20, freq_masks: 2, freq_width: 16, "
+                            f"apply_to: {apply_to}}}")
+    torch.manual_seed(0)
+    audio = torch.randn(3, run.mel_config.clip_samples) * 0.1
+    model_input, target = run.task.model_input(audio, augment=True)
+    clean, _ = run.task.model_input(audio, augment=False)
+    assert not torch.equal(model_input, clean)  # the input is masked in both modes
+    assert torch.equal(target, model_input if apply_to == "input_and_target" else clean)
+
+
+def test_switch_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="data.specaugment.apply_to='target'"):
+        load_config(DEMO, [*TINY, "data.specaugment.apply_to=target"])
+    with pytest.raises(ConfigError, match="optimizer.schedule=budget needs training.budget_seconds"):
+        load_config(DEMO, [*TINY, "optimizer.schedule=budget"])
+    with pytest.raises(ConfigError, match="optimizer.schedule='linear'"):
+        load_config(DEMO, [*TINY, "optimizer.schedule=linear"])
+    with pytest.raises(ConfigError, match="training.budget_seconds=-1"):
+        load_config(DEMO, [*TINY, "training.budget_seconds=-1"])
+
+
+@pytest.mark.parametrize("switch", [
+    ["model.params.straight_through=scaled"], ["model.params.inv_temperature=10.0"],
+    ["loss.params.codebook_ramp=down", "loss.params.codebook_warmup_steps=3"], ["loss.params.multiscale_weight=1.0"],
+    ["model.params.audioconfig.use_conv_module=false"], ["training.ema_decay=0.99"],
+    ["model.params.audioconfig.output_conv_channels=4"],
+])
+def test_each_switch_trains_with_finite_losses(tmp_path: Path, switch: list[str]) -> None:
+    run = trainer(tmp_path, "training.max_steps=2", "training.log_every=1", *switch)
+    run.fit()
+    assert run.state.step == 2 and run.state.skipped_steps == 0
+    assert all(math.isfinite(v) for entry in run.history for k, v in entry.items() if k.startswith("loss/"))
+
+
+def test_budget_schedule_and_stop(tmp_path: Path) -> None:
+    assert warmup_budget_factor(0, 4, 0.0) == 0.25
+    assert warmup_budget_factor(10, 4, 0.5) == pytest.approx(0.5)
+    assert warmup_budget_factor(10, 4, 1.0, min_lr_ratio=0.1) == pytest.approx(0.1)
+    clock = BudgetClock(10.0)
+    clock.seconds = 5.0
+    assert clock.progress == 0.5 and not clock.spent
+    run = trainer(tmp_path, "optimizer.schedule=budget", "training.budget_seconds=0.001", "training.max_steps=50")
+    run.fit()
+    assert run.state.step == 1  # the budget is spent after the first step
+    assert run.parts["model"].lr == pytest.approx(1e-3 * 0.1)  # the cosine ended (at the demo's min_lr_ratio 0.1)
+    assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["budget_clock_seconds"] > 0.001
+
+
+# -- the GAN task ---------------------------------------------------------------------------------------------
+def test_discriminator_step_updates_only_the_discriminator(tmp_path: Path) -> None:
+    run = trainer(tmp_path, *GAN, "loss.params.disc_start=0")
+    state = run.step_state
+    gen, disc = state.parts["model"], state.parts["discriminator"]
+    original = state.optimize
+    checked = []
+
+    def checking_optimize(name: str, loss: torch.Tensor) -> bool:
+        before_gen = [p.detach().clone() for p in gen.model.parameters()]
+        before_disc = [p.detach().clone() for p in disc.model.parameters()]
+        applied = original(name, loss)
+        gen_same = all(torch.equal(p, q) for p, q in zip(gen.model.parameters(), before_gen, strict=True))
+        disc_same = all(torch.equal(p, q) for p, q in zip(disc.model.parameters(), before_disc, strict=True))
+        checked.append((name, applied, gen_same, disc_same, torch.isfinite(loss).item()))
+        return applied
+
+    state.optimize = checking_optimize  # type: ignore[method-assign]
+    terms, _ = run.task.step(state, {"audio": torch.randn(2, run.mel_config.clip_samples) * 0.1})
+    assert checked == [("discriminator", True, True, False, True), ("model", True, False, True, True)]
+    assert all(torch.isfinite(v) for v in terms.values()) and float(terms["gan/weight"]) > 0
+
+
+def test_gan_task_resumes_bitwise(tmp_path: Path) -> None:
+    straight = trainer(tmp_path / "straight", *GAN)
+    assert list(straight.parts) == ["model", "discriminator"]
+    straight.fit()
+    assert straight.parts["model"].updates == 8 and straight.parts["discriminator"].updates == 6  # from step 2
+    trainer(tmp_path / "split", *GAN).fit(stop_at_step=4)
+    resumed = trainer(tmp_path / "split", *GAN)
+    assert resumed.state.step == 4
+    resumed.fit()
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
+    for section in ("models", "ema"):
+        for part, weights in a[section].items():
+            for name, tensor in weights.items():
+                assert torch.equal(tensor, b[section][part][name]), f"{section}.{part}.{name} differs after resume"
+    for part in ("model", "discriminator"):
+        for index, moments in a["optim"][part]["optimizer"]["state"].items():
+            assert torch.equal(moments["exp_avg_sq"], b["optim"][part]["optimizer"]["state"][index]["exp_avg_sq"])
+
+
+# -- the benchmark --------------------------------------------------------------------------------------------
+def _benchmark() -> object:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import benchmark_quality
+    finally:
+        sys.path.pop(0)
+    return benchmark_quality
+
+
+def test_benchmark_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark()
+    assert bench.split_overrides("a=1,b=[1,2],c={x: 1, y: 2}") == ["a=1", "b=[1,2]", "c={x: 1, y: 2}"]
+    assert bench.parse_variant("lr:optimizer.lr=1e-3") == ("lr", ["optimizer.lr=1e-3"])
+    code = bench.main(["--config", str(DEMO), "--preset", "tiny", "--steps", "2", "--train", str(DATA_ROOT),
+                       "--val", str(DATA_ROOT), "--output", str(tmp_path), "--audio-batches", "1",
+                       "--eval-batch-size", "2", "--num-audio", "0", "--set", "data.target_length=64",
+                       "--variant", "plain:", "--variant", "ema:training.ema_decay=0.9"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("| plain") or line.startswith("| ema")]
+    assert [row.split("|")[2].strip() for row in rows] == ["raw", "raw", "ema"]
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
+    assert float(rows[0].split("|")[6]) > 0  # MAE in dB
+
+
+def test_benchmark_budget_mode_ends_the_cosine_at_the_budget(tmp_path: Path) -> None:
+    bench = _benchmark()
+    code = bench.main(["--config", str(DEMO), "--preset", "tiny", "--budget-seconds", "0.001", "--train",
+                       str(DATA_ROOT), "--val", str(DATA_ROOT), "--output", str(tmp_path), "--audio-batches", "0",
+                       "--eval-max-batches", "1", "--set", "data.target_length=64", "--variant", "b:"])
+    assert code == 0
+    config = load_config(tmp_path / "b" / "config.yaml")
+    assert config["optimizer"]["schedule"] == "budget" and config["training"]["budget_seconds"] == 0.001
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 1
+
+
+def test_benchmark_vocoder_flag_is_explicit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark()
+    if "vocoder" in inspect.signature(bench.load_tokenizer).parameters:
+        pytest.skip("vocoder support present")
+    with pytest.raises(NotImplementedError, match="not supported yet"):
+        bench.load_scored_tokenizer(tmp_path / "x.pt", "cpu", True, "voc.pt")
+
+
+def test_seam_ratio_sees_patch_boundary_steps() -> None:
+    from transcoder.evaluation.seams import seam_ratio
+
+    torch.manual_seed(0)
+    target = torch.cumsum(torch.randn(2, 32, 32) * 0.05, dim=2)  # smooth along frequency
+    assert seam_ratio(target.clone(), target, 8, 2) == pytest.approx(1.0)
+    offsets = torch.randn(2, 32, 4).repeat_interleave(8, dim=2)  # one offset per 8-bin patch
+    assert seam_ratio(target + offsets, target, 8, 2) > 2.0
+    assert seam_ratio(target + offsets, target, 8, 1) == pytest.approx(1.0, abs=0.3)  # time axis unaffected
+
+
+def test_output_conv_head_starts_as_identity_and_learns() -> None:
+    from transcoder.models.audiobsq import AudioBSQModel
+
+    model = AudioBSQModel(audioconfig={"input_size": 32, "input_length": 64, "patch_size": 8, "width": 32,
+                                       "layers": 1, "heads": 2, "output_conv_channels": 4})
+    mel = torch.randn(2, 64, 32)
+    assert torch.equal(model.decoder.output_conv(mel), mel)
+    recon, loss, _ = model(mel)
+    assert recon.shape == mel.shape
+    ((recon - mel).abs().mean() + loss).backward()
+    assert model.decoder.output_conv.conv_out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="audioconfig.output_conv_channels=-1"):
+        AudioBSQModel(audioconfig={"output_conv_channels": -1})
