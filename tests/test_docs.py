@@ -19,13 +19,15 @@ untracked files git does not ignore, so no ``outputs/`` of a previous run), file
 of :data:`DOCS`, in document order: shell blocks with ``bash -euo pipefail`` (``python`` is this
 interpreter), Python blocks each in a fresh interpreter, so each must work when pasted on its own.
 
-The one change made to a documented command: every ``scripts/main_audio_tokenizer.py`` command gets
-``training.max_steps=20`` (:data:`TRAIN_OVERRIDES`) appended, so the demo trains 20 steps instead of
-1,200. The same override everywhere, so a second run of the same command resumes instead of being
-refused as a changed config. A file whose runnable blocks use ``outputs/demo/checkpoints/`` gets the
-demo trained first (same command, same override) when an earlier file has not, so each file's test
-also runs alone (``-k AUDIO_README``). Sections added later need nothing here: unmarked blocks run,
-marked ones are checked.
+The one change made to a documented command: every training command (``scripts/main_audio_tokenizer.py``
+and ``scripts/train_vocoder.py``, :data:`TRAIN_SCRIPTS`) gets ``training.max_steps=20``
+(:data:`TRAIN_OVERRIDES`) appended, so the demos train 20 steps instead of hundreds. The same override
+everywhere, so a second run of the same command resumes instead of being refused as a changed config.
+A file whose runnable blocks use the checkpoints of a demo (:data:`DEMOS`: the tokenizer demo
+``outputs/demo/``, the vocoder demo ``outputs/vocoder_demo/``, the streaming demo ``outputs/demo_stream/``)
+gets that demo trained first (same command, same override) when neither an earlier block of the file
+nor an earlier file has, so each file's test also runs alone (``-k AUDIO_README``). Sections added later
+need nothing here: unmarked blocks run, marked ones are checked.
 """
 
 from __future__ import annotations
@@ -48,9 +50,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "QUICKSTART_AUDIO.md", "AUDIO_README.md")
 TRAIN_SCRIPT = "scripts/main_audio_tokenizer.py"
+TRAIN_SCRIPTS = (TRAIN_SCRIPT, "scripts/train_vocoder.py")
 TRAIN_OVERRIDES = "training.max_steps=20"
-DEMO_TRAIN = f"python {TRAIN_SCRIPT} configs/tokenizer/audio_demo_librivox_mini.yaml --output-dir outputs/demo"
-DEMO_CHECKPOINTS = "outputs/demo/checkpoints/"
+# checkpoint folder of a demo -> the documented command that trains it
+DEMOS = {
+    "outputs/demo/checkpoints/":
+        f"python {TRAIN_SCRIPT} configs/tokenizer/audio_demo_librivox_mini.yaml --output-dir outputs/demo",
+    "outputs/vocoder_demo/checkpoints/":
+        "python scripts/train_vocoder.py configs/vocoder/vocoder_demo_librivox_mini.yaml "
+        "--output-dir outputs/vocoder_demo",
+    "outputs/demo_stream/checkpoints/":
+        f"python {TRAIN_SCRIPT} configs/tokenizer/audio_demo_streaming_librivox_mini.yaml "
+        "--output-dir outputs/demo_stream",
+}
 SHELL = {"bash", "sh", "shell"}
 MARKER = re.compile(r"<!--\s*doc-test:\s*(?P<kind>[\w-]+)\s*(?P<rest>.*?)\s*-->")
 MARKER_KINDS = {"skip", "parse-only"}
@@ -212,7 +224,8 @@ def shortened(code: str) -> str:
     """The block with :data:`TRAIN_OVERRIDES` appended to every training command."""
     lines = []
     for line in code.replace("\\\n", " ").splitlines():
-        if TRAIN_SCRIPT in line and not line.lstrip().startswith("#") and "--help" not in line:
+        if any(script in line for script in TRAIN_SCRIPTS) and not line.lstrip().startswith("#") \
+                and "--help" not in line:
             line = f"{line.rstrip()} {TRAIN_OVERRIDES}"
         lines.append(line)
     return "\n".join(lines) + "\n"
@@ -262,9 +275,11 @@ def run_block(block: Block, root: Path) -> None:
 @pytest.mark.parametrize("doc", DOCS)
 def test_runnable_blocks_run_in_a_fresh_copy(doc: str, workdir: Path) -> None:
     runnable = [b for b in blocks_of(doc) if b.runs and b.lang in SHELL | {"python"}]
-    first_use = next((b for b in runnable if DEMO_CHECKPOINTS in b.code), None)
-    trains_before = first_use is not None and any(TRAIN_SCRIPT in b.code for b in runnable[:runnable.index(first_use)])
-    if first_use is not None and not trains_before and not (workdir / DEMO_CHECKPOINTS / "best.pt").exists():
-        run_block(Block(doc, 0, "bash", DEMO_TRAIN + "\n", None), workdir)
+    for checkpoints, command in DEMOS.items():
+        first_use = next((b for b in runnable if checkpoints in b.code and command not in b.code), None)
+        if first_use is None or (workdir / checkpoints / "best.pt").exists():
+            continue
+        if not any(command in b.code for b in runnable[:runnable.index(first_use)]):
+            run_block(Block(doc, 0, "bash", command + "\n", None), workdir)
     for block in runnable:
         run_block(block, workdir)
