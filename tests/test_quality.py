@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import assert_same_training_state
 from torch import nn
 
 from transcoder.losses import AudioTokenizerGanLoss, AudioTokenizerLoss
@@ -233,15 +234,8 @@ def test_gan_task_resumes_bitwise(tmp_path: Path) -> None:
     resumed = trainer(tmp_path / "split", *GAN)
     assert resumed.state.step == 4
     resumed.fit()
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
-    for section in ("models", "ema"):
-        for part, weights in a[section].items():
-            for name, tensor in weights.items():
-                assert torch.equal(tensor, b[section][part][name]), f"{section}.{part}.{name} differs after resume"
-    for part in ("model", "discriminator"):
-        for index, moments in a["optim"][part]["optimizer"]["state"].items():
-            assert torch.equal(moments["exp_avg_sq"], b["optim"][part]["optimizer"]["state"][index]["exp_avg_sq"])
+    assert_same_training_state(tmp_path / "straight" / "checkpoints" / "latest.pt",
+                               tmp_path / "split" / "checkpoints" / "latest.pt")
 
 
 # -- the benchmark --------------------------------------------------------------------------------------------

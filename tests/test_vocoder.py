@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import assert_same_training_state
 from test_tokenize import MEL, REPO, SR, _checkpoint, _speechlike, evaluate_script, tokenize_script
 
 from transcoder.api import load_tokenizer
@@ -154,19 +155,9 @@ def test_gan_task_trains_and_resumes_bitwise(tmp_path: Path) -> None:
     assert resumed.state.step == 4
     resumed.fit()
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
-    assert a["task"] == "vocoder" and set(a["ema"]) == {"model"}
-    for section in ("models", "ema"):
-        for part, weights in a[section].items():
-            for name, tensor in weights.items():
-                assert torch.equal(tensor, b[section][part][name]), f"{section}.{part}.{name} differs after resume"
-    for part in ("model", "discriminator"):
-        state_a, state_b = a["optim"][part]["optimizer"]["state"], b["optim"][part]["optimizer"]["state"]
-        assert state_a
-        for index, moments in state_a.items():
-            assert torch.equal(moments["exp_avg"], state_b[index]["exp_avg"]), (part, index)
-            assert torch.equal(moments["exp_avg_sq"], state_b[index]["exp_avg_sq"]), (part, index)
-        assert a["optim"][part]["scheduler"] == b["optim"][part]["scheduler"]
+    assert a["task"] == "vocoder" and set(a["ema"]) == {"model"} and a["optim"]["discriminator"]["optimizer"]["state"]
+    assert_same_training_state(tmp_path / "straight" / "checkpoints" / "latest.pt",
+                               tmp_path / "split" / "checkpoints" / "latest.pt")
 
     # The trained checkpoint loads as a renderer (EMA weights) and maps (B, T, F) -> (B, T * hop).
     vocoder = load_vocoder(tmp_path / "straight" / "checkpoints" / "latest.pt")

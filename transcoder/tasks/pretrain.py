@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transcoder.audio import MelConfig
 from transcoder.losses.masked import MaskedPatchLoss
 from transcoder.models.mae import AudioMAE, MaskedPrediction, unpatchify
-from transcoder.tasks.base import Task
+from transcoder.tasks.base import Task, evaluating
 from transcoder.tasks.tokenizer import build_model, derive_input_grid
 from transcoder.training.config import ConfigError, instantiate
 from transcoder.utils.distributed import all_reduce_sum
@@ -93,21 +93,19 @@ class MAEPretrainTask(Task):
     def validate(self, state: StepState, loader: DataLoader, max_batches: int | None) -> dict[str, float]:
         part = state.parts["model"]
         model = part.eval_model
-        was_training = model.training
-        model.eval()
-        generator = self._generator()
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum of per-window losses, windows
-        for batch_index, batch in enumerate(loader):
-            if max_batches is not None and batch_index >= max_batches:
-                break
-            mel = self.mel(batch["audio"])
-            with state.autocast():
-                out: MaskedPrediction = model(mel, generator=generator)
-            per_patch = (out.pred.float() - self.loss_fn.target(out.target.float())).pow(2).mean(-1)
-            per_window = torch.where(out.mask, per_patch, 0.0).sum(1) / out.mask.sum(1).clamp_min(1)
-            keep = torch.as_tensor(batch["num_valid"], device=self.device) > 0
-            totals += torch.stack([per_window[keep].double().sum(), keep.double().sum()])
-        model.train(was_training)
+        with evaluating(model):
+            generator = self._generator()
+            totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum of per-window losses, windows
+            for batch_index, batch in enumerate(loader):
+                if max_batches is not None and batch_index >= max_batches:
+                    break
+                mel = self.mel(batch["audio"])
+                with state.autocast():
+                    out: MaskedPrediction = model(mel, generator=generator)
+                per_patch = (out.pred.float() - self.loss_fn.target(out.target.float())).pow(2).mean(-1)
+                per_window = torch.where(out.mask, per_patch, 0.0).sum(1) / out.mask.sum(1).clamp_min(1)
+                keep = torch.as_tensor(batch["num_valid"], device=self.device) > 0
+                totals += torch.stack([per_window[keep].double().sum(), keep.double().sum()])
         total, windows = all_reduce_sum(totals).tolist()
         return {"val/loss": total / max(windows, 1.0), "val/clips": windows}
 
@@ -119,12 +117,10 @@ class MAEPretrainTask(Task):
         if count == 0:
             return
         model = state.parts["model"].eval_model
-        was_training = model.training
-        model.eval()
-        mel = self.mel(batch["audio"][:count])
-        with state.autocast():
-            out: MaskedPrediction = model(mel, generator=self._generator())
-        model.train(was_training)
+        with evaluating(model):
+            mel = self.mel(batch["audio"][:count])
+            with state.autocast():
+                out: MaskedPrediction = model(mel, generator=self._generator())
         pred, target = out.pred.float(), out.target.float()
         if self.loss_fn.norm_pix_loss:
             pred = pred * (target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt() + target.mean(-1, keepdim=True)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from transcoder.audio import MelConfig
 from transcoder.audio.neural_vocoder import NeuralVocoder, load_vocoder
 from transcoder.data import SpecAugment
-from transcoder.tasks.base import Task
+from transcoder.tasks.base import Task, evaluating
 from transcoder.training.config import ConfigError, instantiate
 from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import CheckpointError
@@ -139,17 +139,15 @@ class TokenizerTask(Task):
     def validate(self, state: StepState, loader: DataLoader, max_batches: int | None) -> dict[str, float]:
         part = state.parts["model"]
         model = part.eval_model
-        was_training = model.training
-        model.eval()
-        metrics = ValidationMetrics(self.frontend, part.model.embed_dim, self.device)
-        for batch_index, batch in enumerate(loader):
-            if max_batches is not None and batch_index >= max_batches:
-                break
-            target, _ = self.model_input(batch["audio"], augment=False)
-            with state.autocast():
-                recon, quant_loss, info = model(target)
-            metrics.update(recon, target, quant_loss, info["indices"], torch.as_tensor(batch["num_valid"]))
-        model.train(was_training)
+        with evaluating(model):
+            metrics = ValidationMetrics(self.frontend, part.model.embed_dim, self.device)
+            for batch_index, batch in enumerate(loader):
+                if max_batches is not None and batch_index >= max_batches:
+                    break
+                target, _ = self.model_input(batch["audio"], augment=False)
+                with state.autocast():
+                    recon, quant_loss, info = model(target)
+                metrics.update(recon, target, quant_loss, info["indices"], torch.as_tensor(batch["num_valid"]))
         return metrics.compute()
 
     @torch.no_grad()
@@ -159,12 +157,10 @@ class TokenizerTask(Task):
         if count == 0:
             return
         model = state.parts["model"].eval_model
-        was_training = model.training
-        model.eval()
-        target, _ = self.model_input(batch["audio"][:count], augment=False)
-        with state.autocast():
-            recon, _, _ = model(target)
-        model.train(was_training)
+        with evaluating(model):
+            target, _ = self.model_input(batch["audio"][:count], augment=False)
+            with state.autocast():
+                recon, _, _ = model(target)
         monitor.reconstructions(self.frontend, target, recon.float(), batch["audio"].shape[-1], step,
                                 vocoder=self.vocoder)
 

@@ -34,7 +34,7 @@ from transcoder.audio import MelConfig
 from transcoder.audio.neural_vocoder import mel_differences
 from transcoder.losses.vocoder import VocoderLoss
 from transcoder.models.discriminators import DiscriminatorOutput
-from transcoder.tasks.base import Task
+from transcoder.tasks.base import Task, evaluating
 from transcoder.training.config import ConfigError, get_obj_from_str, instantiate
 from transcoder.utils.distributed import all_reduce_sum
 
@@ -218,30 +218,29 @@ class VocoderTask(Task):
         """``val/mel_l1``: L1 in model space between the front end's log-mel of the vocoded and the real
         segment (valid frames only); ``val/mel_loss``: the multi-resolution mel loss (per-segment mean)."""
         model = state.parts["model"].eval_model
-        was_training = model.training
-        model.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # l1 sum, l1 count, mel sum, segments
-        for batch_index, batch in enumerate(loader):
-            if max_batches is not None and batch_index >= max_batches:
-                break
-            real = batch["audio"].to(self.device)
-            valid = torch.as_tensor(batch["num_valid"], device=self.device)
-            keep = valid > 0
-            if not bool(keep.any()):
-                continue
-            real, valid = real[keep], valid[keep]
-            with state.autocast():
-                fake = model(self.model_input(real)).float()
-            real_mel, fake_mel = self.frontend(real), self.frontend(fake)
-            frames = torch.arange(real_mel.shape[1], device=self.device)
-            mask = (frames[None, :] < (valid[:, None] + self.mel_config.hop_length - 1) // self.mel_config.hop_length)
-            error = (fake_mel - real_mel).abs().mean(-1)  # (B, T)
-            sums[0] += (error * mask).sum().double()
-            sums[1] += mask.sum().double()
-            for b in range(real.shape[0]):
-                sums[2] += self.loss_fn.mel_loss(fake[b:b + 1], real[b:b + 1]).double()
-            sums[3] += real.shape[0]
-        model.train(was_training)
+        with evaluating(model):
+            sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # l1 sum, l1 count, mel sum, segments
+            for batch_index, batch in enumerate(loader):
+                if max_batches is not None and batch_index >= max_batches:
+                    break
+                real = batch["audio"].to(self.device)
+                valid = torch.as_tensor(batch["num_valid"], device=self.device)
+                keep = valid > 0
+                if not bool(keep.any()):
+                    continue
+                real, valid = real[keep], valid[keep]
+                with state.autocast():
+                    fake = model(self.model_input(real)).float()
+                real_mel, fake_mel = self.frontend(real), self.frontend(fake)
+                frames = torch.arange(real_mel.shape[1], device=self.device)
+                hop = self.mel_config.hop_length
+                mask = frames[None, :] < (valid[:, None] + hop - 1) // hop
+                error = (fake_mel - real_mel).abs().mean(-1)  # (B, T)
+                sums[0] += (error * mask).sum().double()
+                sums[1] += mask.sum().double()
+                for b in range(real.shape[0]):
+                    sums[2] += self.loss_fn.mel_loss(fake[b:b + 1], real[b:b + 1]).double()
+                sums[3] += real.shape[0]
         sums = all_reduce_sum(sums)
         return {"val/mel_l1": float(sums[0] / sums[1].clamp_min(1)),
                 "val/mel_loss": float(sums[2] / sums[3].clamp_min(1)), "val/clips": float(sums[3])}
@@ -254,13 +253,11 @@ class VocoderTask(Task):
         if count == 0:
             return
         model = state.parts["model"].eval_model
-        was_training = model.training
-        model.eval()
-        real = batch["audio"][:count].to(self.device)
-        mel = self.model_input(real)
-        with state.autocast():
-            fake = model(mel).float()
-        model.train(was_training)
+        with evaluating(model):
+            real = batch["audio"][:count].to(self.device)
+            mel = self.model_input(real)
+            with state.autocast():
+                fake = model(mel).float()
         monitor.spectrograms("spectrogram/input_vs_vocoded", self.frontend.model_to_db(mel),
                              self.frontend.model_to_db(self.frontend(fake)), step)
         monitor.audio("audio/real", real, self.mel_config.sample_rate, step)
