@@ -30,7 +30,6 @@ equal-wall-time comparisons; ``--budget-seconds`` trains each variant for that m
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import platform
 import sys
@@ -121,15 +120,8 @@ def device_name(device: torch.device) -> str:
 
 
 def load_scored_tokenizer(checkpoint: Path, device: str | None, use_ema: bool, vocoder: str | None) -> Any:
-    """:func:`load_tokenizer` with the neural vocoder when ``vocoder`` is given (a clear error while the
-    library does not support one yet)."""
-    kwargs: dict[str, Any] = {"device": device, "use_ema": use_ema}
-    if vocoder is not None:
-        if "vocoder" not in inspect.signature(load_tokenizer).parameters:
-            raise NotImplementedError(f"--vocoder {vocoder}: not supported yet (transcoder.api.load_tokenizer has "
-                                      "no vocoder parameter in this version); score with Griffin-Lim (no --vocoder)")
-        kwargs["vocoder"] = vocoder
-    return load_tokenizer(checkpoint, **kwargs)
+    """:func:`load_tokenizer` rendering through the neural vocoder checkpoint ``vocoder`` (Griffin-Lim if None)."""
+    return load_tokenizer(checkpoint, device=device, use_ema=use_ema, vocoder=vocoder)
 
 
 def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bool, out_dir: Path) -> dict[str, Any]:

@@ -4,7 +4,6 @@ the mel-GAN task (discriminator isolation, exact resume) and the quality benchma
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 from pathlib import Path
@@ -275,12 +274,12 @@ def test_benchmark_budget_mode_ends_the_cosine_at_the_budget(tmp_path: Path) -> 
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 1
 
 
-def test_benchmark_vocoder_flag_is_explicit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_benchmark_passes_the_vocoder_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bench = _benchmark()
-    if "vocoder" in inspect.signature(bench.load_tokenizer).parameters:
-        pytest.skip("vocoder support present")
-    with pytest.raises(NotImplementedError, match="not supported yet"):
-        bench.load_scored_tokenizer(tmp_path / "x.pt", "cpu", True, "voc.pt")
+    calls = []
+    monkeypatch.setattr(bench, "load_tokenizer", lambda checkpoint, **kwargs: calls.append((checkpoint, kwargs)))
+    bench.load_scored_tokenizer(tmp_path / "x.pt", "cpu", True, "voc.pt")
+    assert calls == [(tmp_path / "x.pt", {"device": "cpu", "use_ema": True, "vocoder": "voc.pt"})]
 
 
 def test_seam_ratio_sees_patch_boundary_steps() -> None:
