@@ -41,7 +41,6 @@ class ValidationMetrics:
             "val/mse_db": summary.mse_db,
             "val/mae_db": summary.mae_db,
             "val/l1": summary.l1,
-            "val/quant_loss": summary.quant_loss,
             "val/distinct_codes": float(summary.codebook.distinct_codes),
             "val/code_entropy_bits": float(summary.codebook.entropy_bits),
             "val/clips": float(summary.windows),
