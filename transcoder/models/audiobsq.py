@@ -425,7 +425,7 @@ class AudioBSQModel(nn.Module):
         )
         self.post_quant_embed = nn.Linear(embed_dim, self.config.width)
         self.decoder = AudioTransformerDecoder(self.config)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> AudioBSQModel:
@@ -538,7 +538,8 @@ def _frozen_batchnorm_stats(block: nn.Module) -> Iterator[None]:
                 norm.num_batches_tracked.copy_(tracked)
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_vit_weights(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) Linear weights with zero biases and unit LayerNorms (timm's ViT init)."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

@@ -25,7 +25,7 @@ from einops import rearrange
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from transcoder.models.audiobsq import AudioConfig, AudioTransformerBlock, AudioTransformerEncoder
+from transcoder.models.audiobsq import AudioConfig, AudioTransformerBlock, AudioTransformerEncoder, init_vit_weights
 
 MASK_MODES = ("unstructured", "time", "frequency", "time_frequency")
 ENCODER_CONV_MODES = ("zero_fill", "skip")
@@ -203,7 +203,7 @@ class AudioMAE(nn.Module):
         self.decoder_embed = nn.Linear(self.config.width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
         self.decoder = MaskedPatchDecoder(decoder_config)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
         trunc_normal_(self.mask_token, std=0.02)
         if encoder_conv == "skip":
             # Never used here: frozen from construction (so DDP and AdamW leave them out); they keep their
@@ -230,14 +230,3 @@ class AudioMAE(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names AdamW should not decay (besides norms and biases)."""
         return {"encoder.pos_embed", "decoder.pos_embed", "mask_token"}
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Truncated-normal Linear weights and unit LayerNorms, as the tokenizer initialises its encoder."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
