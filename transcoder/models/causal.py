@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
+from transcoder.models.conformer_conv import ConformerConvModule
 from transcoder.models.depthwise_conv import depthwise_conv_time
 
 __all__ = ["rope_tables", "apply_rope", "row_mask", "CausalSelfAttention", "CausalConvModule",
@@ -117,24 +118,17 @@ class CausalSelfAttention(nn.Module):
         return self.attend(q, k, v, rows, rows, grid[1])
 
 
-class CausalConvModule(nn.Module):
-    """Conformer convolution module (Gulati et al., 2020) whose depthwise conv only looks back.
+class CausalConvModule(ConformerConvModule):
+    """The Conformer convolution module whose depthwise conv only looks back.
 
     LayerNorm → Linear C→2C → GLU → depthwise conv over rows ``r - K + 1 .. r`` (per frequency band)
-    → BatchNorm → SiLU → Linear C→C → dropout. Parameter names match ``ConformerConvModule``.
+    → BatchNorm → SiLU → Linear C→C → dropout: the layers (and parameter names) of
+    :class:`ConformerConvModule`, with a causal window and a streaming entry point (:meth:`finish`).
     """
 
     def __init__(self, dim: int, kernel_size: int, dropout: float) -> None:
-        super().__init__()
+        super().__init__(dim, kernel_size, dropout)
         self.kernel_size = kernel_size
-        self.norm = nn.LayerNorm(dim)
-        self.pointwise_in = nn.Linear(dim, 2 * dim)
-        self.depthwise_weight = nn.Parameter(torch.empty(dim, kernel_size))
-        self.depthwise_bias = nn.Parameter(torch.zeros(dim))
-        self.batch_norm = nn.BatchNorm1d(dim)
-        self.pointwise_out = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
-        nn.init.kaiming_uniform_(self.depthwise_weight, a=5**0.5)
 
     def conv_input(self, x: Tensor) -> Tensor:
         """(B, R, Nf, C) → the depthwise conv's input (B, R, Nf, C): norm, pointwise, GLU."""
