@@ -43,9 +43,10 @@ from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
 from transcoder.evaluation.evaluate import evaluate_tokenizer, write_metrics_json
 from transcoder.evaluation.seams import seam_scores
-from transcoder.training.config import ConfigError, load_config
+from transcoder.training.config import load_config
 from transcoder.training.trainer import Trainer
 from transcoder.utils.distributed import init_distributed
+from transcoder.utils.targets import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "tokenizer" / "audio_speech_short_b18.yaml"

@@ -72,7 +72,7 @@ def time_training(config: dict[str, Any], device: torch.device, batch_size: int,
 @torch.no_grad()
 def real_time_factor(config: dict[str, Any], device: torch.device, seconds: float, repeats: int = 3) -> float:
     """Compute seconds per second of rendered audio (generator only, batch 1, fp32)."""
-    from transcoder.training.config import instantiate
+    from transcoder.utils.targets import instantiate
 
     mel = MelConfig.from_dict(config["data"], strict=False)
     generator = instantiate(config["model"]).to(device).eval()

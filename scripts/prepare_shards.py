@@ -20,7 +20,8 @@ import time
 
 from transcoder.audio import MelConfig
 from transcoder.data import build_dataset, write_dataset_shards
-from transcoder.training.config import ConfigError, load_config
+from transcoder.training.config import load_config
+from transcoder.utils.targets import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,10 +18,11 @@ from torch import Tensor, nn
 from transcoder.losses.masked import MaskedPatchLoss
 from transcoder.models.audiobsq import AudioTransformerEncoder
 from transcoder.models.mae import AudioMAE, MaskSpec, patchify, scatter_tokens, take_tokens, unpatchify
-from transcoder.training.config import ConfigError, load_config
+from transcoder.training.config import load_config
 from transcoder.training.trainer import Trainer
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint
 from transcoder.utils.distributed import init_distributed
+from transcoder.utils.targets import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO / "data" / "librivox-mini" / "LibriSpeech"

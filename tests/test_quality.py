@@ -18,11 +18,12 @@ from torch import nn
 from transcoder.losses import AudioTokenizerGanLoss, AudioTokenizerLoss
 from transcoder.models.mel_discriminator import MultiScaleMelDiscriminator
 from transcoder.models.quantizer.bsq import BinarySphericalQuantizer
-from transcoder.training.config import ConfigError, load_config
+from transcoder.training.config import load_config
 from transcoder.training.optim import BudgetClock, warmup_budget_factor
 from transcoder.training.trainer import Trainer
 from transcoder.utils.checkpoint import load_checkpoint
 from transcoder.utils.distributed import init_distributed
+from transcoder.utils.targets import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO / "data" / "librivox-mini" / "LibriSpeech"

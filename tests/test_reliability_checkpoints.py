@@ -14,9 +14,9 @@ import pytest
 import torch
 from test_training import _cli_env, make_trainer
 
-from transcoder.training.config import ConfigError
 from transcoder.training.run_dir import RunLock, RunLockedError
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from transcoder.utils.targets import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

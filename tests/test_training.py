@@ -16,10 +16,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from transcoder.training.config import ConfigError, load_config
+from transcoder.training.config import load_config
 from transcoder.training.trainer import NonFiniteLossError, Trainer
 from transcoder.utils.checkpoint import load_checkpoint
 from transcoder.utils.distributed import init_distributed
+from transcoder.utils.targets import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "tokenizer" / "audio_demo_librivox_mini.yaml"

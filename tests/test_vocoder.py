@@ -20,10 +20,11 @@ from transcoder.audio.stream_render import WindowedRenderer
 from transcoder.losses.vocoder import VocoderLoss
 from transcoder.models.discriminators import VocoderDiscriminator
 from transcoder.models.vocoder import VocosGenerator
-from transcoder.training.config import ConfigError, load_config
+from transcoder.training.config import load_config
 from transcoder.training.trainer import Trainer
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from transcoder.utils.distributed import init_distributed
+from transcoder.utils.targets import ConfigError
 
 DATA_ROOT = REPO / "data" / "librivox-mini" / "LibriSpeech"
 DEMO = REPO / "configs" / "vocoder" / "vocoder_demo_librivox_mini.yaml"

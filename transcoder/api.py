@@ -50,8 +50,8 @@ from transcoder.evaluation.metrics import bitrate as _bitrate
 from transcoder.evaluation.metrics import tokens_per_second as _tokens_per_second
 from transcoder.streaming import ChunkedGriffinLim, StreamDecoder, StreamEncoder
 from transcoder.tasks.tokenizer import build_model
-from transcoder.training.config import ConfigError
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, load_weights_strict, model_weights
+from transcoder.utils.targets import ConfigError
 
 __all__ = ["AudioTokenizer", "EncodedAudio", "load_tokenizer", "load_model_from_checkpoint", "sha256_file",
            "codes_dtype", "waveform_to_mono"]

@@ -97,8 +97,8 @@ def load_vocoder(checkpoint: str | Path | dict[str, Any], device: str | torch.de
     :class:`~transcoder.utils.checkpoint.CheckpointError` for a checkpoint of another task or weights
     that do not fit the generator its config describes.
     """
-    from transcoder.training.config import ConfigError, instantiate
     from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, load_weights_strict, model_weights
+    from transcoder.utils.targets import ConfigError, instantiate
 
     name = str(checkpoint) if not isinstance(checkpoint, dict) else "<dict>"
     state = dict(checkpoint) if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)

@@ -20,7 +20,7 @@ TASKS: dict[str, str] = {
 
 def task_class(name: str) -> type[Task]:
     """The task class for a config's ``task`` value (a registered name or a dotted class path)."""
-    from transcoder.training.config import ConfigError, get_obj_from_str
+    from transcoder.utils.targets import ConfigError, get_obj_from_str
 
     if not isinstance(name, str):
         raise ConfigError(f"task={name!r}: expected one of {sorted(TASKS)} or a dotted class path")

@@ -17,8 +17,8 @@ from transcoder.losses.masked import MaskedPatchLoss
 from transcoder.models.mae import AudioMAE, MaskedPrediction, unpatchify
 from transcoder.tasks.base import Task, evaluating
 from transcoder.tasks.tokenizer import build_model, derive_input_grid
-from transcoder.training.config import ConfigError, instantiate
 from transcoder.utils.distributed import all_reduce_sum
+from transcoder.utils.targets import ConfigError, instantiate
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader

@@ -14,9 +14,9 @@ from transcoder.audio import MelConfig
 from transcoder.audio.neural_vocoder import NeuralVocoder, load_vocoder
 from transcoder.data import SpecAugment
 from transcoder.tasks.base import Task, evaluating
-from transcoder.training.config import ConfigError, instantiate
 from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import CheckpointError
+from transcoder.utils.targets import ConfigError, instantiate
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from transcoder.losses.adversarial import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
 from transcoder.losses.tokenizer_gan import AudioTokenizerGanLoss
 from transcoder.tasks.tokenizer import TokenizerTask
-from transcoder.training.config import ConfigError, instantiate
 from transcoder.training.step import StepState
+from transcoder.utils.targets import ConfigError, instantiate
 
 PLAIN_LOSS = "transcoder.losses.AudioTokenizerLoss"
 GAN_LOSS = "transcoder.losses.tokenizer_gan.AudioTokenizerGanLoss"

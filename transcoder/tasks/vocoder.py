@@ -35,8 +35,8 @@ from transcoder.audio.neural_vocoder import mel_differences
 from transcoder.losses.vocoder import VocoderLoss
 from transcoder.models.discriminators import DiscriminatorOutput
 from transcoder.tasks.base import Task, evaluating
-from transcoder.training.config import ConfigError, get_obj_from_str, instantiate
 from transcoder.utils.distributed import all_reduce_sum
+from transcoder.utils.targets import ConfigError, get_obj_from_str, instantiate
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader

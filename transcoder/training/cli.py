@@ -21,12 +21,13 @@ import traceback
 from pathlib import Path
 
 from transcoder.data import AudioDataError
-from transcoder.training.config import ConfigError, load_config
+from transcoder.training.config import load_config
 from transcoder.training.loader import shutdown_loaders
 from transcoder.training.run_dir import RunLockedError
 from transcoder.training.trainer import NonFiniteLossError, Trainer
 from transcoder.utils.checkpoint import CheckpointError
 from transcoder.utils.distributed import cleanup_distributed, init_distributed
+from transcoder.utils.targets import ConfigError
 
 __all__ = ["BUILD_ERRORS", "RUN_ERRORS", "one_line", "parse_args", "report", "run"]
 

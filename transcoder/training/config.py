@@ -10,13 +10,15 @@ overrides ``key.sub=value`` are parsed as YAML values (``training.max_steps=100`
 from __future__ import annotations
 
 import copy
-import importlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from transcoder.audio.mel import MelConfig
+from transcoder.utils.targets import ConfigError, get_obj_from_str, instantiate
+
+__all__ = ["ConfigError", "get_obj_from_str", "instantiate", "load_config", "resolve_config", "save_config"]
 
 # Defaults of every section; `None` means "no default, may be left out".
 OPTIMIZER_DEFAULTS: dict[str, Any] = {
@@ -83,10 +85,6 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "training": TRAINING_DEFAULTS,
 }
 TARGET_KEYS = {"target", "params"}
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file, key and what was expected."""
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -343,27 +341,6 @@ def _target_spec(spec: Any, where: str) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ConfigError(f"{where}.params must be a mapping, got {type(params).__name__}")
     return {"target": str(spec["target"]), "params": copy.deepcopy(params)}
-
-
-def get_obj_from_str(dotted: str) -> Any:
-    """Import ``package.module.Name`` and return ``Name``."""
-    module_name, _, attr = dotted.rpartition(".")
-    if not module_name:
-        raise ConfigError(f"target {dotted!r}: expected a dotted path such as transcoder.data.AudioFolderDataset")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"target {dotted!r} cannot be imported: {err}") from err
-
-
-def instantiate(spec: dict[str, Any], **extra: Any) -> Any:
-    """Build ``target(**params, **extra)``; a bad parameter names the target and the key."""
-    cls = get_obj_from_str(spec["target"])
-    params = {**(spec.get("params") or {}), **extra}
-    try:
-        return cls(**params)
-    except TypeError as err:
-        raise ConfigError(f"cannot build {spec['target']} with params {sorted(params)}: {err}") from err
 
 
 def save_config(config: dict[str, Any], path: str | Path) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from transcoder.training.config import ConfigError
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, load_weights_strict, model_weights
+from transcoder.utils.targets import ConfigError
 
 
 def submodule(model: nn.Module, name: str) -> nn.Module:

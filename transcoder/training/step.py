@@ -104,7 +104,7 @@ def build_parts(task: Task, config: dict[str, Any], device: torch.device, precis
                 distributed: bool = False, clock: BudgetClock | None = None) -> dict[str, TrainPart]:
     """The task's models, each with the optimizer of its config section and, for ``task.ema_parts``, an EMA;
     ``clock`` drives ``schedule: budget`` optimizers."""
-    from transcoder.training.config import ConfigError
+    from transcoder.utils.targets import ConfigError
 
     train_cfg = config["training"]
     models = task.build_models()

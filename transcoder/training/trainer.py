@@ -18,7 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transcoder.audio import MelConfig
 from transcoder.data import build_dataset
 from transcoder.tasks import Task, build_task
-from transcoder.training.config import ConfigError, save_config
+from transcoder.training.config import save_config
 from transcoder.training.init_from import frozen_parameters, load_modules
 from transcoder.training.loader import ObservedIterator, build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
@@ -42,6 +42,7 @@ from transcoder.utils.checkpoint import (
     save_atomic,
 )
 from transcoder.utils.distributed import DistEnv, all_reduce_sum, barrier, check_same_on_all_ranks
+from transcoder.utils.targets import ConfigError
 
 __all__ = ["NonFiniteLossError", "Trainer", "resolve_precision"]
 
