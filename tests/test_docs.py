@@ -152,6 +152,134 @@ def test_relative_links_resolve() -> None:
                 assert anchor in headings, f"{doc}: link to missing heading {target}"
 
 
+
+# -- the key table ---------------------------------------------------------------------------------
+KEY_TABLE_DOC, KEY_TABLE_HEADINGS = "AUDIO_README.md", ("### Every key and its default", "### Tasks")
+#: keys whose documented value is an example, not a default (the code has none: they are required)
+EXAMPLE_VALUES = {"data.train", "training.init_from.path"}
+#: keys taken from elsewhere in the config (documented in the comments of the table instead)
+DERIVED = {"model.params.audioconfig.input_size", "model.params.audioconfig.input_length"}
+
+
+def _params(cls: type, skip: tuple[str, ...] = ()) -> dict[str, object]:
+    import inspect
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in ("self", *skip) and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def _schema_keys() -> dict[str, object]:
+    """Every key a config may hold, dotted, with its default, read from the schema and the built classes."""
+    import dataclasses
+
+    from transcoder.data.specaugment import SpecAugment
+    from transcoder.losses import AudioTokenizerLoss, VocoderLoss
+    from transcoder.losses.masked import MaskedPatchLoss
+    from transcoder.losses.tokenizer_gan import AudioTokenizerGanLoss
+    from transcoder.models.audiobsq import AudioBSQModel, AudioConfig
+    from transcoder.models.discriminators import VocoderDiscriminator
+    from transcoder.models.mae import AudioMAE
+    from transcoder.models.mel_discriminator import MultiScaleMelDiscriminator
+    from transcoder.models.vocoder import VocosGenerator
+    from transcoder.tasks import task_class
+    from transcoder.training import config as schema
+
+    def spec(prefix: str, cls: type, skip: tuple[str, ...] = ()) -> dict[str, object]:
+        return {f"{prefix}.target": f"{cls.__module__}.{cls.__name__}",
+                **{f"{prefix}.params.{k}": v for k, v in _params(cls, skip).items()}}
+
+    keys: dict[str, object] = {"task": "tokenizer"}
+    keys.update(spec("model", AudioBSQModel, ("audioconfig",)))
+    keys["model.params.audioconfig"] = None
+    keys.update({f"model.params.audioconfig.{f.name}": f.default for f in dataclasses.fields(AudioConfig)
+                 if f"model.params.audioconfig.{f.name}" not in DERIVED})
+    keys.update(spec("loss", AudioTokenizerLoss))
+    keys["loss.target"] = schema.LOSS_DEFAULTS["target"]
+    for section in ("data", "optimizer", "training"):
+        keys.update({f"{section}.{k}": v for k, v in schema.SECTION_DEFAULTS[section].items()})
+    keys.update({f"data.specaugment.{k}": v for k, v in _params(SpecAugment).items()})
+    keys["data.specaugment.apply_to"] = schema.SPECAUGMENT_TARGETS[0]
+    assert set(schema.SPECAUGMENT_KEYS) == {k.rpartition(".")[2] for k in keys if k.startswith("data.specaugment.")}
+    keys.update({f"training.init_from.{k}": v for k, v in schema.INIT_FROM_DEFAULTS.items()})
+    gan, vocoder, mae = task_class("tokenizer_gan"), task_class("vocoder"), task_class("mae_pretrain")
+    keys.update({f"tokenizer_gan.discriminator.{k}": v for k, v in gan.default_model_sections["discriminator"].items()
+                 if k == "target"})
+    keys.update(spec("tokenizer_gan.discriminator", MultiScaleMelDiscriminator))
+    keys.update(spec("tokenizer_gan.loss", AudioTokenizerGanLoss))
+    keys.update({f"vocoder.{k}": v for k, v in vocoder.extra_keys.items()})
+    keys.update(spec("vocoder.model", VocosGenerator, ("n_mels", "n_fft", "hop_length", "win_length")))
+    keys.update(spec("vocoder.discriminator", VocoderDiscriminator))
+    keys.update(spec("vocoder.loss", VocoderLoss, ("sample_rate",)))
+    keys.update(spec("mae_pretrain.model", AudioMAE, ("audioconfig",)))
+    keys.update(spec("mae_pretrain.loss", MaskedPatchLoss))
+    assert set(vocoder.model_sections) == set(gan.model_sections) == {"model", "discriminator"}
+    assert set(mae.model_sections) == {"model"} and not mae.extra_keys and not gan.extra_keys
+    return keys
+
+
+def _documented_keys() -> dict[str, object]:
+    """The YAML blocks between the key table's two headings, merged and flattened to dotted keys."""
+    text = (REPO / KEY_TABLE_DOC).read_text(encoding="utf-8")
+    start, end = (text.index(f"\n{heading}\n") for heading in KEY_TABLE_HEADINGS)
+    if end < start:
+        end = len(text)
+    blocks = [b for b in blocks_of(KEY_TABLE_DOC) if b.lang == "yaml"]
+    lines_before = text[:start].count("\n") + 1, text[:end].count("\n") + 1
+    following = text[end + 1:].split("\n### ", 1)[0]  # the Tasks section's own YAML block
+    merged: dict[str, object] = {}
+
+    def merge(into: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    for block in blocks:
+        if lines_before[0] <= block.line <= lines_before[1]:
+            merge(merged, yaml.safe_load(block.code))
+    tasks_yaml = re.search(r"```yaml\n(.*?)```", following, re.S)
+    assert tasks_yaml, f"{KEY_TABLE_DOC}: no YAML block under {KEY_TABLE_HEADINGS[1]}"
+    merge(merged, yaml.safe_load(tasks_yaml.group(1)))
+    return merged
+
+
+def _flatten(node: dict, schema: dict[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        section = any(k.startswith(dotted + ".") for k in schema)
+        if isinstance(value, dict) and section:
+            if dotted in schema:
+                flat[dotted] = value
+            flat.update(_flatten(value, schema, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _same(documented: object, default: object) -> bool:
+    if isinstance(default, tuple | list) and isinstance(documented, list):
+        return len(default) == len(documented) and all(_same(d, c) for d, c in zip(documented, default))
+    if isinstance(default, float) or isinstance(documented, float):
+        return (not isinstance(documented, bool) and not isinstance(default, bool) and documented is not None
+                and default is not None and abs(float(documented) - float(default)) < 1e-12)
+    return documented == default
+
+
+def test_every_schema_key_documented() -> None:
+    """The key table of AUDIO_README lists every config key the code accepts, with the code's default, and
+    nothing else: a new key without documentation, a changed default or a stale entry fails here."""
+    schema = _schema_keys()
+    documented = _flatten(_documented_keys(), schema)
+    missing = sorted(set(schema) - set(documented))
+    stale = sorted(set(documented) - set(schema))
+    assert not missing, f"{KEY_TABLE_DOC}: config keys missing from the key table: {missing}"
+    assert not stale, f"{KEY_TABLE_DOC}: the key table lists keys the code does not accept: {stale}"
+    wrong = [f"{key}: documented {documented[key]!r}, code default {schema[key]!r}" for key in schema
+             if key not in EXAMPLE_VALUES and not isinstance(documented[key], dict) and not _same(documented[key], schema[key])]
+    assert not wrong, f"{KEY_TABLE_DOC}: key table defaults differ from the code: {wrong}"
+
+
 # -- parsing -------------------------------------------------------------------------------------
 def logical_lines(code: str) -> list[str]:
     """Shell lines with backslash continuations joined."""
