@@ -49,9 +49,8 @@ class AudioTokenizerLoss(nn.Module):
             decays linearly to ``codebook_weight`` (BSQ-ViT's schedule: strong entropy regularisation first).
         codebook_start_factor: start multiplier of the ``down`` ramp (>= 1).
         multiscale_weight: weight of the multi-scale spectrogram L1 (0: off): the L1 of the reconstruction
-            and the target average-pooled at each ``multiscale_scales`` (time, freq) resolution (the
-            specification's "multi-scale spectrogram processing"; cf. the multi-resolution STFT losses
-            of Parallel WaveGAN, Yamamoto et al. 2020, here on the log-mel).
+            and the target average-pooled at each ``multiscale_scales`` (time, freq) resolution (cf. the
+            multi-resolution STFT losses of Parallel WaveGAN, Yamamoto et al. 2020, here on the log-mel).
         multiscale_scales: pooling windows, ``[[time, freq], ...]`` or square sizes.
     """
 
