@@ -204,9 +204,8 @@ def _schema_keys() -> dict[str, object]:
     assert set(schema.SPECAUGMENT_KEYS) == {k.rpartition(".")[2] for k in keys if k.startswith("data.specaugment.")}
     keys.update({f"training.init_from.{k}": v for k, v in schema.INIT_FROM_DEFAULTS.items()})
     gan, vocoder, mae = task_class("tokenizer_gan"), task_class("vocoder"), task_class("mae_pretrain")
-    keys.update({f"tokenizer_gan.discriminator.{k}": v for k, v in gan.default_model_sections["discriminator"].items()
-                 if k == "target"})
     keys.update(spec("tokenizer_gan.discriminator", MultiScaleMelDiscriminator))
+    assert gan.default_model_sections["discriminator"]["target"] == keys["tokenizer_gan.discriminator.target"]
     keys.update(spec("tokenizer_gan.loss", AudioTokenizerGanLoss))
     keys.update({f"vocoder.{k}": v for k, v in vocoder.extra_keys.items()})
     keys.update(spec("vocoder.model", VocosGenerator, ("n_mels", "n_fft", "hop_length", "win_length")))
@@ -220,14 +219,12 @@ def _schema_keys() -> dict[str, object]:
 
 
 def _documented_keys() -> dict[str, object]:
-    """The YAML blocks between the key table's two headings, merged and flattened to dotted keys."""
-    text = (REPO / KEY_TABLE_DOC).read_text(encoding="utf-8")
-    start, end = (text.index(f"\n{heading}\n") for heading in KEY_TABLE_HEADINGS)
-    if end < start:
-        end = len(text)
-    blocks = [b for b in blocks_of(KEY_TABLE_DOC) if b.lang == "yaml"]
-    lines_before = text[:start].count("\n") + 1, text[:end].count("\n") + 1
-    following = text[end + 1:].split("\n### ", 1)[0]  # the Tasks section's own YAML block
+    """The YAML blocks of the key table's two sections (every key; the tasks), merged into one mapping."""
+    text = (REPO / KEY_TABLE_DOC).read_text(encoding="utf-8").splitlines()
+    first = text.index(KEY_TABLE_HEADINGS[0]) + 1
+    tasks = text.index(KEY_TABLE_HEADINGS[1]) + 1
+    after = next((n for n in range(tasks, len(text)) if text[n].startswith("## ") or text[n].startswith("### ")),
+                 len(text))  # 0-based index of the heading after the Tasks section
     merged: dict[str, object] = {}
 
     def merge(into: dict, new: dict) -> None:
@@ -237,12 +234,10 @@ def _documented_keys() -> dict[str, object]:
             else:
                 into[key] = value
 
+    blocks = [b for b in blocks_of(KEY_TABLE_DOC) if b.lang == "yaml" and first < b.line <= after]
+    assert len(blocks) >= 2, f"{KEY_TABLE_DOC}: no YAML key table under {KEY_TABLE_HEADINGS}"
     for block in blocks:
-        if lines_before[0] <= block.line <= lines_before[1]:
-            merge(merged, yaml.safe_load(block.code))
-    tasks_yaml = re.search(r"```yaml\n(.*?)```", following, re.S)
-    assert tasks_yaml, f"{KEY_TABLE_DOC}: no YAML block under {KEY_TABLE_HEADINGS[1]}"
-    merge(merged, yaml.safe_load(tasks_yaml.group(1)))
+        merge(merged, yaml.safe_load(block.code))
     return merged
 
 
@@ -262,7 +257,7 @@ def _flatten(node: dict, schema: dict[str, object], prefix: str = "") -> dict[st
 
 def _same(documented: object, default: object) -> bool:
     if isinstance(default, tuple | list) and isinstance(documented, list):
-        return len(default) == len(documented) and all(_same(d, c) for d, c in zip(documented, default))
+        return len(default) == len(documented) and all(_same(d, c) for d, c in zip(documented, default, strict=True))
     if isinstance(default, float) or isinstance(documented, float):
         return (not isinstance(documented, bool) and not isinstance(default, bool) and documented is not None
                 and default is not None and abs(float(documented) - float(default)) < 1e-12)
