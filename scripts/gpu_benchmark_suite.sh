@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU correctness check and throughput suite (the figures in AUDIO_README.md came from it).
+# One-shot GPU correctness check and throughput suite (benchmarks/2026-11-26-h200/ holds one run).
 #
 #   OUT=gpu_results bash scripts/gpu_benchmark_suite.sh            # full suite, about 8 minutes on an H100
 #   QUICK=1 OUT=gpu_results bash scripts/gpu_benchmark_suite.sh    # a few steps each: checks the script itself

@@ -1,6 +1,6 @@
 """Data pipeline: audio decoding, dataset layouts, the log-mel front end and SpecAugment.
 
-See AUDIO_README.md ("Data pipeline"). Workers decode and crop (``AudioClipDataset`` subclasses + ``collate_audio``);
+See AUDIO_README.md ("Data"). Workers decode and crop (``AudioClipDataset`` subclasses + ``collate_audio``);
 the training device turns waveform batches into model-space log-mels (``LogMelFrontend``).
 At scale: Lhotse manifests (``LhotseCutsDataset``, optional extra) and tar shards streamed per rank and
 worker (``ShardStreamDataset``; ``ShardDataset`` is the config target, ``scripts/prepare_shards.py`` writes them).
