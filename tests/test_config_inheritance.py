@@ -195,3 +195,12 @@ def test_code_default_inv_temperature_is_the_recipe_and_old_checkpoints_keep_the
     with torch.no_grad():
         assert torch.equal(loaded(x)[2]["indices"], old(x)[2]["indices"])
         assert torch.equal(loaded(x)[0], old(x)[0])
+
+
+def test_evaluation_data_config_reads_the_base_chain() -> None:
+    """``evaluate_audio_tokenizer.py --data-config`` finds a data split that a config inherits."""
+    from transcoder.evaluation.evaluate import dataset_spec
+
+    streaming = REPO / "configs" / "tokenizer" / "audio_speech_streaming_b18.yaml"
+    assert "data" not in yaml.safe_load(streaming.read_text())
+    assert dataset_spec({}, data_config=str(streaming)) == load_config(streaming)["data"]["val"]
