@@ -24,8 +24,8 @@ import torch
 
 from transcoder.api import AudioTokenizer, load_tokenizer
 from transcoder.audio.mel import MelConfig
+from transcoder.models.build import build_model
 from transcoder.streaming import algorithmic_latency, causal_mel, encode_offline, pad_to_rows
-from transcoder.tasks.tokenizer import build_model
 from transcoder.training.config import load_config
 
 DEFAULT_FILE = "data/librivox-mini/LibriSpeech/dev-clean/9001/1/9001-1-0001.flac"

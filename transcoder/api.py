@@ -46,12 +46,9 @@ from transcoder.audio.stream_render import WindowedRenderer
 from transcoder.audio.windows import WindowSegmenter, segments_of
 from transcoder.codes import CodesFile, CodesSpec, codes_dtype
 from transcoder.data.audio_io import AudioFile, load_audio, resample
-from transcoder.evaluation.metrics import bitrate as _bitrate
-from transcoder.evaluation.metrics import tokens_per_second as _tokens_per_second
+from transcoder.models.build import checkpoint_mel_settings, load_checkpoint_model
 from transcoder.streaming import ChunkedGriffinLim, StreamDecoder, StreamEncoder
-from transcoder.tasks.tokenizer import build_model
-from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, load_weights_strict, model_weights
-from transcoder.utils.targets import ConfigError
+from transcoder.utils.rates import TokenRates, token_rates
 
 __all__ = ["AudioTokenizer", "EncodedAudio", "load_tokenizer", "load_model_from_checkpoint", "sha256_file",
            "codes_dtype", "waveform_to_mono"]
@@ -71,10 +68,7 @@ def load_model_from_checkpoint(
 ) -> tuple[nn.Module, MelConfig, dict[str, Any]]:
     """Build the model of a checkpoint and load its weights (EMA weights if asked and present).
 
-    Reads checkpoint format 1 and 2 (:func:`transcoder.utils.checkpoint.model_weights`); files are
-    loaded with ``weights_only=True``. The trainer saves the unwrapped module, so state dicts hold no
-    DDP / ``torch.compile`` prefixes and no ``AveragedModel`` bookkeeping; weights must fit exactly.
-
+    :func:`transcoder.models.build.load_checkpoint_model` plus the checkpoint's front-end settings.
     Returns ``(model on CPU in eval mode, mel config, checkpoint dict)``; ``state["weights"]`` is set to
     ``"ema"`` or ``"model"`` (which weights were loaded).
 
@@ -82,29 +76,10 @@ def load_model_from_checkpoint(
         FileNotFoundError: no such file.
         CheckpointError: unreadable, unsafe (pickled objects), or weights / config that do not fit.
     """
-    path = Path(checkpoint) if not isinstance(checkpoint, dict) else Path("<dict>")
-    state = dict(checkpoint) if isinstance(checkpoint, dict) else load_checkpoint(path)
-    config = state.get("config")
-    model_spec = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(model_spec, dict) or "target" not in model_spec:
-        raise CheckpointError(f"checkpoint {path}: config['model'] must be {{'target': ..., 'params': ...}}, "
-                              f"got {model_spec!r}")
-    mel_dict = state.get("mel")
-    if mel_dict is None:
-        data = config.get("data")
-        if not isinstance(data, dict):
-            raise CheckpointError(f"checkpoint {path} has neither 'mel' nor config['data'] mel settings")
-        mel_config = MelConfig.from_dict(data, strict=False)
-    else:
-        mel_config = MelConfig.from_dict(mel_dict)
-    try:
-        model = build_model(model_spec, mel_config)
-    except ConfigError as err:
-        raise CheckpointError(f"checkpoint {path}: {err}") from err
-    weights, source = model_weights(state, "model", use_ema=use_ema)
-    state["weights"] = "ema" if source == "ema" else "model"
-    load_weights_strict(model, weights, f"checkpoint {path} ({model_spec['target']}, {source} weights)")
-    return model.eval(), mel_config, state
+    model, state = load_checkpoint_model(checkpoint, use_ema=use_ema)
+    settings = checkpoint_mel_settings(state)
+    mel_config = MelConfig.from_dict(settings, strict=settings is state.get("mel"))
+    return model, mel_config, state
 
 
 @dataclass
@@ -221,15 +196,20 @@ class AudioTokenizer:
         return int(self.model.embed_dim)
 
     @property
+    def rates(self) -> TokenRates:
+        """Tokens and bits per second of audio (:func:`transcoder.utils.rates.token_rates`)."""
+        return token_rates(self.patch_size, self.mel_config.n_mels, self.hop_length, self.sample_rate,
+                           self.bits_per_token)
+
+    @property
     def tokens_per_second(self) -> float:
         """Tokens (all frequency patches counted) per second of audio."""
-        return _tokens_per_second(self.patch_size, self.mel_config.n_mels, self.hop_length, self.sample_rate)
+        return self.rates.tokens_per_second
 
     @property
     def bitrate(self) -> float:
         """Bits per second of audio."""
-        return _bitrate(self.patch_size, self.mel_config.n_mels, self.hop_length, self.sample_rate,
-                        self.bits_per_token)
+        return self.rates.bits_per_second
 
     @property
     def codes_spec(self) -> CodesSpec:

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -45,6 +44,7 @@ from transcoder.api import AudioTokenizer
 from transcoder.data import collate_audio
 from transcoder.evaluation.metrics import mel_l1, si_snr, spectrogram_mae_db, spectrogram_mse_db, speech_quality
 from transcoder.evaluation.reconstruction import ReconstructionMetrics
+from transcoder.utils.config_files import read_config_file
 
 __all__ = ["MeanAccumulator", "dataset_spec", "evaluate_tokenizer", "format_table", "render_pair",
            "save_examples", "write_metrics_json"]
@@ -60,8 +60,8 @@ def dataset_spec(checkpoint_config: dict[str, Any], audio_dir: str | None = None
         path = Path(data_config)
         if not path.is_file():
             raise FileNotFoundError(f"--data-config {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if isinstance(raw, dict) and "target" in raw:
+        raw = read_config_file(path).values  # a full config's base: chain merged
+        if "target" in raw:
             return raw  # a bare dataset spec
         spec = (raw.get("data") or {}).get(split) if isinstance(raw, dict) else None
         if not spec:

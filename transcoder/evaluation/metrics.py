@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torchaudio
 from torch import Tensor
+
+from transcoder.utils.rates import bitrate, tokens_per_second
 
 __all__ = [
     "spectrogram_mse_db",
@@ -229,26 +230,7 @@ def _binary_entropy(p: float) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def tokens_per_second(
-    patch_size: Sequence[int] | int, n_mels: int, hop_length: int, sample_rate: int
-) -> float:
-    """Tokens per second of audio: ``(sample_rate / hop / patch_t) * (n_mels / patch_f)``.
-
-    Example: 16 kHz, hop 160 (100 frames/s), 16x16 patches on 128 mels -> 6.25 * 8 = 50 tokens/s.
-    """
-    pt, pf = (patch_size, patch_size) if isinstance(patch_size, int) else (int(patch_size[0]), int(patch_size[1]))
-    if n_mels % pf:
-        raise ValueError(f"n_mels={n_mels} is not a multiple of the frequency patch {pf}")
-    if hop_length <= 0 or sample_rate <= 0 or pt <= 0:
-        raise ValueError(f"hop_length={hop_length}, sample_rate={sample_rate}, patch_t={pt} must be positive")
-    return sample_rate / hop_length / pt * (n_mels // pf)
-
-
-def bitrate(
-    patch_size: Sequence[int] | int, n_mels: int, hop_length: int, sample_rate: int, bits: int
-) -> float:
-    """Bit rate in bit/s: :func:`tokens_per_second` times bits per token (50 tok/s x 18 bits = 900 bit/s)."""
-    return tokens_per_second(patch_size, n_mels, hop_length, sample_rate) * bits
+# tokens_per_second and bitrate are re-exported from transcoder.utils.rates (the formula's one home).
 
 
 # --------------------------------------------------------------------------------------------------

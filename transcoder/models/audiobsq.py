@@ -33,6 +33,7 @@ from transcoder.models.causal import CausalTransformerBlock, band_position_embed
 from transcoder.models.conformer_conv import ConformerConvModule
 from transcoder.models.depthwise_conv import depthwise_conv_time
 from transcoder.models.quantizer.bsq import MAX_INDEX_BITS, BinarySphericalQuantizer
+from transcoder.utils.rates import token_rates
 
 
 @dataclass
@@ -367,7 +368,7 @@ class AudioBSQModel(nn.Module):
         gamma0: float = 1.0,
         gamma: float = 1.0,
         zeta: float = 1.0,
-        inv_temperature: float = 1.0,
+        inv_temperature: float = 10.0,
         group_size: int | None = None,
         persample_entropy_compute: str = "analytical",
         cb_entropy_compute: str = "group",
@@ -472,8 +473,7 @@ class AudioBSQModel(nn.Module):
 
     def tokens_per_second(self, hop_length: int, sample_rate: int) -> float:
         """Tokens per second of audio for mel frames every ``hop_length`` samples."""
-        pt, pf = self.patch_size
-        return sample_rate / hop_length / pt * (self.input_size // pf)
+        return token_rates(self.patch_size, self.input_size, hop_length, sample_rate).tokens_per_second
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that AdamW should not decay (besides norms and biases)."""

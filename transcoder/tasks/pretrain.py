@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 from transcoder.audio import MelConfig
 from transcoder.losses.masked import MaskedPatchLoss
+from transcoder.models.build import build_model, derive_input_grid
 from transcoder.models.mae import AudioMAE, MaskedPrediction, unpatchify
 from transcoder.tasks.base import Task, evaluating
-from transcoder.tasks.tokenizer import build_model, derive_input_grid
 from transcoder.utils.distributed import all_reduce_sum
 from transcoder.utils.targets import ConfigError, instantiate
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,38 +12,18 @@ from torch import Tensor, nn
 from transcoder.audio import MelConfig
 from transcoder.audio.neural_vocoder import NeuralVocoder, load_vocoder
 from transcoder.data import SpecAugment
+from transcoder.models.build import build_model, derive_input_grid
 from transcoder.tasks.base import Task, evaluating
 from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import CheckpointError
-from transcoder.utils.targets import ConfigError, instantiate
+from transcoder.utils.rates import token_rates
+from transcoder.utils.targets import instantiate
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from transcoder.training.monitor import Monitor
     from transcoder.training.step import StepState
-
-
-def derive_input_grid(spec: dict[str, Any], mel_config: MelConfig) -> dict[str, Any]:
-    """A copy of a tokenizer model spec whose ``audioconfig.input_size`` / ``input_length`` are the front
-    end's ``n_mels`` / ``target_length``; a config that states them anyway must agree (else ConfigError)."""
-    spec = copy.deepcopy(spec)
-    params = spec.setdefault("params", {}) or {}
-    spec["params"] = params
-    audioconfig = params.get("audioconfig")
-    if isinstance(audioconfig, dict):
-        for key, derived, source in (("input_size", mel_config.n_mels, "data.n_mels"),
-                                     ("input_length", mel_config.target_length, "data.target_length")):
-            given = audioconfig.setdefault(key, derived)
-            if given != derived:
-                raise ConfigError(f"model audioconfig.{key}={given} but {source}={derived}: leave {key} out "
-                                  f"(it is taken from {source}) or make them equal")
-    return spec
-
-
-def build_model(spec: dict[str, Any], mel_config: MelConfig) -> nn.Module:
-    """Instantiate a tokenizer model whose input grid comes from the front end's settings."""
-    return instantiate(derive_input_grid(spec, mel_config))
 
 
 def load_media_vocoder(path: str | None, mel_config: MelConfig, device: torch.device) -> NeuralVocoder | None:
@@ -170,7 +149,8 @@ class TokenizerTask(Task):
     def describe(self, state: StepState) -> str:
         model = state.parts["model"].model
         grid_t, grid_f = model.config.grid
-        per_second = model.tokens_per_second(self.mel_config.hop_length, self.mel_config.sample_rate)
+        rates = token_rates(model.patch_size, self.mel_config.n_mels, self.mel_config.hop_length,
+                            self.mel_config.sample_rate, model.embed_dim)
         return (f"tokenizer: {grid_t}x{grid_f} tokens of {model.embed_dim} bits per "
-                f"{self.mel_config.target_length}-frame window, {per_second:g} tokens/s, "
-                f"{per_second * model.embed_dim:g} bit/s")
+                f"{self.mel_config.target_length}-frame window, {rates.tokens_per_second:g} tokens/s, "
+                f"{rates.bits_per_second:g} bit/s")

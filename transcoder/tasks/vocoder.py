@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from transcoder.audio import MelConfig
 from transcoder.audio.neural_vocoder import mel_differences
 from transcoder.losses.vocoder import VocoderLoss
+from transcoder.models.build import load_checkpoint_model
 from transcoder.models.discriminators import DiscriminatorOutput
 from transcoder.tasks.base import Task, evaluating
 from transcoder.utils.distributed import all_reduce_sum
@@ -149,9 +150,7 @@ class VocoderTask(Task):
         self.tokenizer: nn.Module | None = None
         self.tokenizer_window = 0
         if config["tokenizer_checkpoint"] is not None:
-            from transcoder.api import load_model_from_checkpoint
-
-            model, _, _ = load_model_from_checkpoint(config["tokenizer_checkpoint"], use_ema=True)
+            model, _ = load_checkpoint_model(config["tokenizer_checkpoint"], use_ema=True)
             self.tokenizer = model.to(device).eval().requires_grad_(False)
             self.tokenizer_window = int(model.input_length)
 

@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from transcoder.data import AudioDataError
-from transcoder.training.config import load_config
+from transcoder.training.config import config_to_yaml, load_config
 from transcoder.training.loader import shutdown_loaders
 from transcoder.training.run_dir import RunLockedError
 from transcoder.training.trainer import NonFiniteLossError, Trainer
@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     """The flags every training script takes (``description``: the script's ``--help`` text)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (model / loss / data / optimizer / training)")
-    parser.add_argument("--output-dir", required=True, help="run folder; an existing run there is resumed")
+    parser.add_argument("--output-dir", default=None,
+                        help="run folder; an existing run there is resumed (required unless --print-config)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (base chain merged, overrides applied, defaults filled) "
+                             "as YAML and exit")
     parser.add_argument("--resume", default=None,
                         help="resume from this checkpoint instead of OUTPUT_DIR's newest readable one")
     parser.add_argument("--allow-config-change", action="store_true",
@@ -54,7 +58,10 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
                              "OUTPUT_DIR/validation_step_N.json and exit")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     parser.add_argument("overrides", nargs="*", help="config overrides KEY.SUB=VALUE")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.output_dir is None and not args.print_config:
+        parser.error("the following arguments are required: --output-dir")
+    return args
 
 
 def one_line(err: BaseException) -> str:
@@ -105,6 +112,9 @@ def run(argv: list[str] | None = None, description: str | None = None, task: str
             raise ConfigError(f"{args.config}: task={config['task']!r}, but this script trains task {task!r}")
     except BUILD_ERRORS as err:
         return report(err, 2)
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        return 0
     try:
         try:
             env = init_distributed(args.device)

@@ -4,21 +4,25 @@ A config has five sections: ``model``, ``loss``, ``data``, ``optimizer`` and ``t
 Every key is checked against the schema below: an unknown or misspelt key is an error naming it
 and the valid keys (the original silently ignored keys such as ``grad_clip_norm``). Command-line
 overrides ``key.sub=value`` are parsed as YAML values (``training.max_steps=100``,
-``optimizer.betas=[0.9,0.95]``).
+``optimizer.betas=[0.9,0.95]``). A config may inherit from another with ``base: <path>``
+(:mod:`transcoder.utils.config_files`); only the merged result is validated.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from transcoder.audio.mel import MelConfig
+from transcoder.utils.config_files import MergedConfig, read_config_file
 from transcoder.utils.targets import ConfigError, get_obj_from_str, instantiate
 
-__all__ = ["ConfigError", "get_obj_from_str", "instantiate", "load_config", "resolve_config", "save_config"]
+__all__ = ["ConfigError", "config_to_yaml", "get_obj_from_str", "instantiate", "load_config", "resolve_config",
+           "save_config"]
 
 # Defaults of every section; `None` means "no default, may be left out".
 OPTIMIZER_DEFAULTS: dict[str, Any] = {
@@ -88,31 +92,46 @@ TARGET_KEYS = {"target", "params"}
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config, apply ``key.sub=value`` overrides, validate and fill defaults."""
+    """Read a YAML config and its ``base:`` chain, apply ``key.sub=value`` overrides, validate and fill defaults.
+
+    An error names where the offending key was set: the file (``<base> (base of <file>)`` for a key
+    inherited from a base) or the command-line override.
+    """
     path = Path(path)
-    if path.is_dir() or not path.exists():
-        raise ConfigError(f"config file {path} does not exist (or is a directory)")
-    try:
-        with path.open(encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle) or {}
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not a text (UTF-8) YAML file: byte {err.start} cannot be decoded") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
-    except OSError as err:
-        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections model/loss/data/optimizer/training")
+    merged = read_config_file(path)
     for override in overrides or []:
-        apply_override(raw, override)
+        keys, value = apply_override(merged.values, override)
+        merged.record(keys, value, f"command-line override {override}")
     try:
-        return resolve_config(raw)
+        return resolve_config(merged.values)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{_source_of(err, merged, path)}: {err}", key=err.key) from None
 
 
-def apply_override(config: dict[str, Any], override: str) -> None:
-    """Set ``a.b.c=value`` in ``config`` in place; the value is parsed as YAML."""
+_KEY_AT_START = re.compile(r"([A-Za-z_]\w*(?:\.\w+)*)(?:=| must be | is required)")
+
+
+def _source_of(err: ConfigError, merged: MergedConfig, path: Path) -> str:
+    """The file or override that set the key ``err`` is about (the named file when that is unknown)."""
+    key = err.key
+    if key is None:
+        match = _KEY_AT_START.match(str(err))
+        key = match.group(1) if match else None
+    label = merged.origin(tuple(key.split("."))) if key else None
+    if label is None or label == str(path):
+        return str(path)
+    if label in {str(file) for file in merged.files}:
+        return f"{label} (base of {path})"
+    return label
+
+
+def config_to_yaml(config: dict[str, Any]) -> str:
+    """A (resolved) config as YAML text, key order kept (what :func:`save_config` writes)."""
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def apply_override(config: dict[str, Any], override: str) -> tuple[tuple[str, ...], Any]:
+    """Set ``a.b.c=value`` in ``config`` in place; the value is parsed as YAML. Returns the key path and value."""
     if "=" not in override:
         raise ConfigError(f"override {override!r}: expected KEY.SUB=VALUE")
     dotted, value = override.split("=", 1)
@@ -126,10 +145,12 @@ def apply_override(config: dict[str, Any], override: str) -> None:
             raise ConfigError(f"override {override!r}: {key!r} is not a section")
         node = child
     try:
-        node[keys[-1]] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {override!r}: the value is not valid YAML ({_one_line(err)}); quote "
                           "lists and mappings as one shell word, e.g. 'optimizer.betas=[0.9,0.95]'") from None
+    node[keys[-1]] = parsed
+    return tuple(keys), parsed
 
 
 def _one_line(err: BaseException) -> str:
@@ -330,7 +351,9 @@ def _check_specaugment(spec: Any) -> None:
 def _reject_unknown(given: dict[str, Any], valid: set[str], where: str) -> None:
     unknown = sorted(set(given) - valid)
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(valid)}")
+        prefix = "" if where == "top level" else where.removeprefix("section ").strip("'") + "."
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(valid)}",
+                          key=f"{prefix}{unknown[0]}")
 
 
 def _target_spec(spec: Any, where: str) -> dict[str, Any]:
@@ -345,4 +368,4 @@ def _target_spec(spec: Any, where: str) -> dict[str, Any]:
 
 def save_config(config: dict[str, Any], path: str | Path) -> None:
     """Write the resolved config as YAML (key order kept)."""
-    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
+    Path(path).write_text(config_to_yaml(config))

@@ -11,7 +11,15 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file, key and what was expected."""
+    """A config that cannot be used; the message names the file, key and what was expected.
+
+    ``key``: the dotted config key the error is about, when the raiser knows it (the config loader uses
+    it to name the file or command-line override that set the key).
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def get_obj_from_str(dotted: str) -> Any:
