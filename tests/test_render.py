@@ -183,3 +183,15 @@ def test_stream_decoder_renders_with_the_loaded_vocoder(tmp_path: Path, vocoder_
     assert np.abs(audio - offline).max() < 0.05 * np.abs(offline).max()
     # Not Griffin-Lim: the tokenizer without a vocoder streams other audio.
     assert not np.allclose(stream(plain), audio, atol=1e-3)
+
+
+def test_evaluation_does_not_import_the_api() -> None:
+    """Evaluation sits below the API: importing it must not load transcoder.api (nor the streaming module)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, transcoder.evaluation.evaluate, transcoder.training.monitor; "
+            "print(sorted(m for m in ('transcoder.api', 'transcoder.streaming') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stderr
