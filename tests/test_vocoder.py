@@ -16,7 +16,7 @@ from test_tokenize import MEL, REPO, SR, _checkpoint, _speechlike, evaluate_scri
 from transcoder.api import load_tokenizer
 from transcoder.audio.mel import LogMelFrontend, MelConfig
 from transcoder.audio.neural_vocoder import load_vocoder
-from transcoder.audio.stream_render import WindowedRenderer
+from transcoder.audio.render import ChunkedRenderer
 from transcoder.losses.vocoder import VocoderLoss
 from transcoder.models.discriminators import VocoderDiscriminator
 from transcoder.models.vocoder import VocosGenerator
@@ -232,12 +232,26 @@ def test_tokenizer_decodes_through_the_vocoder(tokenizer_ckpt: Path, vocoder_ckp
     assert torch.equal(from_module.decode_codes(codes), tok.decode_codes(codes))
 
 
+class _Ones:
+    """A perfectly coherent "renderer": every frame renders to ones."""
+
+    kind, sample_rate, hop_length = "ones", 1000, 10
+
+    def __init__(self, coherent: bool) -> None:
+        self.coherent = coherent
+
+    def render(self, mel: torch.Tensor, length: int | None = None, seed: int | None = None) -> torch.Tensor:
+        return torch.ones(mel.shape[0], length)
+
+    def describe(self) -> dict[str, str]:
+        return {"type": self.kind}
+
+
 def test_amplitude_crossfade_of_coherent_renderings_keeps_the_level() -> None:
-    ones = lambda mel, length, seed: torch.ones(1, length)  # noqa: E731 - a perfectly coherent "vocoder"
     windows = [torch.zeros(20, 4) for _ in range(3)]
-    flat = np.concatenate(list(WindowedRenderer(ones, 20, 10, margin=4, crossfade="amplitude").blocks(windows)))
+    flat = np.concatenate(list(ChunkedRenderer(_Ones(coherent=True), 20, margin=4).blocks(windows)))
     assert flat.shape == (600,) and np.allclose(flat, 1.0, atol=1e-6)
-    power = np.concatenate(list(WindowedRenderer(ones, 20, 10, margin=4).blocks(windows)))
+    power = np.concatenate(list(ChunkedRenderer(_Ones(coherent=False), 20, margin=4).blocks(windows)))
     assert power.max() > 1.3  # equal power overshoots on coherent signals: why the vocoder uses amplitude
 
 
@@ -265,8 +279,8 @@ def test_tokenizer_run_renders_tensorboard_audio_with_the_vocoder(tmp_path: Path
     trainer = make_trainer(tmp_path / "run", f"training.vocoder={vocoder}", "training.max_steps=1",
                            "training.image_every=1")
     calls: list[tuple[int, ...]] = []
-    original = trainer.task.vocoder.forward
-    trainer.task.vocoder.forward = lambda mel, length=None: calls.append(tuple(mel.shape)) or original(mel, length)
+    original = trainer.task.renderer.forward
+    trainer.task.renderer.forward = lambda mel, length=None: calls.append(tuple(mel.shape)) or original(mel, length)
     trainer.fit()
     assert len(calls) == 2  # input and reconstruction
 

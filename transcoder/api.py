@@ -19,11 +19,12 @@ on the whole decoded signal (also when the file is resampled: soxr's stream equa
 
 Decoding decodes whole windows: a trailing partial window of codes is completed with the codes of a
 silent window (what the encoder saw as padding) so its tokens sit at the positions they were encoded
-at. Audio is rendered with Griffin-Lim, or with a neural vocoder trained by this repository when one
-is given (``load_tokenizer(ckpt, vocoder="vocoder.pt")``, :mod:`transcoder.audio.neural_vocoder`; its
-mel settings must equal the tokenizer's). :meth:`AudioTokenizer.decode_codes` renders the whole mel at once;
-:meth:`AudioTokenizer.decode_to_file` / :meth:`~AudioTokenizer.decode_file` stream window by window
-into a WAV (see :mod:`transcoder.audio.stream_render`; not sample-equal to the one-shot render).
+at. Audio is rendered by one :class:`~transcoder.audio.render.Renderer` (:attr:`AudioTokenizer.renderer`):
+Griffin-Lim, or a neural vocoder trained by this repository when one is given
+(``load_tokenizer(ckpt, vocoder="vocoder.pt")``; its mel settings must equal the tokenizer's).
+:meth:`AudioTokenizer.decode_codes` renders the whole mel at once; :meth:`AudioTokenizer.decode_to_file` /
+:meth:`~AudioTokenizer.decode_file` and :meth:`AudioTokenizer.stream_decoder` render block by block
+(:class:`~transcoder.audio.render.ChunkedRenderer`; not sample-equal to the one-shot render).
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from transcoder.audio.griffin_lim import GriffinLimVocoder
+from transcoder.audio.griffin_lim import GriffinLimRenderer
 from transcoder.audio.mel import LogMelFrontend, MelConfig
-from transcoder.audio.neural_vocoder import NeuralVocoder, load_vocoder
-from transcoder.audio.stream_render import WindowedRenderer
+from transcoder.audio.neural_vocoder import NeuralVocoder
+from transcoder.audio.render import ChunkedRenderer, Renderer, build_renderer
 from transcoder.audio.windows import WindowSegmenter, segments_of
 from transcoder.codes import CodesFile, CodesSpec, codes_dtype
 from transcoder.data.audio_io import AudioFile, load_audio, resample
 from transcoder.models.build import checkpoint_mel_settings, load_checkpoint_model
-from transcoder.streaming import ChunkedGriffinLim, StreamDecoder, StreamEncoder
+from transcoder.streaming import StreamDecoder, StreamEncoder
 from transcoder.utils.rates import TokenRates, token_rates
 
 __all__ = ["AudioTokenizer", "EncodedAudio", "load_tokenizer", "load_model_from_checkpoint", "sha256_file",
@@ -92,7 +93,7 @@ class EncodedAudio:
 
 
 class AudioTokenizer:
-    """A trained Audio BSQ-ViT model with its front end, a Griffin-Lim vocoder and optionally a neural one.
+    """A trained Audio BSQ-ViT model with its front end and its renderer (Griffin-Lim or a neural vocoder).
 
     Build with :func:`load_tokenizer`. All ``encode_*`` methods return CPU int64 indices of shape
     ``(n_time_tokens, n_freq_patches)`` (time-major, like ``info["indices"]`` of the model).
@@ -102,13 +103,20 @@ class AudioTokenizer:
         mel_config: the front-end settings the model was trained with.
         device: where the model, front end and vocoder run.
         batch_size: model windows per forward pass in the batched methods.
-        vocoder_kwargs: overrides for :meth:`GriffinLimVocoder.from_frontend` (``n_iter`` ...).
+        vocoder_kwargs: Griffin-Lim settings (:meth:`GriffinLimVocoder.from_frontend`: ``n_iter`` ...).
         checkpoint_path: where the weights came from (for :attr:`checkpoint_sha256`).
         weights: ``"ema"`` or ``"model"``, which weights of the checkpoint were loaded (informative).
         checkpoint_config: the checkpoint's resolved training config (informative).
         checkpoint_step: the training step of the checkpoint (informative).
-        neural_vocoder: renders waveforms instead of Griffin-Lim when given (its mel settings must equal
+        neural_vocoder: a :class:`~transcoder.audio.neural_vocoder.NeuralVocoder` or a vocoder checkpoint
+            path; renders waveforms instead of Griffin-Lim when given (its mel settings must equal
             ``mel_config``'s, else ``ValueError`` naming the differing settings).
+
+    Attributes:
+        renderer: the :class:`~transcoder.audio.render.Renderer` every decode path uses
+            (:func:`~transcoder.audio.render.build_renderer` of ``neural_vocoder``).
+        griffin_lim: the Griffin-Lim renderer (``renderer`` itself without a neural vocoder); evaluation
+            scores it as the reference beside a neural vocoder.
     """
 
     def __init__(
@@ -122,7 +130,7 @@ class AudioTokenizer:
         weights: str = "model",
         checkpoint_config: dict[str, Any] | None = None,
         checkpoint_step: int | None = None,
-        neural_vocoder: NeuralVocoder | None = None,
+        neural_vocoder: NeuralVocoder | str | Path | None = None,
     ) -> None:
         self.weights = weights
         self.checkpoint_config = checkpoint_config or {}
@@ -131,14 +139,11 @@ class AudioTokenizer:
         self.model = model.to(self.device).eval()
         self.mel_config = mel_config
         self.frontend = LogMelFrontend(mel_config).to(self.device)
-        self.vocoder = GriffinLimVocoder.from_frontend(self.frontend, **(vocoder_kwargs or {})).to(self.device)
-        if neural_vocoder is not None:
-            if not isinstance(neural_vocoder, NeuralVocoder):
-                raise TypeError(f"neural_vocoder must be a transcoder.audio.neural_vocoder.NeuralVocoder (wrap a "
-                                f"generator as NeuralVocoder(generator, mel_config)), got {type(neural_vocoder)}")
-            neural_vocoder.check_fits(mel_config, f"the tokenizer {checkpoint_path or '<module>'}")
-            neural_vocoder = neural_vocoder.to(self.device).eval()
-        self.neural_vocoder = neural_vocoder
+        self.renderer: Renderer = build_renderer(mel_config, neural_vocoder, device=self.device,
+                                                 griffin_lim=vocoder_kwargs,
+                                                 target_name=f"the tokenizer {checkpoint_path or '<module>'}")
+        self.griffin_lim = (self.renderer if isinstance(self.renderer, GriffinLimRenderer)
+                            else GriffinLimRenderer(self.frontend, **(vocoder_kwargs or {})).to(self.device))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
@@ -409,23 +414,29 @@ class AudioTokenizer:
         return mel
 
     @property
+    def vocoder(self) -> nn.Module:
+        """The :class:`~transcoder.audio.griffin_lim.GriffinLimVocoder` (power mel -> audio) of :attr:`griffin_lim`."""
+        return self.griffin_lim.vocoder
+
+    @property
+    def neural_vocoder(self) -> NeuralVocoder | None:
+        """The renderer when it is a neural vocoder, else ``None``."""
+        return self.renderer if isinstance(self.renderer, NeuralVocoder) else None
+
+    @property
     def renderer_name(self) -> str:
-        """``"griffin-lim"`` or ``"neural"`` (what :meth:`render` uses)."""
-        return "griffin-lim" if self.neural_vocoder is None else "neural"
+        """``"griffin-lim"`` or ``"neural"`` (the kind of :attr:`renderer`)."""
+        return self.renderer.kind
 
     @torch.inference_mode()
     def render(self, mel: Tensor, length: int | None = None, seed: int | None = 0) -> Tensor:
-        """Model-space mel ``(B, T, n_mels)`` on any device -> waveforms ``(B, length)`` on the device, with the
-        neural vocoder when there is one, else Griffin-Lim (``seed``: its initial phase)."""
-        mel = mel.to(self.device)
-        if self.neural_vocoder is not None:
-            return self.neural_vocoder(mel, length if length is not None else mel.shape[-2] * self.hop_length)
-        return self.vocoder(self.frontend.inverse(mel), length=length, seed=seed)
+        """Model-space mel ``(B, T, n_mels)`` on any device -> waveforms ``(B, length)`` on the device, by
+        :attr:`renderer` (``seed``: Griffin-Lim's initial phase)."""
+        return self.renderer.render(mel.to(self.device), length, seed)
 
     @torch.inference_mode()
     def mel_to_wave(self, mel: Tensor, num_samples: int | None = None, seed: int | None = 0) -> Tensor:
-        """Model-space mel ``(T, n_mels)`` or ``(B, T, n_mels)`` -> waveform(s) on the CPU, via the neural
-        vocoder when there is one, else Griffin-Lim.
+        """Model-space mel ``(T, n_mels)`` or ``(B, T, n_mels)`` -> waveform(s) on the CPU, by :attr:`renderer`.
 
         ``num_samples`` trims (or zero-pads) the output; default ``T * hop_length``.
         """
@@ -459,9 +470,10 @@ class AudioTokenizer:
                        seed: int | None = 0, subtype: str = "PCM_16", margin_frames: int = 16) -> Path:
         """Decode codes to a WAV (any soundfile format by suffix), window by window in constant memory.
 
-        Each window is rendered with ``margin_frames`` of context on both sides and crossfaded into
-        its neighbours (:class:`~transcoder.audio.stream_render.WindowedRenderer`); window ``k`` uses
-        phase seed ``seed + k``. ``num_samples`` trims the output as in :meth:`decode_codes`.
+        Each window is rendered by :attr:`renderer` with ``margin_frames`` of context on both sides and
+        crossfaded into its neighbours (:class:`~transcoder.audio.render.ChunkedRenderer` with one
+        window per block); window ``k`` uses phase seed ``seed + k``. ``num_samples`` trims the output as
+        in :meth:`decode_codes`.
         """
         import soundfile as sf
 
@@ -474,9 +486,7 @@ class AudioTokenizer:
             for chunk in windows.split(self.batch_size):
                 yield from self._decode_windows(chunk.to(self.device))
 
-        crossfade = "power" if self.neural_vocoder is None else "amplitude"
-        renderer = WindowedRenderer(self.render, self.window_frames, self.hop_length, margin=margin_frames,
-                                    seed=seed, crossfade=crossfade)
+        renderer = ChunkedRenderer(self.renderer, self.window_frames, margin=margin_frames, seed=seed)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         written = 0
@@ -515,10 +525,10 @@ class AudioTokenizer:
     def stream_decoder(self, audio: bool = False, margin_frames: int = 8, min_frames: int = 16,
                        seed: int = 0) -> StreamDecoder:
         """A :class:`~transcoder.streaming.StreamDecoder`: push code rows, get mel frames (exact) and, with
-        ``audio=True``, Griffin-Lim audio rendered chunk by chunk with a ``margin_frames`` crossfade
-        (approximate). Needs a causal model."""
-        renderer = (ChunkedGriffinLim(self.vocoder, self.frontend, margin_frames, min_frames, seed)
-                    if audio else None)
+        ``audio=True``, audio rendered by :attr:`renderer` (the neural vocoder when one is loaded, else
+        Griffin-Lim) in blocks of ``min_frames`` frames with ``margin_frames`` of context and crossfade
+        on each side (:class:`~transcoder.audio.render.ChunkedRenderer`, approximate). Needs a causal model."""
+        renderer = ChunkedRenderer(self.renderer, min_frames, margin=margin_frames, seed=seed) if audio else None
         return StreamDecoder(self.model, renderer)
 
     def __repr__(self) -> str:
@@ -565,12 +575,12 @@ def load_tokenizer(
     ``use_ema`` picks the EMA weights when the checkpoint has them (the raw weights otherwise;
     ``tokenizer.weights`` says which were loaded). ``vocoder``: a vocoder checkpoint (written by
     ``scripts/train_vocoder.py``; its EMA weights when present) or a loaded
-    :class:`~transcoder.audio.neural_vocoder.NeuralVocoder` renders waveforms instead of Griffin-Lim;
-    ``ValueError`` naming the settings if its mel settings differ from the tokenizer's.
+    :class:`~transcoder.audio.neural_vocoder.NeuralVocoder` renders waveforms instead of Griffin-Lim
+    (:func:`~transcoder.audio.render.build_renderer`); ``ValueError`` naming the settings if its mel
+    settings differ from the tokenizer's.
     """
     model, mel_config, state = load_model_from_checkpoint(checkpoint, use_ema=use_ema)
-    neural = load_vocoder(vocoder, device=None) if isinstance(vocoder, str | Path) else vocoder
     return AudioTokenizer(model, mel_config, device=device, batch_size=batch_size,
                           vocoder_kwargs=vocoder_kwargs, checkpoint_path=checkpoint, weights=state["weights"],
                           checkpoint_config=state["config"], checkpoint_step=state.get("step"),
-                          neural_vocoder=neural)
+                          neural_vocoder=vocoder)

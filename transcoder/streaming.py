@@ -12,15 +12,17 @@ Latency: a code row ``r`` covers frames ``[r*pt, (r+1)*pt)`` and the encoder loo
 ahead, so it is emitted once samples up to ``(r + 1 + lookahead) * pt * hop`` have arrived: the
 algorithmic latency of the encoder, counted from the first sample of the row, is
 ``(1 + lookahead) * pt * hop`` samples (the STFT window reaches ``n_fft - hop`` samples into the past, which
-adds no waiting). The decoder is strictly causal (no extra latency for mel); the chunked Griffin-Lim
-holds back ``margin`` frames for its crossfade. See :func:`algorithmic_latency`.
+adds no waiting). The decoder is strictly causal (no extra latency for mel); rendering audio with a
+:class:`~transcoder.audio.render.ChunkedRenderer` holds back ``2 * margin`` frames (its right context and
+crossfade) plus up to one render block. See :func:`algorithmic_latency`.
 
 Exactness: :class:`StreamEncoder` gives the same codes as :func:`encode_offline` (the model's
 offline forward on the whole, row-padded signal) for any chunking, and :class:`StreamDecoder` the same
 mel as :func:`decode_offline` up to float rounding (attention over a cache instead of a masked full
-sequence sums in another order). Audio from :class:`ChunkedGriffinLim` is approximate: Griffin-Lim
-is iterative over the whole spectrogram and cannot be streamed exactly; each chunk is rendered with
-``margin`` frames of left context and joined by an equal-power crossfade.
+sequence sums in another order). Audio is rendered by a :class:`~transcoder.audio.render.ChunkedRenderer`
+over any :class:`~transcoder.audio.render.Renderer` and is approximate: Griffin-Lim is iterative over the
+whole spectrogram and cannot be streamed exactly, and a neural vocoder equals its whole-signal render
+only away from the block borders (see :mod:`transcoder.audio.render`).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from transcoder.audio.mel import LogMelFrontend
+from transcoder.audio.render import ChunkedRenderer
 from transcoder.models.causal import BlockState
 
 __all__ = ["causal_mel", "pad_to_rows", "encode_offline", "decode_offline", "algorithmic_latency",
-           "CausalFrontendStream", "StreamEncoder", "StreamDecoder", "DecodedChunk", "ChunkedGriffinLim"]
+           "CausalFrontendStream", "StreamEncoder", "StreamDecoder", "DecodedChunk"]
 
 
 def _check_causal(model: nn.Module) -> None:
@@ -216,7 +219,8 @@ class StreamEncoder:
 @dataclass
 class DecodedChunk:
     """What one :meth:`StreamDecoder.push` returns: model-space mel (frames, n_mels) on the model's device
-    and, when the decoder renders audio, float32 samples (approximate, see :class:`ChunkedGriffinLim`)."""
+    and, when the decoder renders audio, float32 samples (approximate, see
+    :class:`~transcoder.audio.render.ChunkedRenderer`)."""
 
     mel: Tensor
     audio: np.ndarray | None = None
@@ -227,10 +231,11 @@ class StreamDecoder:
 
     Args:
         model: a causal ``AudioBSQModel`` in eval mode.
-        renderer: a :class:`ChunkedGriffinLim` to also produce audio, or ``None`` for mel only.
+        renderer: a :class:`~transcoder.audio.render.ChunkedRenderer` to also produce audio (any
+            renderer: Griffin-Lim or a neural vocoder), or ``None`` for mel only.
     """
 
-    def __init__(self, model: nn.Module, renderer: ChunkedGriffinLim | None = None) -> None:
+    def __init__(self, model: nn.Module, renderer: ChunkedRenderer | None = None) -> None:
         _check_causal(model)
         if model.training:
             raise ValueError("StreamDecoder needs the model in eval mode (BatchNorm running statistics)")
@@ -281,70 +286,3 @@ class StreamDecoder:
 
     def state_elements(self) -> int:
         return self.decoder.state_elements() + (self.renderer.state_elements() if self.renderer else 0)
-
-
-class ChunkedGriffinLim:
-    """Mel chunks → audio blocks by Griffin-Lim per chunk with overlap-add (approximate).
-
-    Each render covers the new frames plus ``margin`` frames of left context; the first ``margin`` frames
-    of audio are crossfaded (equal power) with the previous render's held-back last ``margin`` frames.
-    New frames are buffered until at least ``min_frames`` are there. Output lags the input by ``margin``
-    frames (plus ``min_frames - 1`` of buffering); the total length equals ``frames * hop``.
-
-    Args:
-        vocoder: ``vocoder(power (1, T, F), length=, seed=) -> (1, length)``.
-        frontend: converts model space to power.
-        margin: overlap in frames.
-        min_frames: frames per render (at least ``margin``).
-        seed: phase seed of render ``k`` is ``seed + k``.
-    """
-
-    def __init__(self, vocoder: nn.Module, frontend: LogMelFrontend, margin: int = 8, min_frames: int = 16,
-                 seed: int = 0) -> None:
-        if margin < 0 or min_frames < max(1, margin):
-            raise ValueError(f"margin={margin}, min_frames={min_frames}: expected 0 <= margin <= min_frames")
-        self.vocoder, self.frontend = vocoder, frontend
-        self.margin, self.min_frames, self.seed = margin, min_frames, seed
-        self.hop = frontend.hop_length
-        self._pending: Tensor | None = None  # frames not rendered yet
-        self._context: Tensor | None = None  # last `margin` rendered frames
-        self._tail = np.zeros(0, dtype=np.float32)  # audio of the context frames, not emitted yet
-        self._renders = 0
-        fade = margin * self.hop
-        ramp = (np.arange(fade) + 0.5) / max(fade, 1) * (math.pi / 2)
-        self._fade_in, self._fade_out = np.sin(ramp).astype(np.float32), np.cos(ramp).astype(np.float32)
-
-    def push(self, mel: Tensor) -> np.ndarray:
-        """Model-space frames (n, F) → audio samples ready so far (float32)."""
-        self._pending = mel if self._pending is None else torch.cat([self._pending, mel])
-        if self._pending.shape[0] < self.min_frames:
-            return np.zeros(0, dtype=np.float32)
-        return self._render()
-
-    def finish(self) -> np.ndarray:
-        """Render what is left and return it with the held-back tail."""
-        if self._pending is not None and self._pending.shape[0]:
-            return self._render(final=True)
-        tail, self._tail = self._tail, np.zeros(0, dtype=np.float32)
-        return tail
-
-    def _render(self, final: bool = False) -> np.ndarray:
-        assert self._pending is not None
-        new, self._pending = self._pending, None
-        context = self._context if self._context is not None else new[:0]
-        mel = torch.cat([context, new])
-        power = self.frontend.inverse(mel)[None]
-        audio = self.vocoder(power, length=mel.shape[0] * self.hop, seed=self.seed + self._renders)[0]
-        audio = audio.float().cpu().numpy()
-        self._renders += 1
-        lead = context.shape[0] * self.hop
-        head = audio[:lead] * self._fade_in[-lead:] + self._tail * self._fade_out[-lead:] if lead else audio[:0]
-        keep = 0 if final else min(self.margin, mel.shape[0]) * self.hop
-        self._context = mel[mel.shape[0] - min(self.margin, mel.shape[0]):]
-        body = audio[lead: audio.shape[0] - keep]
-        self._tail = audio[audio.shape[0] - keep:]
-        return np.concatenate([head, body]).astype(np.float32)
-
-    def state_elements(self) -> int:
-        held = 0 if self._pending is None else self._pending.numel()
-        return held + self._tail.size + (0 if self._context is None else self._context.numel())

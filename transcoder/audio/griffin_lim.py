@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from transcoder.audio.mel import LogMelFrontend
 
-__all__ = ["nnls_mel_inverse", "GriffinLimVocoder"]
+__all__ = ["GriffinLimRenderer", "GriffinLimVocoder", "nnls_mel_inverse"]
 
 
 def _check_fbank(fbank: Tensor) -> None:
@@ -265,3 +265,43 @@ class GriffinLimVocoder(nn.Module):
         else:
             wave = torch.nn.functional.pad(wave, (0, length - gl_length))
         return wave[0] if squeeze else wave
+
+
+class GriffinLimRenderer(nn.Module):
+    """The :class:`~transcoder.audio.render.Renderer` of Griffin-Lim: model-space log-mel ``(B, T, F)`` ->
+    power (the front end's inverse) -> :class:`GriffinLimVocoder` -> waveform ``(B, T * hop)``.
+
+    Args:
+        frontend: the front end the mels came from (its inverse and STFT settings are used).
+        kwargs: :meth:`GriffinLimVocoder.from_frontend` arguments (``n_iter``, ``nnls_iter``, ``floor_db_drop``...).
+    """
+
+    kind = "griffin-lim"
+    coherent = False  # every render draws its own random initial phase
+
+    def __init__(self, frontend: LogMelFrontend, **kwargs: Any) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.vocoder = GriffinLimVocoder.from_frontend(frontend, **kwargs)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.frontend.config.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return int(self.frontend.hop_length)
+
+    @torch.no_grad()
+    def forward(self, mel: Tensor, length: int | None = None, seed: int | None = None) -> Tensor:
+        """Model-space mel ``(B, T, F)`` or ``(T, F)`` -> float32 waveform ``(B, length)`` or ``(length,)`` on the
+        renderer's device (``length`` default ``T * hop``; ``seed``: the initial phase, ``None`` random)."""
+        mel = mel.to(self.vocoder.fbank.device)
+        return self.vocoder(self.frontend.inverse(mel.float()), length=length, seed=seed)
+
+    def render(self, mel: Tensor, length: int | None = None, seed: int | None = None) -> Tensor:
+        """See :meth:`forward` (the :class:`~transcoder.audio.render.Renderer` call)."""
+        return self(mel, length, seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.kind, "n_iter": self.vocoder.n_iter, "nnls_iter": self.vocoder.nnls_iter}

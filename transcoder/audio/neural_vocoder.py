@@ -1,8 +1,10 @@
 """A trained neural vocoder as a renderer: model-space log-mel (B, T, F) -> waveform (B, T * hop).
 
 The vocoder is trained by this repository (task ``vocoder``, ``scripts/train_vocoder.py``) on exactly the
-tokenizer front end's model-space log-mel, so it renders a tokenizer's output directly; it sits beside
-:class:`~transcoder.audio.griffin_lim.GriffinLimVocoder`, which stays the default everywhere.
+tokenizer front end's model-space log-mel, so it renders a tokenizer's output directly. It implements
+:class:`~transcoder.audio.render.Renderer` beside
+:class:`~transcoder.audio.griffin_lim.GriffinLimRenderer`, which stays the default everywhere
+(:func:`~transcoder.audio.render.build_renderer` picks between them).
 
     from transcoder.audio.neural_vocoder import load_vocoder
     vocoder = load_vocoder("outputs/vocoder/checkpoints/best.pt")    # EMA weights when present
@@ -44,7 +46,7 @@ def check_same_mel(vocoder_mel: MelConfig, other_mel: MelConfig, vocoder_name: s
 
 
 class NeuralVocoder(nn.Module):
-    """A generator with the mel settings it was trained on.
+    """A generator with the mel settings it was trained on; a :class:`~transcoder.audio.render.Renderer`.
 
     Args:
         generator: maps (B, T, n_mels) model-space log-mel to (B, T * hop_length) samples
@@ -52,6 +54,9 @@ class NeuralVocoder(nn.Module):
         mel_config: the front end the generator was trained on.
         name: where it came from (used in error messages).
     """
+
+    kind = "neural"
+    coherent = True  # feed-forward: overlapping renders agree in phase on their shared frames
 
     def __init__(self, generator: nn.Module, mel_config: MelConfig, name: str = "<module>") -> None:
         super().__init__()
@@ -63,6 +68,10 @@ class NeuralVocoder(nn.Module):
     @property
     def sample_rate(self) -> int:
         return self.mel_config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.mel_config.hop_length
 
     def check_fits(self, mel_config: MelConfig, other_name: str) -> None:
         """``ValueError`` naming the differing settings if ``mel_config`` gives other frames."""
@@ -85,8 +94,13 @@ class NeuralVocoder(nn.Module):
         return wave[0] if squeeze else wave
 
     def render(self, mel: Tensor, length: int | None = None, seed: int | None = None) -> Tensor:
-        """Same call shape as a Griffin-Lim render (``seed`` is ignored: the vocoder is deterministic)."""
-        return self(mel, length)
+        """The :class:`~transcoder.audio.render.Renderer` call: ``mel`` is moved to the vocoder's device;
+        ``seed`` is ignored (the vocoder is deterministic)."""
+        device = next(self.generator.parameters(), torch.empty(0)).device
+        return self(mel.to(device), length)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.kind, "checkpoint": self.name}
 
 
 def load_vocoder(checkpoint: str | Path | dict[str, Any], device: str | torch.device | None = "cpu",

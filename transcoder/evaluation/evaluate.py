@@ -12,12 +12,15 @@ The data are cut into non-overlapping windows of the model's length (eval mode o
 last window of a file zero-padded). Spectrogram errors and code usage follow
 :class:`~transcoder.evaluation.reconstruction.ReconstructionMetrics` (valid frames and the token rows
 covering them only; the same class computes the trainer's validation). Audio metrics (PESQ-WB, STOI,
-SI-SNR) compare Griffin-Lim renderings with the original waveform, for the reconstruction AND for the
-input mel itself (the vocoder ceiling), with the dB MAE between each rendering's log-mel and the input
-mel (``mel_mae_db``: how faithfully the renderer reproduces the spectrogram); a tokenizer with a neural vocoder
-(``load_tokenizer(ckpt, vocoder=...)``) is also scored with it, side by side, with its own ceiling.
+SI-SNR) compare Griffin-Lim renderings (``tok.griffin_lim``) with the original waveform, for the
+reconstruction AND for the input mel itself (the vocoder ceiling), with the dB MAE between each
+rendering's log-mel and the input mel (``mel_mae_db``: how faithfully the renderer reproduces the
+spectrogram); any other renderer (``renderer=``, by default ``tok.renderer``: the neural vocoder of
+``load_tokenizer(ckpt, vocoder=...)``) is also scored, side by side, with its own ceiling.
 Window ``i`` is rendered alone with phase seed ``seed + i``, so its scores do not depend on the batch
-size. Griffin-Lim's phase is random, so its SI-SNR is reported but is not a meaningful quality measure
+size. The tokenizer is anything with the attributes of
+:class:`~transcoder.evaluation.protocol.EvaluatedTokenizer` (``transcoder.api.AudioTokenizer`` has them).
+Griffin-Lim's phase is random, so its SI-SNR is reported but is not a meaningful quality measure
 here; PESQ and STOI are.
 
 A window that fails to decode is left out of every metric and count and listed under
@@ -40,9 +43,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from transcoder.api import AudioTokenizer
+from transcoder.audio.render import Renderer
 from transcoder.data import collate_audio
 from transcoder.evaluation.metrics import mel_l1, si_snr, spectrogram_mae_db, spectrogram_mse_db, speech_quality
+from transcoder.evaluation.protocol import EvaluatedTokenizer
 from transcoder.evaluation.reconstruction import ReconstructionMetrics
 from transcoder.utils.config_files import read_config_file
 
@@ -116,7 +120,7 @@ class MeanAccumulator:
         return self.total / self.count if self.count else float("nan")
 
 
-def save_examples(out_dir: Path, index: int, tok: AudioTokenizer, item: dict[str, Any]) -> None:
+def save_examples(out_dir: Path, index: int, tok: EvaluatedTokenizer, item: dict[str, Any]) -> None:
     """Spectrogram PNG (input / reconstruction / difference) and three WAVs of one window into ``out_dir``."""
     import matplotlib
 
@@ -146,21 +150,19 @@ def save_examples(out_dir: Path, index: int, tok: AudioTokenizer, item: dict[str
         sf.write(str(out_dir / f"{name}_{suffix}.wav"), item[suffix], tok.sample_rate, subtype="PCM_16")
 
 
-def render_pair(tok: AudioTokenizer, mel: Tensor, recon: Tensor, seeds: list[int],
+def render_pair(renderer: Renderer, mel: Tensor, recon: Tensor, seeds: list[int],
                 length: int) -> tuple[Tensor, Tensor]:
-    """Griffin-Lim of the input and reconstructed model-space mels ``(B, T, F)``, window ``b`` rendered
-    on its own with phase seed ``seeds[b]`` (a batched call would draw one random phase for the whole
-    batch, making a window's audio depend on the batch size and its position in the batch).
+    """``renderer``'s audio of the input and reconstructed model-space mels ``(B, T, F)``, window ``b``
+    rendered on its own with phase seed ``seeds[b]`` (a batched Griffin-Lim call would draw one random
+    phase for the whole batch, making a window's audio depend on the batch size and its position in it).
 
     Returns:
-        ``(gl_input, gl_recon)``, each ``(B, length)`` float32 on the CPU.
+        ``(of_input, of_recon)``, each ``(B, length)`` float32 on the CPU.
     """
-    power_in, power_recon = tok.frontend.inverse(mel), tok.frontend.inverse(recon)
-    gl_input = torch.stack([tok.vocoder(power_in[b:b + 1], length=length, seed=seed)[0].cpu()
-                            for b, seed in enumerate(seeds)])
-    gl_recon = torch.stack([tok.vocoder(power_recon[b:b + 1], length=length, seed=seed)[0].cpu()
-                            for b, seed in enumerate(seeds)])
-    return gl_input, gl_recon
+    def each(x: Tensor) -> Tensor:
+        return torch.stack([renderer.render(x[b:b + 1], length, seed)[0].float().cpu() for b, seed in enumerate(seeds)])
+
+    return each(mel), each(recon)
 
 
 def _clip_key(side: str, metric: str) -> str:
@@ -169,9 +171,10 @@ def _clip_key(side: str, metric: str) -> str:
 
 
 def evaluate_tokenizer(
-    tok: AudioTokenizer,
+    tok: EvaluatedTokenizer,
     dataset: Any,
     *,
+    renderer: Renderer | None = None,
     batch_size: int = 8,
     num_workers: int = 0,
     max_batches: int | None = None,
@@ -186,9 +189,12 @@ def evaluate_tokenizer(
     """Evaluate a tokenizer on an eval-mode dataset of model windows (see the module docstring).
 
     Args:
-        tok: the tokenizer (its vocoder's ``n_iter`` sets the Griffin-Lim iterations).
+        tok: the tokenizer (:class:`~transcoder.evaluation.protocol.EvaluatedTokenizer`; its ``griffin_lim``
+            renders the Griffin-Lim scores, so its ``n_iter`` sets the iterations).
         dataset: a dataset built with ``mode="eval"`` and ``clip_samples=tok.window_samples`` whose items
             :func:`transcoder.data.collate_audio` batches (``audio (B, S)``, ``num_valid``, ``path``, ``offset``).
+        renderer: scored beside Griffin-Lim (sides ``vocoder_recon`` / ``vocoder_ceiling``) unless it is
+            ``tok.griffin_lim``; default ``tok.renderer``.
         batch_size, num_workers: DataLoader settings.
         max_batches: stop after this many batches.
         num_audio: windows saved as PNG + WAV under ``output_dir/examples`` (needs ``output_dir``).
@@ -211,9 +217,11 @@ def evaluate_tokenizer(
                         collate_fn=collate_audio)
     pt = tok.patch_size[0]
     totals = ReconstructionMetrics(tok.frontend, tok.bits_per_token, pt, "cpu")
-    # Sides: Griffin-Lim of the reconstruction / of the input mel (its ceiling); with a neural vocoder also
-    # the vocoder's two renderings.
-    sides = ["recon", "ceiling"] + (["vocoder_recon", "vocoder_ceiling"] if tok.neural_vocoder is not None else [])
+    # Sides: Griffin-Lim of the reconstruction / of the input mel (its ceiling); with another renderer also
+    # its two renderings.
+    other = tok.renderer if renderer is None else renderer
+    other = None if other is tok.griffin_lim else other
+    sides = ["recon", "ceiling"] + (["vocoder_recon", "vocoder_ceiling"] if other is not None else [])
     metrics = ("pesq", "stoi", "si_snr", "mel_mae_db")
     audio = {f"{side}_{metric}": MeanAccumulator() for side in sides for metric in metrics}
     per_clip: list[dict[str, Any]] = []
@@ -264,11 +272,12 @@ def evaluate_tokenizer(
             if not (audio_metrics or saved < num_audio):
                 continue
             with torch.inference_mode():
-                gl_input, gl_recon = render_pair(tok, mel, recon, [seed + i for i in window_index], ref.shape[-1])
+                seeds = [seed + i for i in window_index]
+                gl_input, gl_recon = render_pair(tok.griffin_lim, mel, recon, seeds, ref.shape[-1])
                 renders = {"recon": gl_recon, "ceiling": gl_input}
-                if tok.neural_vocoder is not None:
-                    renders["vocoder_recon"] = tok.neural_vocoder(recon, ref.shape[-1]).cpu()
-                    renders["vocoder_ceiling"] = tok.neural_vocoder(mel, ref.shape[-1]).cpu()
+                if other is not None:
+                    renders["vocoder_ceiling"], renders["vocoder_recon"] = render_pair(other, mel, recon, seeds,
+                                                                                       ref.shape[-1])
             jobs = []
             for b, n_valid in enumerate(valid_samples):
                 r = ref[b, :n_valid]
@@ -297,7 +306,7 @@ def evaluate_tokenizer(
                         "gl_reconstruction": gl_recon[b, :n_valid].numpy(),
                         **({"vocoder_input": renders["vocoder_ceiling"][b, :n_valid].numpy(),
                             "vocoder_reconstruction": renders["vocoder_recon"][b, :n_valid].numpy()}
-                           if tok.neural_vocoder is not None else {})})
+                           if other is not None else {})})
                     saved += 1
             refs, ests = [j[0] for j in jobs], [j[1] for j in jobs]
             rates = [tok.sample_rate] * len(jobs)
@@ -340,9 +349,8 @@ def evaluate_tokenizer(
         "spectrogram": {"mse_db": summary.mse_db, "mae_db": summary.mae_db, "l1_model": summary.l1,
                         "quant_loss": summary.quant_loss},
         "codebook": summary.codebook.to_dict(),
-        "vocoder": {"type": "griffin-lim", "n_iter": tok.vocoder.n_iter, "nnls_iter": tok.vocoder.nnls_iter,
-                    "seed": seed, "seed_per_window": "seed + window index"},
-        "neural_vocoder": None if tok.neural_vocoder is None else tok.neural_vocoder.name,
+        "vocoder": {**tok.griffin_lim.describe(), "seed": seed, "seed_per_window": "seed + window index"},
+        "neural_vocoder": None if other is None else other.describe().get("checkpoint", other.kind),
         "per_clip": per_clip,
     }
     if audio_metrics:

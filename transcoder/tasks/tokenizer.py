@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from transcoder.audio import MelConfig
-from transcoder.audio.neural_vocoder import NeuralVocoder, load_vocoder
+from transcoder.audio.neural_vocoder import load_vocoder
+from transcoder.audio.render import Renderer, build_renderer
 from transcoder.data import SpecAugment
 from transcoder.models.build import build_model, derive_input_grid
 from transcoder.tasks.base import Task, evaluating
@@ -26,21 +27,21 @@ if TYPE_CHECKING:
     from transcoder.training.step import StepState
 
 
-def load_media_vocoder(path: str | None, mel_config: MelConfig, device: torch.device) -> NeuralVocoder | None:
-    """The neural vocoder of ``training.vocoder`` (``None``: Griffin-Lim renders TensorBoard audio).
+def media_renderer(path: str | None, mel_config: MelConfig, device: torch.device) -> Renderer:
+    """The renderer of TensorBoard audio: the neural vocoder of ``training.vocoder``, Griffin-Lim when ``None``.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming ``training.vocoder`` and the
     differing settings when its mel settings differ from the ``data`` block's."""
-    if path is None:
-        return None
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"training.vocoder={path}: no such file")
-    try:
-        vocoder = load_vocoder(path, device=device)
-    except CheckpointError as err:
-        raise ValueError(f"training.vocoder={path}: {err}") from None
-    vocoder.check_fits(mel_config, "this run's data mel settings (training.vocoder)")
-    return vocoder
+    vocoder = None
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"training.vocoder={path}: no such file")
+        try:
+            vocoder = load_vocoder(path, device=None)
+        except CheckpointError as err:
+            raise ValueError(f"training.vocoder={path}: {err}") from None
+    return build_renderer(mel_config, vocoder, device=device,
+                          target_name="this run's data mel settings (training.vocoder)")
 
 
 class TokenizerTask(Task):
@@ -69,7 +70,7 @@ class TokenizerTask(Task):
         # "input": the model learns to fill the masked cells; "input_and_target": the same masks on both.
         self.specaugment_target = spec_cfg.pop("apply_to", "input") == "input_and_target"
         self.specaugment = SpecAugment(**spec_cfg).to(device) if spec_cfg else None
-        self.vocoder = load_media_vocoder(config["training"].get("vocoder"), mel_config, device)
+        self.renderer = media_renderer(config["training"].get("vocoder"), mel_config, device)
 
     def build_models(self) -> dict[str, nn.Module]:
         return {"model": build_model(self.config["model"], self.mel_config).to(self.device)}
@@ -141,7 +142,7 @@ class TokenizerTask(Task):
             with state.autocast():
                 recon, _, _ = model(target)
         monitor.reconstructions(self.frontend, target, recon.float(), batch["audio"].shape[-1], step,
-                                vocoder=self.vocoder)
+                                renderer=self.renderer)
 
     def next_commands(self, output_dir: Path, checkpoint: Path) -> list[str]:
         return [f"python scripts/evaluate_audio_tokenizer.py {checkpoint} --output {output_dir / 'eval'}"]

@@ -1,5 +1,6 @@
 """Rank-0 monitoring: plain-text log, tqdm bar, TensorBoard scalars, spectrogram images and audio (rendered
-with Griffin-Lim, or with the neural vocoder of ``training.vocoder``)."""
+by the task's :class:`~transcoder.audio.render.Renderer`: Griffin-Lim, or the neural vocoder of
+``training.vocoder``)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from torch import Tensor  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from transcoder.audio.griffin_lim import GriffinLimVocoder  # noqa: E402
-from transcoder.audio.neural_vocoder import NeuralVocoder  # noqa: E402
-from transcoder.data import LogMelFrontend  # noqa: E402
+from transcoder.audio.mel import LogMelFrontend  # noqa: E402
+from transcoder.audio.render import Renderer  # noqa: E402
 
 
 def setup_text_logger(output_dir: Path | None, is_main: bool) -> logging.Logger:
@@ -115,23 +115,18 @@ class Monitor:
             self.writer.add_audio(f"{tag}/{i}", (clip / peak * 0.9).unsqueeze(0), step, sample_rate=sample_rate)
 
     def reconstructions(self, frontend: LogMelFrontend, target: Tensor, recon: Tensor, num_samples: int,
-                        step: int, vocoder: NeuralVocoder | None = None) -> None:
-        """Spectrogram figures and audio of (N, T, F) model-space inputs and reconstructions, rendered by
-        ``vocoder`` (a neural vocoder, ``training.vocoder``) when given, else by Griffin-Lim."""
+                        step: int, renderer: Renderer) -> None:
+        """Spectrogram figures and audio of (N, T, F) model-space inputs and reconstructions, the audio
+        rendered by ``renderer`` with phase seed 0."""
         if self.writer is None:
             return
         self.spectrograms("spectrogram", frontend.model_to_db(target), frontend.model_to_db(recon), step)
-        if vocoder is not None:
-            for tag, mel in (("audio/input", target), ("audio/reconstruction", recon)):
-                self.audio(tag, vocoder(mel, num_samples), frontend.config.sample_rate, step)
-            return
-        griffin_lim = GriffinLimVocoder.from_frontend(frontend).to(target.device)
         devices = [target.device] if target.device.type == "cuda" else []
-        # The vocoder's random initial phase must not advance the training RNG (exact resume).
+        # Rendering (a random initial phase) must not advance the training RNG (exact resume).
         with torch.random.fork_rng(devices=devices):
             for tag, mel in (("audio/input", target), ("audio/reconstruction", recon)):
-                wave = griffin_lim(frontend.inverse(mel), length=num_samples, seed=0)
-                self.audio(tag, wave, frontend.config.sample_rate, step)
+                wave = renderer.render(mel, num_samples, seed=0)
+                self.audio(tag, wave, renderer.sample_rate, step)
 
     def write(self, message: str) -> None:
         if self.bar is not None:
