@@ -156,7 +156,7 @@ class TokenizerTask(Task):
                     break
                 target, _ = self.model_input(batch["audio"], augment=False)
                 with state.autocast():
-                    recon, quant_loss, info = model(target)
+                    recon, quant_loss, info = model(target, valid_frames=self.valid_frames(batch, target.shape[1]))
                 metrics.update(recon, target, quant_loss, info["indices"], torch.as_tensor(batch["num_valid"]))
         return metrics.compute()
 

@@ -247,7 +247,7 @@ class BinarySphericalQuantizer(nn.Module):
 
     def _group_probabilities(self, flat: Tensor) -> Tensor:
         """(N, d) → (N, d / group_size, 2^group_size) soft assignment to each sub-codebook."""
-        groups = flat.reshape(flat.shape[0], -1, self.group_size)
+        groups = flat.reshape(flat.shape[0], self.embed_dim // self.group_size, self.group_size)
         logits = 2.0 * self.inv_temperature * self.q_scale * torch.einsum("ngb,kb->ngk", groups, self.group_codebook)
         return logits.softmax(-1)
 
