@@ -1,20 +1,21 @@
-"""Benchmark and check the depthwise time convolution (transcoder.models.depthwise_conv).
+"""Benchmark the depthwise time convolution (transcoder.models.depthwise_conv).
 
 On CUDA, in this order, each step guarded so that one failure never stops the rest:
 
-1. correctness of the Triton forward, grad_x, grad_weight, grad_bias against a float64 reference on
-   several shapes (PASS/FAIL per case), autocast dtypes, determinism, and torch.compile over the op;
-2. device-to-device copy bandwidth (the memory ceiling of this card);
-3. a sweep of kernel tile configurations (each kernel alone), keeping the fastest;
-4. fwd and fwd+bwd timings of the reference (eager and torch.compile'd) and the Triton op at
+1. device-to-device copy bandwidth (the memory ceiling of this card);
+2. a sweep of kernel tile configurations (each kernel alone), keeping the fastest (a configuration whose
+   error against the reference is too large is never kept);
+3. fwd and fwd+bwd timings of the reference (eager and torch.compile'd) and the Triton op at
    B=64, T=64, G=8, C=768, K=31, bf16 activations with fp32 weights under bf16 autocast, with
    effective GB/s against the memory floor and the max error against the reference.
 
-On CPU it times the reference and says that CUDA is unavailable. Usage::
+The kernel's correctness on CUDA (against a float64 reference, autocast, determinism, torch.compile) is
+tested by ``pytest -m cuda -rs tests/test_depthwise_conv.py``. On CPU this script times the reference and
+says that CUDA is unavailable. Usage::
 
-    python scripts/bench_depthwise_conv.py [--quick | --no-sweep] [--json PATH]
+    python scripts/benchmark_depthwise_conv.py [--quick | --no-sweep] [--json PATH]
 
-With ``$OUT`` set, the JSON report also goes to ``$OUT/bench_depthwise_conv.json``.
+With ``$OUT`` set, the JSON report also goes to ``$OUT/benchmark_depthwise_conv.json``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ DW_SWEEP = [
     {"BLOCK_T": 2, "BLOCK_C": 128, "num_warps": 8, "programs_per_sm": 4, "reduce_per_tile": 0},
 ]
 
-REPORT: dict = {"checks": [], "sweep_fwd": [], "sweep_dw": [], "timings": []}
+REPORT: dict = {"sweep_fwd": [], "sweep_dw": [], "timings": []}
 
 
 class StepTimeout(Exception):
@@ -134,76 +135,6 @@ def make_inputs(shape: tuple[int, int, int, int], k: int, dtype: torch.dtype, de
     b = torch.randn(C, generator=gen, device=device)
     dy = torch.randn(shape, generator=gen, device=device).to(dtype)
     return x, w, b, dy
-
-
-def fwd_bwd(fn: Callable, x, w, b, dy, autocast: bool = False):
-    leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        y = fn(leaves[0], leaves[1], leaves[2] if b is not None else None)
-    grads = torch.autograd.grad(y, leaves, dy.to(y.dtype))
-    return y, grads
-
-
-def check(name: str, ok: bool, detail: str) -> None:
-    print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
-    REPORT["checks"].append({"name": name, "pass": ok, "detail": detail})
-
-
-def correctness() -> None:
-    cases = [
-        ((2, 7, 3, 5), 3, True, torch.float32),
-        ((1, 13, 2, 70), 31, False, torch.float32),
-        ((3, 64, 8, 96), 31, True, torch.float32),
-        ((2, 100, 3, 200), 7, True, torch.float32),
-        ((1, 257, 1, 33), 31, True, torch.float32),
-        ((4, 64, 8, 768), 31, True, torch.bfloat16),
-        ((2, 50, 4, 136), 15, False, torch.float16),
-    ]
-    for i, (shape, k, with_bias, dtype) in enumerate(cases):
-        name = f"{tuple(shape)} K={k} bias={with_bias} {str(dtype)[6:]}"
-        with step(f"check {name}", 120):
-            x, w, b, dy = make_inputs(shape, k, dtype, "cuda", seed=i)
-            b = b if with_bias else None
-            with dc.use_backend("triton"):
-                y, g = fwd_bwd(dc.depthwise_conv_time, x, w, b, dy)
-            b64 = b.double() if b is not None else None
-            y_ref, g_ref = fwd_bwd(dc.depthwise_conv_time_reference, x.double(), w.double(), b64, dy.double())
-            tol = 1e-5 if dtype == torch.float32 else 1e-2
-            names = ["y", "grad_x", "grad_w"] + (["grad_b"] if with_bias else [])
-            errs = {n: rel_err(a, r) for n, a, r in zip(names, (y, *g), (y_ref, *g_ref), strict=True)}
-            dtypes_ok = y.dtype == dtype and g[0].dtype == dtype and g[1].dtype == torch.float32
-            ok = dtypes_ok and all(e < tol for e in errs.values())
-            check(name, ok, " ".join(f"{n}={e:.1e}" for n, e in errs.items()) + f" (tol {tol:g})")
-
-    with step("check autocast + determinism", 120):
-        x, w, b, dy = make_inputs((8, 64, 8, 256), 31, torch.float32, "cuda", seed=99)
-        with dc.use_backend("triton"):
-            y1, g1 = fwd_bwd(dc.depthwise_conv_time, x, w, b, dy, autocast=True)
-            y2, g2 = fwd_bwd(dc.depthwise_conv_time, x, w, b, dy, autocast=True)
-        dtypes = (y1.dtype, g1[0].dtype, g1[1].dtype, g1[2].dtype)
-        check(
-            "autocast dtypes (y bf16, grads fp32)",
-            dtypes == (torch.bfloat16, torch.float32, torch.float32, torch.float32),
-            str(dtypes),
-        )
-        same = torch.equal(y1, y2) and all(torch.equal(a, c) for a, c in zip(g1, g2, strict=True))
-        check("bitwise deterministic fwd+bwd", same, "two runs compared")
-        y_ref, g_ref = fwd_bwd(dc.depthwise_conv_time_reference, x.double(), w.double(), b.double(), dy.double())
-        errs = [rel_err(a, r) for a, r in zip((y1, *g1), (y_ref, *g_ref), strict=True)]
-        check("autocast vs fp64 reference", all(e < 2e-2 for e in errs), " ".join(f"{e:.1e}" for e in errs))
-
-    with step("check torch.compile over the Triton op", 240):
-        torch._dynamo.reset()
-        x, w, b, dy = make_inputs((4, 64, 8, 256), 31, torch.bfloat16, "cuda", seed=7)
-
-        def block(x, w, b):
-            return torch.nn.functional.silu(dc.depthwise_conv_time(x * 0.5, w, b)) + x
-
-        with dc.use_backend("triton"):
-            y_c, g_c = fwd_bwd(torch.compile(block, fullgraph=True), x, w, b, dy)
-            y_e, g_e = fwd_bwd(block, x, w, b, dy)
-        errs = [rel_err(a, r) for a, r in zip((y_c, *g_c), (y_e, *g_e), strict=True)]
-        check("torch.compile(fullgraph) == eager", all(e < 2e-2 for e in errs), " ".join(f"{e:.1e}" for e in errs))
 
 
 def copy_bandwidth() -> float:
@@ -322,8 +253,7 @@ def timings(copy_gbs: float | None) -> None:
         print(f"{r['variant']:32s} fwd {r.get('fwd_ms', float('nan')):7.3f} ms | fwd+bwd "
               f"{r.get('fwd+bwd_ms', float('nan')):7.3f} ms ({r.get('fwd+bwd_GBps_eff', 0):5.0f} GB/s eff) | "
               f"max err {r['max_abs_err_vs_reference']:.2e}")
-    n_fail = sum(not c["pass"] for c in REPORT["checks"])
-    print(f"checks: {len(REPORT['checks']) - n_fail} PASS, {n_fail} FAIL; errors: {len(REPORT.get('errors', []))}")
+    print(f"errors: {len(REPORT.get('errors', []))}")
 
 
 def main() -> None:
@@ -365,8 +295,6 @@ def main() -> None:
           f"backend {dc.active_backend('cuda')}", flush=True)
     if dc.active_backend("cuda") != "triton":
         print("Triton backend unavailable on CUDA: only the reference will be timed.")
-    else:
-        correctness()
     copy_gbs = None
     with step("copy bandwidth", 60):
         copy_gbs = copy_bandwidth()
@@ -376,7 +304,7 @@ def main() -> None:
 
     out = args.json
     if out is None and os.environ.get("OUT"):
-        out = Path(os.environ["OUT"]) / "bench_depthwise_conv.json"
+        out = Path(os.environ["OUT"]) / "benchmark_depthwise_conv.json"
     if out is not None:
         out.write_text(json.dumps(REPORT, indent=1, default=str))
         print(f"report written to {out}")
