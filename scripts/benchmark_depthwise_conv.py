@@ -160,46 +160,43 @@ def kernel_info(jit_fn: object) -> str:
     return ""
 
 
+def sweep_kernel(kind: str, configs: list[dict], live: dict, run: Callable[[], object],
+                 error: Callable[[], float], tolerance: float, kernel: object, nbytes: int) -> None:
+    """Time ``run`` under each tile configuration (written into ``live``, the module's config dict) and
+    leave the fastest one whose ``error()`` is below ``tolerance`` in ``live``."""
+    best = (float("inf"), dict(live))
+    for cfg in configs:
+        with step(f"sweep {kind} {cfg}", 60):
+            live.clear()
+            live.update(cfg)
+            err = error()
+            ms = time_ms(run)
+            print(f"  {kind} {cfg}: {ms * 1e3:.1f} us  {2 * nbytes / ms / 1e6:.0f} GB/s  err {err:.1e} "
+                  f"{kernel_info(kernel)}", flush=True)
+            REPORT[f"sweep_{kind}"].append({"config": cfg, "ms": ms, "err": err})
+            if err < tolerance and ms < best[0]:
+                best = (ms, dict(cfg))
+    live.clear()
+    live.update(best[1])
+    print(f"best {kind} config: {best[1]} ({best[0] * 1e3:.1f} us)", flush=True)
+    REPORT[f"best_{kind}_config"] = best[1]
+
+
 def sweep(quick: bool) -> None:
     x, w, b, dy = make_inputs(SHAPE, K, torch.bfloat16, "cuda", seed=5)
     nbytes = x.numel() * x.element_size()
-    fwd_default, dw_default = dict(dc.FWD_CONFIG), dict(dc.DW_CONFIG)
     y_ref = dc.depthwise_conv_time_reference(x, w, b).float()
-    best_fwd = (float("inf"), fwd_default)
-    for cfg in FWD_SWEEP[:2] if quick else FWD_SWEEP:
-        with step(f"sweep fwd {cfg}", 60):
-            dc.FWD_CONFIG.clear()
-            dc.FWD_CONFIG.update(cfg)
-            y = dc._triton_conv(x, w, b, flip=False)
-            err = rel_err(y, y_ref)
-            ms = time_ms(lambda: dc._triton_conv(x, w, b, flip=False))
-            info = kernel_info(dc._dwconv_time_kernel)
-            print(f"  fwd {cfg}: {ms * 1e3:.1f} us  {2 * nbytes / ms / 1e6:.0f} GB/s  err {err:.1e} {info}", flush=True)
-            REPORT["sweep_fwd"].append({"config": cfg, "ms": ms, "err": err})
-            if err < 1e-2 and ms < best_fwd[0]:
-                best_fwd = (ms, dict(cfg))
-    dc.FWD_CONFIG.clear()
-    dc.FWD_CONFIG.update(best_fwd[1])
-    print(f"best fwd config: {best_fwd[1]} ({best_fwd[0] * 1e3:.1f} us)", flush=True)
-
+    sweep_kernel("fwd", FWD_SWEEP[:2] if quick else FWD_SWEEP, dc.FWD_CONFIG,
+                 lambda: dc._triton_conv(x, w, b, flip=False),
+                 lambda: rel_err(dc._triton_conv(x, w, b, flip=False), y_ref), 1e-2, dc._dwconv_time_kernel, nbytes)
     dw_ref, db_ref = dc._triton_weight_grad(dy, x, K)
-    best_dw = (float("inf"), dw_default)
-    for cfg in DW_SWEEP[:2] if quick else DW_SWEEP:
-        with step(f"sweep dw {cfg}", 60):
-            dc.DW_CONFIG.clear()
-            dc.DW_CONFIG.update(cfg)
-            dw, db = dc._triton_weight_grad(dy, x, K)
-            err = max(rel_err(dw, dw_ref), rel_err(db, db_ref))
-            ms = time_ms(lambda: dc._triton_weight_grad(dy, x, K))
-            info = kernel_info(dc._dwconv_time_dw_kernel)
-            print(f"  dw {cfg}: {ms * 1e3:.1f} us  {2 * nbytes / ms / 1e6:.0f} GB/s  err {err:.1e} {info}", flush=True)
-            REPORT["sweep_dw"].append({"config": cfg, "ms": ms, "err": err})
-            if err < 1e-4 and ms < best_dw[0]:
-                best_dw = (ms, dict(cfg))
-    dc.DW_CONFIG.clear()
-    dc.DW_CONFIG.update(best_dw[1])
-    print(f"best dw config: {best_dw[1]} ({best_dw[0] * 1e3:.1f} us)", flush=True)
-    REPORT["best_fwd_config"], REPORT["best_dw_config"] = best_fwd[1], best_dw[1]
+
+    def dw_error() -> float:
+        dw, db = dc._triton_weight_grad(dy, x, K)
+        return max(rel_err(dw, dw_ref), rel_err(db, db_ref))
+
+    sweep_kernel("dw", DW_SWEEP[:2] if quick else DW_SWEEP, dc.DW_CONFIG, lambda: dc._triton_weight_grad(dy, x, K),
+                 dw_error, 1e-4, dc._dwconv_time_dw_kernel, nbytes)
 
 
 def timings(copy_gbs: float | None) -> None:

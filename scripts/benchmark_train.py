@@ -40,7 +40,6 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -105,16 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- the one step harness ------------------------------------------------------------------------------
-@dataclass
 class Harness:
     """A config's task and trainable parts, ready to run the trainer's step."""
 
-    config: dict[str, Any]
-    mel: MelConfig
-    task: Task
-    state: StepState
-    batch_size: int
-    max_nonfinite: int = field(default=10)
+    def __init__(self, config: dict[str, Any], mel: MelConfig, task: Task, state: StepState, batch_size: int,
+                 max_nonfinite: int) -> None:
+        self.config, self.mel, self.task, self.state = config, mel, task, state
+        self.batch_size, self.max_nonfinite = batch_size, max_nonfinite
 
     @classmethod
     def build(cls, config: dict[str, Any], device: torch.device) -> Harness:
