@@ -54,9 +54,17 @@ def categorical_entropy(prob: Tensor, dim: int = -1) -> Tensor:
     return -torch.special.xlogy(prob, prob).sum(dim)
 
 
-def token_mean(values: Tensor) -> Tensor:
-    """Mean over the tokens of ``values`` (N, ...) → (...); zeros when there is no token."""
-    return values.mean(0) if values.shape[0] else values.sum(0)
+def token_mean(values: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean over the tokens of ``values`` (N, ...) → (...), only over tokens of weight 1 when ``weights`` (N,)
+    0/1 is given (no data-dependent shapes, so it compiles without a graph break); zeros for no token."""
+    if weights is None:
+        return values.mean(0) if values.shape[0] else values.sum(0)
+    return token_sum(values, weights) / weights.sum().clamp_min(1.0)
+
+
+def token_sum(values: Tensor, weights: Tensor) -> Tensor:
+    """Sum over the tokens of ``values`` (N, ...) weighted by ``weights`` (N,) → (...)."""
+    return (values * weights.reshape(-1, *([1] * (values.ndim - 1)))).sum(0)
 
 
 class BinarySphericalQuantizer(nn.Module):
@@ -174,16 +182,12 @@ class BinarySphericalQuantizer(nn.Module):
             # decode(encode(x)) equals decode_indices(indices); the gradient reaches u times `st_gain`.
             st_gain = self.q_scale if self.straight_through == "scaled" else 1.0
             codes = hard + st_gain * (u - u.detach())
-            counted = u.reshape(-1, self.embed_dim)
-            counted_hard = hard.reshape(-1, self.embed_dim)
-            if token_mask is not None:
-                keep = token_mask.reshape(-1).to(u.device, torch.bool)
-                counted, counted_hard = counted[keep], counted_hard[keep]
-            commit_loss = token_mean(((counted_hard - counted) ** 2).sum(-1))
+            weights = None if token_mask is None else token_mask.reshape(-1).to(u.device, torch.float32)
+            commit_loss = token_mean(((hard - u) ** 2).sum(-1).reshape(-1), weights)
             loss = self.beta * commit_loss
             info = {"commit_loss": commit_loss.detach()}
             if compute_entropy:
-                per_sample_entropy, codebook_entropy = self.soft_entropies(counted)
+                per_sample_entropy, codebook_entropy = self.soft_entropies(u, weights)
                 entropy_loss = (self.gamma0 * per_sample_entropy - self.gamma * codebook_entropy) / self.inv_temperature
                 loss = loss + self.zeta * entropy_loss
                 info.update(per_sample_entropy=per_sample_entropy.detach(),
@@ -210,7 +214,7 @@ class BinarySphericalQuantizer(nn.Module):
         bits = (indices.unsqueeze(-1) >> torch.arange(self.embed_dim, device=indices.device)) & 1
         return torch.where(bits.bool(), self.q_scale, -self.q_scale).to(torch.float32)
 
-    def soft_entropies(self, u: Tensor) -> tuple[Tensor, Tensor]:
+    def soft_entropies(self, u: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-sample and codebook entropy (nats) of the soft code distribution of (..., d) ``u``
         (0 for no token)."""
         flat = u.reshape(-1, self.embed_dim)
@@ -221,25 +225,27 @@ class BinarySphericalQuantizer(nn.Module):
             group_prob = self._group_probabilities(flat)
 
         if self.persample_entropy_compute == "analytical":
-            per_sample = token_mean(binary_entropy(bit_prob).sum(-1))
+            per_sample = token_mean(binary_entropy(bit_prob).sum(-1), weights)
         else:
-            per_sample = token_mean(categorical_entropy(group_prob).sum(-1))
+            per_sample = token_mean(categorical_entropy(group_prob).sum(-1), weights)
         if self.cb_entropy_compute == "analytical":
-            codebook = binary_entropy(self._mean_over_ranks(bit_prob)).sum()
+            codebook = binary_entropy(self._mean_over_ranks(bit_prob, weights)).sum()
         else:
-            codebook = categorical_entropy(self._mean_over_ranks(group_prob)).sum()
+            codebook = categorical_entropy(self._mean_over_ranks(group_prob, weights)).sum()
         return per_sample, codebook
 
-    def _mean_over_ranks(self, prob: Tensor) -> Tensor:
+    def _mean_over_ranks(self, prob: Tensor, weights: Tensor | None = None) -> Tensor:
         """(N, ...) probabilities → (...) their mean over this batch, or over every rank's batch with
         ``cb_entropy_ddp_average`` under an initialised process group. The other ranks' sums enter as
         constants, so the gradient reaches this rank's tokens only (each rank back-propagates its own)."""
         if not (self.cb_entropy_ddp_average and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size() > 1):
-            return token_mean(prob)
-        local_sum = prob.sum(0)
-        stats = torch.cat([local_sum.detach().reshape(-1),
-                           torch.tensor([float(prob.shape[0])], device=prob.device, dtype=local_sum.dtype)])
+            return token_mean(prob, weights)
+        if weights is None:
+            local_sum, count = prob.sum(0), torch.tensor([float(prob.shape[0])], device=prob.device)
+        else:
+            local_sum, count = token_sum(prob, weights), weights.sum().reshape(1)
+        stats = torch.cat([local_sum.detach().reshape(-1), count.to(local_sum.dtype)])
         dist.all_reduce(stats)
         global_sum = stats[:-1].reshape(local_sum.shape)
         # Value: the global sum; gradient: d(local_sum).
