@@ -25,10 +25,10 @@ fi
 
 log() { echo "$*" | tee -a "$LOG"; }
 
-bench() {  # bench NAME [benchmark.py args...]
+bench() {  # bench NAME [benchmark_train.py args...]
   local name=$1; shift
   log "=== $name: $*"
-  timeout "$LIMIT" python scripts/benchmark.py "$@" --json "$TMP/$name.json" >> "$LOG" 2>&1
+  timeout "$LIMIT" python scripts/benchmark_train.py "$@" --json "$TMP/$name.json" >> "$LOG" 2>&1
   local rc=$?
   log "--- $name rc=$rc"
   if [ -f "$TMP/$name.json" ]; then
@@ -41,9 +41,11 @@ bench() {  # bench NAME [benchmark.py args...]
 log "### $(date -u) $(nvidia-smi -L 2>/dev/null | head -n 1)"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$LOG"
 
-log "=== 1. depthwise kernel: correctness on CUDA and timing"
-timeout "$LIMIT" python scripts/bench_depthwise_conv.py $KERNEL_ARGS --json "$OUT/bench_depthwise_conv.json" >> "$LOG" 2>&1
-log "--- kernel rc=$?"; grep -E "PASS|FAIL|ms|GB/s" "$LOG" | tail -n 40
+log "=== 1. depthwise kernel: correctness on CUDA (the cuda-marked tests), then timing"
+timeout "$LIMIT" python -m pytest -m cuda -rs -q tests/test_depthwise_conv.py >> "$LOG" 2>&1
+log "--- kernel tests rc=$?"; grep -E "passed|failed|skipped|SKIPPED|FAILED" "$LOG" | tail -n 12
+timeout "$LIMIT" python scripts/benchmark_depthwise_conv.py $KERNEL_ARGS --json "$OUT/benchmark_depthwise_conv.json" >> "$LOG" 2>&1
+log "--- kernel benchmark rc=$?"; grep -E "ms|GB/s" "$LOG" | tail -n 40
 
 log "=== 2. the trainer on CUDA (bf16 autocast, fused AdamW, validation, images, Griffin-Lim audio)"
 timeout "$LIMIT" python scripts/main_audio_tokenizer.py configs/tokenizer/audio_demo_librivox_mini.yaml \

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py on a tiny config: it runs the real step and reports consistent figures."""
+"""scripts/benchmark_train.py on tiny configs: it runs the real step and reports consistent figures."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DEMO = REPO / "configs" / "tokenizer" / "audio_demo_librivox_mini.yaml"
 
 
 def load_benchmark_module():
-    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark.py")
+    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark_train.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
@@ -44,3 +44,27 @@ def test_benchmark_reports_throughput_flops_and_time_split(tmp_path: Path) -> No
     expected = 3 * per_token * tokens * layers * 2
     measured = (with_conv["tflops_per_step"] - without["tflops_per_step"]) * 1e12
     assert math.isclose(measured, expected, rel_tol=0.02), (measured, expected)
+
+
+def test_compare_reports_median_rates_and_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "compare.json"
+    mae = REPO / "configs" / "pretrain" / "mae_demo_librivox_mini.yaml"
+    tiny = "|data.batch_size=2|model.params.audioconfig.layers=1"
+    assert load_benchmark_module().main([
+        "--compare", f"tok={DEMO}{tiny}", f"mae={mae}{tiny}", "--rounds", "2", "--steps", "1", "--warmup", "0",
+        "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["median_steps_per_s"]) == ["tok", "mae"] and result["ratio_to_first"]["tok"] == 1.0
+    assert all(len(rates) == 2 and min(rates) > 0 for rates in result["all_steps_per_s"].values())
+
+
+def test_one_config_or_compare_not_both(capsys) -> None:
+    module = load_benchmark_module()
+    for argv in ([], [str(DEMO), "--compare", f"a={DEMO}"]):
+        try:
+            module.main(argv)
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+    assert "give one CONFIG, or --compare" in capsys.readouterr().err

@@ -3,6 +3,9 @@
 The Triton kernels are checked on the CPU through Triton's interpreter. ``TRITON_INTERPRET=1`` must
 be set before Triton is imported, which pytest has usually done already, so those checks run this
 file as a script in a subprocess (``--interpreter-worker``) and compare its JSON report here.
+
+The tests marked ``cuda`` check the compiled kernels on a GPU (``pytest -m cuda -rs``); without CUDA and
+Triton they are skipped, with the reason, and report as skipped, not passed.
 """
 
 from __future__ import annotations
@@ -282,6 +285,95 @@ def test_triton_kernels_under_interpreter() -> None:
         tol = 1e-5 if case["dtype"] == "float32" else 1e-2
         for name, err in case["errors"].items():
             assert err < tol, f"case {case['case']} ({case['dtype']}) {name}: relative error {err:.2e}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels on a CUDA device
+# --------------------------------------------------------------------------------------------------
+
+def _cuda_skip_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA device (torch.cuda.is_available() is False)"
+    if not dc.triton_runs_on("cuda"):
+        return (f"needs Triton on CUDA (triton importable: {dc.TRITON_AVAILABLE}, "
+                f"TRANSCODER_DISABLE_TRITON set: {dc.DISABLED_BY_ENV})")
+    return None
+
+
+needs_cuda_triton = pytest.mark.skipif(_cuda_skip_reason() is not None, reason=_cuda_skip_reason() or "")
+
+# (shape (B, T, G, C), K, bias, x dtype): odd sizes, channel counts off the tile widths, the standard shape.
+CUDA_CASES = [
+    ((2, 7, 3, 5), 3, True, torch.float32),
+    ((1, 13, 2, 70), 31, False, torch.float32),
+    ((3, 64, 8, 96), 31, True, torch.float32),
+    ((2, 100, 3, 200), 7, True, torch.float32),
+    ((1, 257, 1, 33), 31, True, torch.float32),
+    ((4, 64, 8, 768), 31, True, torch.bfloat16),
+    ((2, 50, 4, 136), 15, False, torch.float16),
+]
+
+
+def _cuda_inputs(shape: tuple[int, int, int, int], K: int, dtype: torch.dtype, seed: int):
+    """x and dy in ``dtype``, fp32 weight and bias, on the GPU."""
+    x, w, b = _inputs(shape, K, True, torch.float32, seed)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1000))
+    return x.to("cuda", dtype), w.cuda(), b.cuda(), dy.to("cuda", dtype)
+
+
+@pytest.mark.cuda
+@needs_cuda_triton
+@pytest.mark.parametrize(("shape", "K", "with_bias", "dtype"), CUDA_CASES,
+                         ids=[f"{s}-K{k}-{'bias' if b else 'nobias'}-{str(d)[6:]}" for s, k, b, d in CUDA_CASES])
+def test_triton_on_cuda_matches_float64_reference(shape, K: int, with_bias: bool, dtype: torch.dtype) -> None:
+    x, w, b, dy = _cuda_inputs(shape, K, dtype, seed=len(shape) * K)
+    b = b if with_bias else None
+    with dc.use_backend("triton"):
+        y, grads = _grads(dc.depthwise_conv_time, x, w, b, dy)
+    b64 = b.double() if b is not None else None
+    y_ref, grads_ref = _grads(dc.depthwise_conv_time_reference, x.double(), w.double(), b64, dy.double())
+    assert y.dtype == dtype and grads[0].dtype == dtype and grads[1].dtype == torch.float32
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    names = ["y", "grad_x", "grad_weight"] + (["grad_bias"] if with_bias else [])
+    for name, got, want in zip(names, [y, *grads], [y_ref, *grads_ref], strict=True):
+        assert torch.isfinite(got).all(), name
+        assert rel_err(got, want) < tol, f"{name}: relative error {rel_err(got, want):.2e} (tolerance {tol:g})"
+
+
+@pytest.mark.cuda
+@needs_cuda_triton
+def test_triton_on_cuda_under_autocast_is_deterministic() -> None:
+    x, w, b, dy = _cuda_inputs((8, 64, 8, 256), 31, torch.float32, seed=99)
+
+    def run() -> tuple[Tensor, list[Tensor]]:
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        with dc.use_backend("triton"), torch.autocast("cuda", dtype=torch.bfloat16):
+            y = dc.depthwise_conv_time(*leaves)
+        return y, list(torch.autograd.grad(y, leaves, dy.to(y.dtype)))
+
+    (y1, g1), (y2, g2) = run(), run()
+    # Like conv1d under autocast: bf16 activations, fp32 gradients of the fp32 leaves.
+    assert (y1.dtype, *(g.dtype for g in g1)) == (torch.bfloat16, torch.float32, torch.float32, torch.float32)
+    assert torch.equal(y1, y2) and all(torch.equal(a, c) for a, c in zip(g1, g2, strict=True))
+    y_ref, g_ref = _grads(dc.depthwise_conv_time_reference, x.double(), w.double(), b.double(), dy.double())
+    for got, want in zip([y1, *g1], [y_ref, *g_ref], strict=True):
+        assert rel_err(got, want) < 2e-2
+
+
+@pytest.mark.cuda
+@needs_cuda_triton
+def test_torch_compile_fullgraph_over_the_triton_op_on_cuda() -> None:
+    torch._dynamo.reset()
+    x, w, b, dy = _cuda_inputs((4, 64, 8, 256), 31, torch.bfloat16, seed=7)
+
+    def block(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        return F.silu(dc.depthwise_conv_time(x * 0.5, w, b)) + x
+
+    with dc.use_backend("triton"):
+        y_c, g_c = _grads(torch.compile(block, fullgraph=True), x, w, b, dy)
+        y_e, g_e = _grads(block, x, w, b, dy)
+    for got, want in zip([y_c, *g_c], [y_e, *g_e], strict=True):
+        assert rel_err(got, want) < 2e-2
 
 
 if __name__ == "__main__" and "--interpreter-worker" in sys.argv:

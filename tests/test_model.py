@@ -225,3 +225,117 @@ def test_presets_match_the_spec_variants() -> None:
     model = AudioBSQModel.from_preset("small_b9", audioconfig={"layers": 1, "input_length": 64})
     assert model.embed_dim == 9 and model.config.width == 512 and model.config.layers == 1
     assert AudioConfig.from_dict({"patch_size": [16, 8]}).grid == (64, 16)
+
+
+# --------------------------------------------------------------------------------------------------
+# The quantizer as a nested spec; flat settings (older configs and checkpoints) still build the same model
+# --------------------------------------------------------------------------------------------------
+
+QUANTIZER_SETTINGS = {"beta": 0.25, "gamma0": 0.5, "gamma": 2.0, "zeta": 0.7, "inv_temperature": 10.0,
+                      "group_size": 6, "persample_entropy_compute": "group", "cb_entropy_compute": "analytical",
+                      "straight_through": "scaled", "cb_entropy_ddp_average": True}
+
+
+def test_nested_and_flat_quantizer_settings_build_the_same_model() -> None:
+    nested = tiny_model(quantizer={"target": "transcoder.models.quantizer.bsq.BinarySphericalQuantizer",
+                                   "params": QUANTIZER_SETTINGS})
+    flat = tiny_model(**QUANTIZER_SETTINGS)
+    no_target = tiny_model(quantizer={"params": QUANTIZER_SETTINGS})
+    for model in (nested, flat, no_target):
+        assert isinstance(model.quantizer, BinarySphericalQuantizer)
+        assert model.quantizer_spec == {"target": "transcoder.models.quantizer.bsq.BinarySphericalQuantizer",
+                                        "params": QUANTIZER_SETTINGS}
+        for key, value in QUANTIZER_SETTINGS.items():
+            assert getattr(model.quantizer, key) == value, key
+        assert model.quantizer.embed_dim == 18 and model.quantizer.l2_norm
+    # Partly flat, partly nested: merged; the same value given twice is fine.
+    mixed = tiny_model(quantizer={"params": {"beta": 0.25, "gamma": 2.0}}, beta=0.25, inv_temperature=10.0)
+    assert (mixed.quantizer.beta, mixed.quantizer.gamma, mixed.quantizer.inv_temperature) == (0.25, 2.0, 10.0)
+    # The seed usage: the model's own keys only, quantizer defaults.
+    seed = AudioBSQModel(audioconfig={"input_size": 32, "input_length": 64, "width": 32, "layers": 1, "heads": 2},
+                         embed_dim=18, l2_norm=True)
+    assert seed.quantizer.inv_temperature == BinarySphericalQuantizer(embed_dim=18).inv_temperature
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"inv_temprature": 10.0}, TypeError, r"unexpected keyword\(s\) \['inv_temprature'\].*inv_temperature"),
+        ({"quantizer": {"params": {"embed_dim": 9}}}, ValueError, r"quantizer.params sets \['embed_dim'\]"),
+        ({"quantizer": {"inv_temperature": 10.0}}, ValueError, r"quantizer: unknown key\(s\) \['inv_temperature'\]"),
+        ({"quantizer": {"params": {"beta": 0.1}}, "beta": 0.2}, ValueError, r"\['beta'\] given both flat"),
+        ({"quantizer": {"target": "transcoder.models.nowhere.Quantizer"}}, ValueError, "cannot be imported"),
+        ({"quantizer": {"params": {"group_size": 7}}}, ValueError, r"group_size \(got 7\)"),
+    ],
+)
+def test_bad_quantizer_specs_name_the_key(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        tiny_model(**kwargs)
+
+
+def test_checkpoint_with_flat_quantizer_keys_loads(tmp_path) -> None:
+    from transcoder.api import load_model_from_checkpoint
+    from transcoder.audio.mel import MelConfig
+    from transcoder.utils.checkpoint import save_atomic
+
+    # A format-2 checkpoint as written before the nested spec: the quantizer's settings sit flat in
+    # model.params (input_size / input_length come from the data block).
+    params = {"embed_dim": 18, "l2_norm": True, **QUANTIZER_SETTINGS,
+              "audioconfig": {"patch_size": 16, "width": 32, "layers": 2, "heads": 2, "conv_kernel_size": 3}}
+    model = tiny_model(**QUANTIZER_SETTINGS)
+    mel = MelConfig(n_mels=32, n_fft=512, target_length=64)
+    config = {"model": {"target": "transcoder.models.audiobsq.AudioBSQModel", "params": params},
+              "data": mel.to_dict()}
+    save_atomic({"format": 2, "task": "tokenizer", "models": {"model": model.state_dict()}, "ema": {},
+                 "config": config, "mel": mel.to_dict(), "step": 3}, tmp_path / "flat.pt")
+    loaded, _, state = load_model_from_checkpoint(tmp_path / "flat.pt")
+    assert loaded.quantizer_spec["params"] == QUANTIZER_SETTINGS
+    assert loaded.quantizer.inv_temperature == 10.0 and loaded.quantizer.straight_through == "scaled"
+    mel_batch = torch.randn(2, 64, 32)
+    torch.testing.assert_close(loaded(mel_batch)[0], model.eval()(mel_batch)[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Padded tokens count nowhere in the quantizer's training statistics
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["analytical", "group"])
+def test_quantizer_statistics_leave_masked_tokens_out(mode: str) -> None:
+    quantizer = BinarySphericalQuantizer(embed_dim=6, group_size=3, beta=0.5, persample_entropy_compute=mode,
+                                         cb_entropy_compute=mode, inv_temperature=5.0).train()
+    z = torch.randn(2, 8, 6)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 3:] = False
+    z_padded = z.clone()
+    z_padded[~mask] = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])  # a constant "padding" token
+    _, loss_masked, info_masked = quantizer(z_padded, token_mask=mask)
+    _, loss_valid, info_valid = quantizer(z[mask])
+    for key in ("codebook_entropy", "per_sample_entropy", "commit_loss"):
+        torch.testing.assert_close(info_masked[key], info_valid[key])
+    torch.testing.assert_close(loss_masked, loss_valid)
+    # Every token is still quantized; without the mask the padding lowers the codebook entropy.
+    codes, _, info_all = quantizer(z_padded)
+    assert torch.equal(info_masked["indices"], info_all["indices"]) and codes.shape == z.shape
+    assert info_all["codebook_entropy"] < info_valid["codebook_entropy"]
+    # No token left: zero statistics, no NaN.
+    _, loss_none, info_none = quantizer(z, token_mask=torch.zeros(2, 8, dtype=torch.bool))
+    assert loss_none.item() == 0.0 and info_none["codebook_entropy"].item() == 0.0
+    with pytest.raises(ValueError, match="token_mask"):
+        quantizer(z, token_mask=mask[:, :4])
+
+
+def test_model_entropy_over_a_padded_batch_equals_the_entropy_without_the_padding() -> None:
+    model = tiny_model(audioconfig={"use_conv_module": False}, beta=0.5).train()  # 4x2 token grid, pt=16
+    mel = torch.randn(2, 64, 32)
+    valid_frames = torch.tensor([64, 20])  # item 1: frames 20.. are padding → rows 0-1 hold audio
+    _, loss, info = model(mel, valid_frames=valid_frames)
+    features, _ = model.encoder(mel)
+    z = model.quant_embed(features)  # (2, 8, 18)
+    keep = torch.ones(2, 4, 2, dtype=torch.bool)
+    keep[1, 2:] = False
+    _, loss_valid, info_valid = model.quantizer(z[keep.flatten(1)])
+    for key in ("codebook_entropy", "per_sample_entropy", "commit_loss"):
+        torch.testing.assert_close(info[key], info_valid[key])
+    torch.testing.assert_close(loss, loss_valid)
+    _, _, info_all = model(mel)
+    assert not torch.allclose(info_all["codebook_entropy"], info_valid["codebook_entropy"])

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from transcoder.losses.masked import MaskedPatchLoss
 from transcoder.models.audiobsq import AudioTransformerEncoder
-from transcoder.models.mae import AudioMAE, MaskSpec, patchify, scatter_tokens, take_tokens, unpatchify
+from transcoder.models.mae import AudioMAE, MaskedAudioEncoder, MaskSpec, scatter_tokens, take_tokens
+from transcoder.models.patching import patchify, unpatchify
 from transcoder.training.config import load_config
 from transcoder.training.trainer import Trainer
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint
@@ -120,7 +121,7 @@ def test_a_copying_model_reconstructs_visible_patches_exactly() -> None:
 @pytest.mark.parametrize("conv", ["zero_fill", "skip"])
 def test_visible_encoder_matches_full_encoder_and_ignores_masked_patches(conv: str) -> None:
     torch.manual_seed(0)
-    encoder = AudioTransformerEncoder(AudioMAE(AUDIO).config).eval()
+    encoder = MaskedAudioEncoder(AudioMAE(AUDIO).config).eval()
     mel = torch.randn(2, 32, 16)
     everything = torch.arange(32).expand(2, -1)
     if conv == "zero_fill":  # all tokens visible: the same computation as the ordinary forward

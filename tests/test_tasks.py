@@ -163,3 +163,28 @@ def test_ema_decay_warms_up_and_first_update_copies() -> None:
     plain = ModelEma(model, decay=0.999, warmup=False)
     plain.update(model)
     assert torch.equal(plain.module.weight, model.weight)
+
+
+def test_tokenizer_step_passes_the_unpadded_frames_to_the_model() -> None:
+    # The codebook entropy of training counts only tokens of real audio, as validation does: the step
+    # turns the batch's num_valid into frames and hands them to the model.
+    from transcoder.audio import MelConfig
+    from transcoder.tasks import build_task
+    from transcoder.training.state import TrainState
+    from transcoder.training.step import StepState, build_parts, train_step
+
+    config = load_config(DEMO, ["data.batch_size=2", "model.params.audioconfig.layers=1"])
+    mel = MelConfig.from_dict(config["data"], strict=False)
+    device = torch.device("cpu")
+    task = build_task(config, mel, device)
+    state = StepState(parts=build_parts(task, config, device, torch.float32), counters=TrainState(),
+                      precision=torch.float32, device=device)
+    seen: list[Any] = []
+    state.parts["model"].model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("valid_frames")), with_kwargs=True)
+    audio = torch.randn(2, mel.clip_samples) * 0.1
+    short = mel.clip_samples // 4 + 1
+    train_step(state, task, {"audio": audio, "num_valid": torch.tensor([mel.clip_samples, short])}, 10)
+    assert seen[-1].tolist() == [mel.target_length, -(-short // mel.hop_length)]
+    train_step(state, task, {"audio": audio}, 10)  # a batch that does not say: every token counts
+    assert seen[-1] is None

@@ -336,7 +336,7 @@ def test_benchmark_script_reports_both_phases_and_rtf(tmp_path: Path) -> None:
     from test_tokenize import _load_script
 
     out = tmp_path / "bench.json"
-    script = _load_script("benchmark_vocoder")
+    script = _load_script("benchmark_train")
     assert script.main([str(DEMO), "--steps", "1", "--warmup", "0", "--device", "cpu", "--batch-size", "2",
                         "--infer-seconds", "0.5", "--json", str(out), *TINY]) == 0
     results = json.loads(out.read_text())

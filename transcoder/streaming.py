@@ -33,12 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from transcoder.audio.mel import LogMelFrontend
 from transcoder.audio.render import ChunkedRenderer
 from transcoder.models.causal import BlockState
+from transcoder.models.patching import patchify, unpatchify
 
 __all__ = ["causal_mel", "pad_to_rows", "encode_offline", "decode_offline", "algorithmic_latency",
            "CausalFrontendStream", "StreamEncoder", "StreamDecoder", "DecodedChunk"]
@@ -196,13 +196,14 @@ class StreamEncoder:
 
     def _rows(self, frames: Tensor, final: bool) -> Tensor:
         model = self.model
-        pt, pf = model.config.patch_tf
+        pt = model.config.patch_tf[0]
         self._frames = torch.cat([self._frames, frames])
         rows = self._frames.shape[0] // pt
         mel, self._frames = self._frames[: rows * pt], self._frames[rows * pt:]
         encoder = model.encoder
         dtype = encoder.patch_embed.weight.dtype
-        patches = rearrange(mel.to(dtype)[None], "b (nt pt) (nf pf) -> b nt nf (pt pf)", pt=pt, pf=pf)
+        patch_tf = model.config.patch_tf
+        patches = patchify(mel.to(dtype)[None], patch_tf).unflatten(1, (rows, model.config.grid[1]))  # (1, Nt, Nf, P)
         x = encoder.patch_embed(patches) + encoder.pos_embed[:, None].to(dtype)
         features = self.encoder.step(x, final)
         if features.shape[1] == 0:
@@ -266,7 +267,6 @@ class StreamDecoder:
     def _decode(self, indices: Tensor, final: bool) -> DecodedChunk:
         model = self.model
         decoder = model.decoder
-        pt, pf = model.config.patch_tf
         dtype = model.post_quant_embed.weight.dtype
         device = model.post_quant_embed.weight.device
         codes = model.indices_to_codes(indices.to(device)[None])
@@ -275,7 +275,7 @@ class StreamDecoder:
         x = x + decoder.pos_embed[:, None].to(dtype)
         tokens = self.decoder.step(x, final)
         patches = decoder.to_patches(tokens)
-        mel = rearrange(patches, "b nt nf (pt pf) -> b (nt pt) (nf pf)", pt=pt, pf=pf)[0]
+        mel = unpatchify(patches.flatten(1, 2), tuple(patches.shape[1:3]), model.config.patch_tf)[0]
         mel = mel.clamp(*model.clamp_range)
         audio = None
         if self.renderer is not None:

@@ -75,7 +75,43 @@ def _log_to_run_files(message: str) -> None:
             handler.handle(record)
 
 
-class AudioClipDataset(Dataset):
+class SkipLedger:
+    """The skipped-file ledger of a dataset, in this process: each failed file (or record, or shard) once,
+    with its first reason, in order of failure. A new name is announced once, as an
+    :class:`AudioSkipWarning` and a line in the run's log files; :attr:`skipped_files`, :attr:`num_skipped`
+    and :attr:`skip_reasons` report it.
+    """
+
+    _failed: dict[str, str]  # the subclass sets it to {} in __init__
+
+    def _record_failure(self, name: str, reason: str) -> None:
+        """Enter ``name`` (first reason kept) and announce it the first time."""
+        if name not in self._failed:
+            self._failed[name] = reason
+            message = f"{type(self).__name__}: skipping '{name}'{self._skip_context()}: {reason}"
+            warnings.warn(message, AudioSkipWarning, stacklevel=3)
+            _log_to_run_files(message)
+
+    def _skip_context(self) -> str:
+        """Where the names live, when they are not absolute paths (e.g. ``" under '<shard folder>'"``)."""
+        return ""
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Files (records, shards) skipped in this process, in order of failure."""
+        return list(self._failed)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self._failed)
+
+    @property
+    def skip_reasons(self) -> dict[str, str]:
+        """``{name: reason}`` for :attr:`skipped_files`."""
+        return dict(self._failed)
+
+
+class AudioClipDataset(SkipLedger, Dataset):
     """Base class: subclasses list their files (and metadata) in :meth:`_scan`.
 
     Args:
@@ -179,20 +215,6 @@ class AudioClipDataset(Dataset):
         with open(self.path(file_index), "rb") as handle:
             return handle.read()
 
-    @property
-    def skipped_files(self) -> list[str]:
-        """Files that failed in this process, in order of failure."""
-        return list(self._failed)
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self._failed)
-
-    @property
-    def skip_reasons(self) -> dict[str, str]:
-        """``{path: reason}`` for :attr:`skipped_files`."""
-        return dict(self._failed)
-
     def __len__(self) -> int:
         if self.mode == "train":
             return self.num_files
@@ -252,13 +274,6 @@ class AudioClipDataset(Dataset):
             return operator.index(key), None
         except TypeError:
             raise TypeError(f"dataset key {key!r}: expected an int index or an (index, seed) pair") from None
-
-    def _record_failure(self, path: str, reason: str) -> None:
-        if path not in self._failed:
-            self._failed[path] = reason
-            message = f"{type(self).__name__}: skipping '{path}': {reason}"
-            warnings.warn(message, AudioSkipWarning, stacklevel=3)
-            _log_to_run_files(message)
 
     def _column(self, key: str, file_index: int) -> Any:
         """Value of column ``key`` (a metadata or hidden key) for file ``file_index``."""

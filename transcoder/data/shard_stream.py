@@ -57,7 +57,7 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from transcoder.data.audio_io import AudioDecodeError, AudioFile
-from transcoder.data.base import AudioDataError, AudioSkipWarning, _log_to_run_files
+from transcoder.data.base import AudioDataError, SkipLedger
 from transcoder.data.shard_format import ShardError, ShardManifest, ShardRecord, read_records
 
 __all__ = ["STATE_KEY", "SHARD_LOG_ENV", "ShardStreamDataset", "StreamPosition", "open_record"]
@@ -88,7 +88,7 @@ def open_record(name: str, audio: bytes, meta: dict[str, Any]) -> AudioFile:
     return AudioFile(name, fileobj=io.BytesIO(audio), segment=tuple(segment) if segment else None)
 
 
-class ShardStreamDataset(IterableDataset):
+class ShardStreamDataset(SkipLedger, IterableDataset):
     """Endless stream of random crops from the shards of ``shards`` (``shards.json`` or its folder).
 
     Args:
@@ -152,15 +152,6 @@ class ShardStreamDataset(IterableDataset):
         for shard in self.manifest.shards:
             digest.update(f"{shard.name}\0{shard.records}\0".encode())
         return {"count": self.num_files, "sha1": digest.hexdigest()[:16]}
-
-    @property
-    def skipped_files(self) -> list[str]:
-        """Records and shards skipped in this process, in order."""
-        return list(self._failed)
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self._failed)
 
     # --- assignment --------------------------------------------------------------------------
     def tasks(self, pass_index: int, consumer: int, consumers: int) -> list[tuple[int, int, int]]:
@@ -317,11 +308,10 @@ class ShardStreamDataset(IterableDataset):
 
     def _fail(self, name: str, reason: str, pending: list[str]) -> None:
         pending.append(name)
-        if name not in self._failed:
-            self._failed[name] = reason
-            message = f"{type(self).__name__}: skipping '{name}' under '{self.root}': {reason}"
-            warnings.warn(message, AudioSkipWarning, stacklevel=3)
-            _log_to_run_files(message)
+        self._record_failure(name, reason)
+
+    def _skip_context(self) -> str:
+        return f" under '{self.root}'"
 
 
 class _RecordLog:

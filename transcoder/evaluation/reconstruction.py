@@ -15,9 +15,16 @@ from torch import Tensor
 
 from transcoder.audio.mel import LogMelFrontend
 from transcoder.evaluation.metrics import CodebookStats, CodebookUsage
+from transcoder.models.patching import valid_token_mask
 from transcoder.utils.distributed import all_reduce_sum
 
-__all__ = ["ReconstructionMetrics", "ReconstructionSummary"]
+__all__ = ["ReconstructionMetrics", "ReconstructionSummary", "frames_covering"]
+
+
+def frames_covering(num_valid: Tensor, hop_length: int, frames: int) -> Tensor:
+    """``(B,)`` unpadded samples → ``(B,)`` mel frames covering them (``ceil(num_valid / hop)``, at most
+    ``frames``); 0 for a window that failed to decode."""
+    return (-(-num_valid.long() // int(hop_length))).clamp_max(frames)
 
 
 @dataclass
@@ -53,7 +60,7 @@ class ReconstructionMetrics:
 
     def valid_frames(self, num_valid: Tensor, frames: int) -> Tensor:
         """``(B,)`` unpadded samples -> ``(B,)`` frames covering them, at most ``frames``."""
-        return (-(-num_valid.to(self.device).long() // self.frontend.hop_length)).clamp_max(frames)
+        return frames_covering(num_valid.to(self.device), self.frontend.hop_length, frames)
 
     @torch.no_grad()
     def update(self, recon: Tensor, target: Tensor, quant_loss: Tensor | float, indices: Tensor,
@@ -79,9 +86,8 @@ class ReconstructionMetrics:
             mask.sum().double() * target.shape[2], torch.as_tensor(quant_loss, dtype=torch.float64,
                                                                    device=self.device) * windows,
             windows.double()])
-        rows = -(-frames // self.patch_t)
-        row_mask = torch.arange(indices.shape[1], device=self.device)[None, :] < rows[:, None]  # (B, Nt)
-        self.usage.update(indices.to(self.device)[row_mask])
+        token_mask = valid_token_mask(frames, tuple(indices.shape[1:]), self.patch_t)  # (B, Nt*Nf)
+        self.usage.update(indices.to(self.device).flatten(1)[token_mask])
 
     def compute(self) -> ReconstructionSummary:
         """Reduce over ranks (a collective: call on every rank) and summarize."""

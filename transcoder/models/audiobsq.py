@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
@@ -32,8 +32,10 @@ from torch.utils.checkpoint import checkpoint
 from transcoder.models.causal import CausalTransformerBlock, band_position_embedding
 from transcoder.models.conformer_conv import ConformerConvModule
 from transcoder.models.depthwise_conv import depthwise_conv_time
-from transcoder.models.quantizer.bsq import MAX_INDEX_BITS, BinarySphericalQuantizer
+from transcoder.models.patching import patchify, unpatchify, valid_token_mask
+from transcoder.models.quantizer.bsq import MAX_INDEX_BITS
 from transcoder.utils.rates import token_rates
+from transcoder.utils.targets import get_obj_from_str
 
 
 @dataclass
@@ -252,61 +254,7 @@ class AudioTransformerEncoder(_AudioTransformer):
 
     def forward(self, mel: Tensor) -> tuple[Tensor, tuple[int, int]]:
         grid = self.token_grid(mel)
-        pt, pf = self.config.patch_tf
-        patches = rearrange(mel, "b (nt pt) (nf pf) -> b (nt nf) (pt pf)", pt=pt, pf=pf)
-        return self.run_blocks(self.patch_embed(patches), grid), grid
-
-    # -- masked (MAE) pre-training: the encoder on visible tokens only -------------------------------
-    def forward_visible(self, mel: Tensor, visible: Tensor, conv: str = "zero_fill") -> Tensor:
-        """Encode only the visible patches (AudioMAE, Huang et al. 2022): masked tokens are dropped from
-        the sequence, so attention and MLPs cost ``Nv / N`` of a full forward.
-
-        Args:
-            mel: (B, T, F) log-mel.
-            visible: (B, Nv) int64 token indices (time-major, ``t * Nf + f``) to keep, the same count per row.
-            conv: how the Conformer conv module, which needs the full (Nt, Nf) grid, runs: ``"zero_fill"``
-                scatters the visible tokens into a zero grid for the depthwise convolution only (per-token
-                layers and BatchNorm see visible tokens only); ``"skip"`` leaves the conv modules out (they
-                are then trained only when fine-tuning).
-
-        Returns:
-            (B, Nv, width) features of the visible tokens, after the final LayerNorm. (Gradient
-            checkpointing is not applied here: a masked step is already a fraction of a full one.)
-        """
-        if conv not in ("zero_fill", "skip"):
-            raise ValueError(f"conv={conv!r}: expected 'zero_fill' or 'skip'")
-        grid = self.token_grid(mel)
-        pt, pf = self.config.patch_tf
-        patches = rearrange(mel, "b (nt pt) (nf pf) -> b (nt nf) (pt pf)", pt=pt, pf=pf)
-        tokens = self.patch_embed(patches) + self.position_embedding(grid).to(patches.dtype)
-        x = _take_tokens(tokens, visible)
-        for block in self.blocks:
-            x = x + block.drop_path(block.attn(block.norm1(x)))
-            if block.conv is not None and conv == "zero_fill":
-                x = x + block.drop_path(_conv_module_on_visible(block.conv, x, visible, grid))
-            x = x + block.drop_path(block.mlp(block.norm2(x)))
-        return self.norm(x)
-
-
-def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
-    """Tokens ``x`` (B, N, C) at ``index`` (B, K) → (B, K, C)."""
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def _conv_module_on_visible(module: ConformerConvModule, x: Tensor, visible: Tensor, grid: tuple[int, int]) -> Tensor:
-    """The conv module on visible tokens (B, Nv, C) → (B, Nv, C): the depthwise convolution runs on the
-    full grid with zeros at masked positions; everything per-token (and BatchNorm's statistics) sees
-    visible tokens only."""
-    batch, _, channels = x.shape
-    nt, nf = grid
-    h = F.glu(module.pointwise_in(module.norm(x)), dim=-1)
-    index = visible.unsqueeze(-1).expand(-1, -1, channels)
-    full = h.new_zeros(batch, nt * nf, channels).scatter(1, index, h)
-    full = depthwise_conv_time(full.reshape(batch, nt, nf, channels), module.depthwise_weight,
-                               module.depthwise_bias).reshape(batch, nt * nf, channels)
-    h = torch.gather(full, 1, index)
-    h = module.batch_norm(h.reshape(-1, channels)).reshape(h.shape)
-    return module.dropout(module.pointwise_out(F.silu(h)))
+        return self.run_blocks(self.patch_embed(patchify(mel, self.config.patch_tf)), grid), grid
 
 
 class OutputConvHead(nn.Module):
@@ -340,10 +288,65 @@ class AudioTransformerDecoder(_AudioTransformer):
         self.output_conv = OutputConvHead(config.output_conv_channels) if config.output_conv_channels else None
 
     def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        pt, pf = self.config.patch_tf
-        patches = self.to_patches(self.run_blocks(tokens, grid))
-        mel = rearrange(patches, "b (nt nf) (pt pf) -> b (nt pt) (nf pf)", nt=grid[0], pt=pt, pf=pf)
+        mel = unpatchify(self.to_patches(self.run_blocks(tokens, grid)), grid, self.config.patch_tf)
         return self.output_conv(mel) if self.output_conv is not None else mel
+
+
+#: The quantizer a model builds when its spec names no ``target``.
+DEFAULT_QUANTIZER = "transcoder.models.quantizer.bsq.BinarySphericalQuantizer"
+#: Quantizer keywords the model itself owns and passes on (they size the model's own layers).
+MODEL_OWNED_QUANTIZER_KEYS = ("embed_dim", "l2_norm")
+
+
+def quantizer_spec(quantizer: Mapping[str, Any] | None = None, **flat: Any) -> dict[str, Any]:
+    """The model's quantizer as a ``{"target", "params"}`` spec; the one place flat settings are nested.
+
+    Args:
+        quantizer: ``{"target": dotted class path (default :data:`DEFAULT_QUANTIZER`), "params": {...}}``,
+            the quantizer's own settings (``beta``, ``inv_temperature`` ...; not ``embed_dim`` / ``l2_norm``,
+            which the model passes on).
+        flat: the same settings given as keywords of the model itself, as configs and checkpoints written
+            before the nested form do (``model.params.inv_temperature: 10``); they go into ``params``.
+
+    Raises:
+        TypeError: a flat keyword the quantizer does not take (the message lists the valid ones).
+        ValueError: a malformed ``quantizer`` mapping, a model-owned key inside it, or a setting given both
+            flat and nested with different values.
+    """
+    if quantizer is None:
+        quantizer = {}
+    if not isinstance(quantizer, Mapping):
+        raise ValueError(f"quantizer={quantizer!r}: expected a mapping {{target: ..., params: {{...}}}}")
+    unknown = sorted(set(quantizer) - {"target", "params"})
+    if unknown:
+        raise ValueError(f"quantizer: unknown key(s) {unknown}; expected 'target' (optional, default "
+                         f"{DEFAULT_QUANTIZER}) and 'params' (the quantizer's settings)")
+    target = quantizer.get("target") or DEFAULT_QUANTIZER
+    params = quantizer.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"quantizer.params={params!r}: expected a mapping of the quantizer's settings")
+    owned = sorted(set(params) & set(MODEL_OWNED_QUANTIZER_KEYS))
+    if owned:
+        raise ValueError(f"quantizer.params sets {owned}: these are the model's own keys "
+                         f"(model.params.{owned[0]}), which it passes to the quantizer")
+    if flat:
+        accepted = _keyword_names(get_obj_from_str(target)) - set(MODEL_OWNED_QUANTIZER_KEYS)
+        stray = sorted(set(flat) - accepted)
+        if stray:
+            raise TypeError(f"AudioBSQModel got unexpected keyword(s) {stray}; the model takes audioconfig, "
+                            f"embed_dim, l2_norm, clamp_range, quantizer, and (flat) the settings of {target}: "
+                            f"{sorted(accepted)}")
+        clash = sorted(k for k in set(flat) & set(params) if flat[k] != params[k])
+        if clash:
+            raise ValueError(f"quantizer setting(s) {clash} given both flat ({ {k: flat[k] for k in clash} }) and in "
+                             f"quantizer.params ({ {k: params[k] for k in clash} }): give each once")
+    return {"target": target, "params": {**params, **flat}}
+
+
+def _keyword_names(cls: type) -> set[str]:
+    """Names of the keyword parameters of ``cls.__init__``."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in inspect.signature(cls).parameters.values() if p.kind in kinds}
 
 
 class AudioBSQModel(nn.Module):
@@ -354,8 +357,13 @@ class AudioBSQModel(nn.Module):
         embed_dim: bits per token.
         l2_norm: quantize on the unit sphere (BSQ); codes have norm 1.
         clamp_range: range the reconstruction is clamped to outside training (model space).
-        beta, gamma0, gamma, zeta, inv_temperature, group_size, persample_entropy_compute,
-        cb_entropy_compute, straight_through, cb_entropy_ddp_average: see :class:`BinarySphericalQuantizer`.
+        quantizer: the quantizer's spec ``{"target": ..., "params": {...}}`` (see :func:`quantizer_spec`);
+            default: :class:`BinarySphericalQuantizer` with its defaults. The model passes ``embed_dim`` and
+            ``l2_norm`` to it.
+        **quantizer_params: the quantizer's settings given flat (``beta``, ``gamma0``, ``gamma``, ``zeta``,
+            ``inv_temperature``, ``group_size``, ``persample_entropy_compute``, ``cb_entropy_compute``,
+            ``straight_through``, ``cb_entropy_ddp_average``), as older configs and checkpoints do; they
+            are nested into ``quantizer.params``.
     """
 
     def __init__(
@@ -364,16 +372,8 @@ class AudioBSQModel(nn.Module):
         embed_dim: int = 18,
         l2_norm: bool = True,
         clamp_range: tuple[float, float] = (-1.0, 1.0),
-        beta: float = 0.0,
-        gamma0: float = 1.0,
-        gamma: float = 1.0,
-        zeta: float = 1.0,
-        inv_temperature: float = 10.0,
-        group_size: int | None = None,
-        persample_entropy_compute: str = "analytical",
-        cb_entropy_compute: str = "group",
-        straight_through: str = "unit",
-        cb_entropy_ddp_average: bool = False,
+        quantizer: Mapping[str, Any] | None = None,
+        **quantizer_params: Any,
     ) -> None:
         super().__init__()
         self.config = AudioConfig.from_dict(audioconfig)
@@ -383,17 +383,11 @@ class AudioBSQModel(nn.Module):
             raise ValueError(f"clamp_range={clamp_range!r}: expected [low, high] with low < high")
         self.embed_dim = embed_dim
         self.clamp_range = (float(clamp_range[0]), float(clamp_range[1]))
+        self.quantizer_spec = quantizer_spec(quantizer, **quantizer_params)
         self.encoder = AudioTransformerEncoder(self.config)
         self.quant_embed = nn.Linear(self.config.width, embed_dim)
-        self.quantizer = BinarySphericalQuantizer(
-            embed_dim=embed_dim, beta=beta, gamma0=gamma0, gamma=gamma, zeta=zeta,
-            inv_temperature=inv_temperature, group_size=group_size,
-            persample_entropy_compute=persample_entropy_compute,  # type: ignore[arg-type]
-            cb_entropy_compute=cb_entropy_compute,  # type: ignore[arg-type]
-            l2_norm=l2_norm,
-            straight_through=straight_through,  # type: ignore[arg-type]
-            cb_entropy_ddp_average=cb_entropy_ddp_average,
-        )
+        self.quantizer = get_obj_from_str(self.quantizer_spec["target"])(
+            embed_dim=embed_dim, l2_norm=l2_norm, **self.quantizer_spec["params"])
         self.post_quant_embed = nn.Linear(embed_dim, self.config.width)
         self.decoder = AudioTransformerDecoder(self.config)
         self.apply(init_vit_weights)
@@ -426,14 +420,20 @@ class AudioBSQModel(nn.Module):
         self.decoder.set_grad_checkpointing(enable)
 
     # -- API --------------------------------------------------------------------------------
-    def encode(self, mel: Tensor, compute_entropy: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def encode(self, mel: Tensor, compute_entropy: bool | None = None,
+               valid_frames: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """(B, T, F) log-mel → codes (B, N, embed_dim) on the unit sphere, quantizer loss, info.
 
         ``info["indices"]`` has shape (B, T/pt, F/pf), int64; ``info["grid"]`` is (Nt, Nf). The soft
         entropies (and their loss terms) are computed in training mode or with ``compute_entropy=True``.
+        ``valid_frames`` (B,): unpadded frames per item; when given, only the token rows covering them
+        enter the quantizer's loss and entropies (padding and failed windows count nowhere).
         """
         features, grid = self.encoder(mel)
-        codes, quant_loss, info = self.quantizer(self.quant_embed(features), compute_entropy=compute_entropy)
+        extra = {}
+        if valid_frames is not None:
+            extra["token_mask"] = valid_token_mask(valid_frames.to(mel.device), grid, self.config.patch_tf[0])
+        codes, quant_loss, info = self.quantizer(self.quant_embed(features), compute_entropy=compute_entropy, **extra)
         info["indices"] = info["indices"].reshape(mel.shape[0], *grid)
         info["grid"] = grid
         return codes, quant_loss, info
@@ -456,9 +456,10 @@ class AudioBSQModel(nn.Module):
             mel = mel.clamp(*self.clamp_range)
         return mel
 
-    def forward(self, mel: Tensor, compute_entropy: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def forward(self, mel: Tensor, compute_entropy: bool | None = None,
+                valid_frames: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """(B, T, F) → reconstruction (B, T, F), quantizer loss (scalar), info (see :meth:`encode`)."""
-        codes, quant_loss, info = self.encode(mel, compute_entropy)
+        codes, quant_loss, info = self.encode(mel, compute_entropy, valid_frames)
         return self.decode(codes, info["grid"]), quant_loss, info
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ globals, never from the environment at call time, so Dynamo guards on it cheaply
 
 The kernels are several times faster than ``F.conv1d`` on the same tensors but latency-bound, well
 above the memory floor: each element is loaded ``K`` times from L1, and Triton cannot keep a sliding
-window in registers. Measured figures (``scripts/bench_depthwise_conv.py``):
+window in registers. Measured figures (``scripts/benchmark_depthwise_conv.py``):
 ``benchmarks/2026-11-26-h200/REPORT.md``.
 
 Autocast: like ``F.conv1d``, under an enabled autocast the input is cast to the autocast dtype;

@@ -28,6 +28,23 @@ __all__ = ["DiscriminatorOutput", "MultiPeriodDiscriminator", "MultiResolutionST
 DiscriminatorOutput = tuple[list[Tensor], list[list[Tensor]]]
 
 
+def _conv_stack(x: Tensor, convs: nn.ModuleList, out: nn.Module) -> tuple[Tensor, list[Tensor]]:
+    """Leaky-ReLU (0.1) conv stack and output conv: flattened logits (B, N) and every conv's feature map."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        features.append(x)
+    x = out(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
+def _run_all(discriminators: nn.ModuleList, wave: Tensor) -> DiscriminatorOutput:
+    """Every sub-discriminator on ``wave``: (list of logits, list of feature lists)."""
+    outputs = [d(wave) for d in discriminators]
+    return [o[0] for o in outputs], [o[1] for o in outputs]
+
+
 def _check_wave(wave: Tensor) -> None:
     if wave.ndim != 2:
         raise ValueError(f"expected a waveform batch (B, S), got shape {tuple(wave.shape)}")
@@ -60,13 +77,7 @@ class PeriodDiscriminator(nn.Module):
         if pad:
             wave = F.pad(wave.unsqueeze(1), (0, pad), mode="reflect").squeeze(1)
         x = wave.reshape(batch, 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _conv_stack(x, self.convs, self.out)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -78,8 +89,7 @@ class MultiPeriodDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList([PeriodDiscriminator(p, channels) for p in periods])
 
     def forward(self, wave: Tensor) -> DiscriminatorOutput:
-        outputs = [d(wave) for d in self.discriminators]
-        return [o[0] for o in outputs], [o[1] for o in outputs]
+        return _run_all(self.discriminators, wave)
 
 
 class SpectrogramDiscriminator(nn.Module):
@@ -112,13 +122,7 @@ class SpectrogramDiscriminator(nn.Module):
             spec = torch.stft(wave.float(), self.n_fft, self.hop_length, self.win_length, self.window,
                               center=True, return_complex=True).abs()  # (B, F, T)
         x = spec.transpose(1, 2).unsqueeze(1)  # (B, 1, T, F)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _conv_stack(x, self.convs, self.out)
 
 
 class MultiResolutionSTFTDiscriminator(nn.Module):
@@ -138,8 +142,7 @@ class MultiResolutionSTFTDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList([SpectrogramDiscriminator(*r, channels=channels) for r in resolutions])
 
     def forward(self, wave: Tensor) -> DiscriminatorOutput:
-        outputs = [d(wave) for d in self.discriminators]
-        return [o[0] for o in outputs], [o[1] for o in outputs]
+        return _run_all(self.discriminators, wave)
 
 
 class VocoderDiscriminator(nn.Module):

@@ -4,11 +4,12 @@ Huang et al. 2022).
 Data flow (shapes for the demo grid, ``Nt x Nf = 16 x 8``, mask ratio 0.8)::
 
     mel (B, T, F) → patches (B, N=128, pt*pf) → random mask: visible (B, Nv=26), masked (B, Nm=102)
-    → encoder on visible tokens only (B, Nv, width)      [AudioTransformerEncoder.forward_visible]
+    → encoder on visible tokens only (B, Nv, width)      [MaskedAudioEncoder.forward_visible]
     → Linear(width → decoder_width) → scatter into (B, N, decoder_width) with a learned mask token
     → + pos-embed → light decoder blocks → LayerNorm → Linear(→ pt*pf) → predicted patches (B, N, pt*pf)
 
-The encoder is the tokenizer's own class built from the same ``audioconfig`` keys, so its weights load
+The encoder is the tokenizer's own encoder (:class:`MaskedAudioEncoder` adds the visible-token forward and no
+weights) built from the same ``audioconfig`` keys, so its weights load
 into :class:`~transcoder.models.audiobsq.AudioBSQModel` (``training.init_from``). The loss (masked patches
 only) is :class:`transcoder.losses.masked.MaskedPatchLoss`.
 """
@@ -21,26 +22,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import rearrange
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from transcoder.models.audiobsq import AudioConfig, AudioTransformerBlock, AudioTransformerEncoder, init_vit_weights
+from transcoder.models.conformer_conv import ConformerConvModule
+from transcoder.models.depthwise_conv import depthwise_conv_time
+from transcoder.models.patching import patchify, unpatchify
+
+__all__ = ["AudioMAE", "MaskSpec", "MaskedAudioEncoder", "MaskedPatchDecoder", "MaskedPrediction", "patchify",
+           "scatter_tokens", "take_tokens", "unpatchify"]
 
 MASK_MODES = ("unstructured", "time", "frequency", "time_frequency")
 ENCODER_CONV_MODES = ("zero_fill", "skip")
-
-
-def patchify(mel: Tensor, patch_tf: tuple[int, int]) -> Tensor:
-    """(B, T, F) → (B, Nt*Nf, pt*pf) patches, time-major (the encoder's token order)."""
-    pt, pf = patch_tf
-    return rearrange(mel, "b (nt pt) (nf pf) -> b (nt nf) (pt pf)", pt=pt, pf=pf)
-
-
-def unpatchify(patches: Tensor, grid: tuple[int, int], patch_tf: tuple[int, int]) -> Tensor:
-    """(B, Nt*Nf, pt*pf) → (B, Nt*pt, Nf*pf); the inverse of :func:`patchify`."""
-    pt, pf = patch_tf
-    return rearrange(patches, "b (nt nf) (pt pf) -> b (nt pt) (nf pf)", nt=grid[0], nf=grid[1], pt=pt, pf=pf)
 
 
 def take_tokens(x: Tensor, index: Tensor) -> Tensor:
@@ -54,6 +49,54 @@ def scatter_tokens(tokens: Tensor, index: Tensor, fill: Tensor, num_tokens: int)
     batch, _, channels = tokens.shape
     base = fill.to(tokens.dtype).expand(batch, num_tokens, channels)
     return base.scatter(1, index.unsqueeze(-1).expand(-1, -1, channels), tokens)
+
+
+class MaskedAudioEncoder(AudioTransformerEncoder):
+    """The tokenizer's encoder (same parameters, same state-dict keys) with a forward over visible tokens."""
+
+    def forward_visible(self, mel: Tensor, visible: Tensor, conv: str = "zero_fill") -> Tensor:
+        """Encode only the visible patches (AudioMAE, Huang et al. 2022): masked tokens are dropped from
+        the sequence, so attention and MLPs cost ``Nv / N`` of a full forward.
+
+        Args:
+            mel: (B, T, F) log-mel.
+            visible: (B, Nv) int64 token indices (time-major, ``t * Nf + f``) to keep, the same count per row.
+            conv: how the Conformer conv module, which needs the full (Nt, Nf) grid, runs: ``"zero_fill"``
+                scatters the visible tokens into a zero grid for the depthwise convolution only (per-token
+                layers and BatchNorm see visible tokens only); ``"skip"`` leaves the conv modules out (they
+                are then trained only when fine-tuning).
+
+        Returns:
+            (B, Nv, width) features of the visible tokens, after the final LayerNorm. (Gradient
+            checkpointing is not applied here: a masked step is already a fraction of a full one.)
+        """
+        if conv not in ENCODER_CONV_MODES:
+            raise ValueError(f"conv={conv!r}: expected one of {list(ENCODER_CONV_MODES)}")
+        grid = self.token_grid(mel)
+        patches = patchify(mel, self.config.patch_tf)
+        tokens = self.patch_embed(patches) + self.position_embedding(grid).to(patches.dtype)
+        x = take_tokens(tokens, visible)
+        for block in self.blocks:
+            x = x + block.drop_path(block.attn(block.norm1(x)))
+            if block.conv is not None and conv == "zero_fill":
+                x = x + block.drop_path(_conv_module_on_visible(block.conv, x, visible, grid))
+            x = x + block.drop_path(block.mlp(block.norm2(x)))
+        return self.norm(x)
+
+
+def _conv_module_on_visible(module: ConformerConvModule, x: Tensor, visible: Tensor, grid: tuple[int, int]) -> Tensor:
+    """The conv module on visible tokens (B, Nv, C) → (B, Nv, C): the depthwise convolution runs on the
+    full grid with zeros at masked positions; everything per-token (and BatchNorm's statistics) sees
+    visible tokens only."""
+    batch, _, channels = x.shape
+    nt, nf = grid
+    h = F.glu(module.pointwise_in(module.norm(x)), dim=-1)
+    full = scatter_tokens(h, visible, h.new_zeros(()), nt * nf)
+    full = depthwise_conv_time(full.reshape(batch, nt, nf, channels), module.depthwise_weight,
+                               module.depthwise_bias).reshape(batch, nt * nf, channels)
+    h = take_tokens(full, visible)
+    h = module.batch_norm(h.reshape(-1, channels)).reshape(h.shape)
+    return module.dropout(module.pointwise_out(F.silu(h)))
 
 
 @dataclass(frozen=True)
@@ -170,7 +213,7 @@ class AudioMAE(nn.Module):
         mask_ratio: share of tokens dropped (AudioMAE used 0.8).
         mask_mode: ``unstructured`` | ``time`` (whole time rows) | ``frequency`` (whole frequency columns) |
             ``time_frequency`` (rows and columns).
-        encoder_conv: ``zero_fill`` or ``skip``; see :meth:`AudioTransformerEncoder.forward_visible`.
+        encoder_conv: ``zero_fill`` or ``skip``; see :meth:`MaskedAudioEncoder.forward_visible`.
         decoder_width, decoder_layers, decoder_heads, decoder_mlp_ratio: the light decoder.
     """
 
@@ -199,7 +242,7 @@ class AudioMAE(nn.Module):
         except (TypeError, ValueError) as err:
             raise ValueError(f"MAE decoder (decoder_width={decoder_width!r}, decoder_layers={decoder_layers!r}, "
                              f"decoder_heads={decoder_heads!r}): {err}") from None
-        self.encoder = AudioTransformerEncoder(self.config)
+        self.encoder = MaskedAudioEncoder(self.config)
         self.decoder_embed = nn.Linear(self.config.width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
         self.decoder = MaskedPatchDecoder(decoder_config)

@@ -14,6 +14,7 @@ from transcoder.audio.neural_vocoder import load_vocoder
 from transcoder.audio.render import Renderer, build_renderer
 from transcoder.data import SpecAugment
 from transcoder.models.build import build_model, derive_input_grid
+from transcoder.evaluation.reconstruction import frames_covering
 from transcoder.tasks.base import Task, evaluating
 from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import CheckpointError
@@ -85,12 +86,21 @@ class TokenizerTask(Task):
                 return masked, masked if self.specaugment_target else target
         return target, target
 
+    def valid_frames(self, batch: dict[str, Any], frames: int) -> Tensor | None:
+        """(B,) mel frames holding audio (not padding) per window of ``batch``; ``None`` when the batch does not
+        say (``num_valid`` missing): then every token counts in the quantizer's loss and entropies."""
+        if "num_valid" not in batch:
+            return None
+        num_valid = torch.as_tensor(batch["num_valid"], device=self.device)
+        return frames_covering(num_valid, self.mel_config.hop_length, frames)
+
     def step(self, state: StepState, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
         part = state.parts["model"]
         model_input, target = self.model_input(batch["audio"], augment=True)
+        valid_frames = self.valid_frames(batch, model_input.shape[1])
         state.mark("frontend")
         with state.autocast():
-            recon, quant_loss, info = part.forward_model(model_input)
+            recon, quant_loss, info = part.forward_model(model_input, valid_frames=valid_frames)
         loss, terms = self.loss_fn(recon, target, quant_loss, part.updates)
         state.optimize("model", loss)
         self._entropy_terms(info, terms)
@@ -126,7 +136,7 @@ class TokenizerTask(Task):
                     break
                 target, _ = self.model_input(batch["audio"], augment=False)
                 with state.autocast():
-                    recon, quant_loss, info = model(target)
+                    recon, quant_loss, info = model(target, valid_frames=self.valid_frames(batch, target.shape[1]))
                 metrics.update(recon, target, quant_loss, info["indices"], torch.as_tensor(batch["num_valid"]))
         return metrics.compute()
 

@@ -58,9 +58,10 @@ class TokenizerGanTask(TokenizerTask):
         gen, disc = state.parts["model"], state.parts["discriminator"]
         loss_fn: AudioTokenizerGanLoss = self.loss_fn  # type: ignore[assignment]
         model_input, target = self.model_input(batch["audio"], augment=True)
+        valid_frames = self.valid_frames(batch, model_input.shape[1])
         state.mark("frontend")
         with state.autocast():
-            recon, quant_loss, info = gen.forward_model(model_input)
+            recon, quant_loss, info = gen.forward_model(model_input, valid_frames=valid_frames)
         active = loss_fn.gan_active(gen.updates)
         zero = torch.zeros((), device=self.device)
         d_loss, g_adv, fm, gan_weight = zero, zero, zero, zero

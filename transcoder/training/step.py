@@ -5,7 +5,7 @@ A task's ``step(state, batch)`` computes its losses and calls :meth:`StepState.o
 updates (a GAN task: the discriminator, then the generator). ``optimize`` owns what every update needs:
 zeroing, scaled backward, unscaling, clipping, the cross-rank non-finite check, the optimizer and
 scheduler step, and the EMA. :func:`train_step` wraps one task step with the counters, the NaN guard and
-timing; the trainer and ``scripts/benchmark.py`` both call it, so the benchmark measures what trains.
+timing; the trainer and ``scripts/benchmark_train.py`` both call it, so the benchmark measures what trains.
 """
 
 from __future__ import annotations

@@ -54,6 +54,19 @@ def categorical_entropy(prob: Tensor, dim: int = -1) -> Tensor:
     return -torch.special.xlogy(prob, prob).sum(dim)
 
 
+def token_mean(values: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean over the tokens of ``values`` (N, ...) → (...), only over tokens of weight 1 when ``weights`` (N,)
+    0/1 is given (no data-dependent shapes, so it compiles without a graph break); zeros for no token."""
+    if weights is None:
+        return values.mean(0) if values.shape[0] else values.sum(0)
+    return token_sum(values, weights) / weights.sum().clamp_min(1.0)
+
+
+def token_sum(values: Tensor, weights: Tensor) -> Tensor:
+    """Sum over the tokens of ``values`` (N, ...) weighted by ``weights`` (N,) → (...)."""
+    return (values * weights.reshape(-1, *([1] * (values.ndim - 1)))).sum(0)
+
+
 class BinarySphericalQuantizer(nn.Module):
     """Quantize vectors on the unit sphere to signed binary codes.
 
@@ -143,16 +156,24 @@ class BinarySphericalQuantizer(nn.Module):
     def bits(self) -> int:
         return self.embed_dim
 
-    def forward(self, z: Tensor, compute_entropy: bool | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def forward(self, z: Tensor, compute_entropy: bool | None = None,
+                token_mask: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Quantize ``z`` (..., d) → codes (..., d) in fp32, the scalar loss and an info dict.
 
         ``compute_entropy`` (default: ``self.training``) decides whether the soft entropies are computed.
         The info dict holds ``indices`` (...) int64 and ``commit_loss``; with the entropies also
         ``per_sample_entropy`` and ``codebook_entropy`` (nats, in [0, d ln 2]) and ``entropy_loss``.
         Without them the loss is the commitment term alone.
+
+        ``token_mask`` (...) bool: the tokens that count in the loss, the commitment and the entropies
+        (e.g. not the zero padding of a file's last window); every token is still quantized. With no
+        token left the statistics are 0.
         """
         if z.shape[-1] != self.embed_dim:
             raise ValueError(f"expected last dim {self.embed_dim}, got shape {tuple(z.shape)}")
+        if token_mask is not None and token_mask.shape != z.shape[:-1]:
+            raise ValueError(f"token_mask has shape {tuple(token_mask.shape)}, expected z's leading shape "
+                             f"{tuple(z.shape[:-1])}")
         if compute_entropy is None:
             compute_entropy = self.training
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -163,11 +184,12 @@ class BinarySphericalQuantizer(nn.Module):
             # decode(encode(x)) equals decode_indices(indices); the gradient reaches u times `st_gain`.
             st_gain = self.q_scale if self.straight_through == "scaled" else 1.0
             codes = hard + st_gain * (u - u.detach())
-            commit_loss = ((hard - u) ** 2).sum(-1).mean()
+            weights = None if token_mask is None else token_mask.reshape(-1).to(u.device, torch.float32)
+            commit_loss = token_mean(((hard - u) ** 2).sum(-1).reshape(-1), weights)
             loss = self.beta * commit_loss
             info = {"commit_loss": commit_loss.detach()}
             if compute_entropy:
-                per_sample_entropy, codebook_entropy = self.soft_entropies(u)
+                per_sample_entropy, codebook_entropy = self.soft_entropies(u, weights)
                 entropy_loss = (self.gamma0 * per_sample_entropy - self.gamma * codebook_entropy) / self.inv_temperature
                 loss = loss + self.zeta * entropy_loss
                 info.update(per_sample_entropy=per_sample_entropy.detach(),
@@ -194,8 +216,9 @@ class BinarySphericalQuantizer(nn.Module):
         bits = (indices.unsqueeze(-1) >> torch.arange(self.embed_dim, device=indices.device)) & 1
         return torch.where(bits.bool(), self.q_scale, -self.q_scale).to(torch.float32)
 
-    def soft_entropies(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-sample and codebook entropy (nats) of the soft code distribution of (..., d) ``u``."""
+    def soft_entropies(self, u: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-sample and codebook entropy (nats) of the soft code distribution of (..., d) ``u``
+        (0 for no token)."""
         flat = u.reshape(-1, self.embed_dim)
         if self.persample_entropy_compute == "analytical" or self.cb_entropy_compute == "analytical":
             # Softmax over the two codes +-q_scale of one bit, logits 2 * inv_temperature * <u, c>.
@@ -204,33 +227,35 @@ class BinarySphericalQuantizer(nn.Module):
             group_prob = self._group_probabilities(flat)
 
         if self.persample_entropy_compute == "analytical":
-            per_sample = binary_entropy(bit_prob).sum(-1).mean()
+            per_sample = token_mean(binary_entropy(bit_prob).sum(-1), weights)
         else:
-            per_sample = categorical_entropy(group_prob).sum(-1).mean()
+            per_sample = token_mean(categorical_entropy(group_prob).sum(-1), weights)
         if self.cb_entropy_compute == "analytical":
-            codebook = binary_entropy(self._mean_over_ranks(bit_prob)).sum()
+            codebook = binary_entropy(self._mean_over_ranks(bit_prob, weights)).sum()
         else:
-            codebook = categorical_entropy(self._mean_over_ranks(group_prob)).sum()
+            codebook = categorical_entropy(self._mean_over_ranks(group_prob, weights)).sum()
         return per_sample, codebook
 
-    def _mean_over_ranks(self, prob: Tensor) -> Tensor:
+    def _mean_over_ranks(self, prob: Tensor, weights: Tensor | None = None) -> Tensor:
         """(N, ...) probabilities → (...) their mean over this batch, or over every rank's batch with
         ``cb_entropy_ddp_average`` under an initialised process group. The other ranks' sums enter as
         constants, so the gradient reaches this rank's tokens only (each rank back-propagates its own)."""
         if not (self.cb_entropy_ddp_average and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size() > 1):
-            return prob.mean(0)
-        local_sum = prob.sum(0)
-        stats = torch.cat([local_sum.detach().reshape(-1),
-                           torch.tensor([float(prob.shape[0])], device=prob.device, dtype=local_sum.dtype)])
+            return token_mean(prob, weights)
+        if weights is None:
+            local_sum, count = prob.sum(0), torch.tensor([float(prob.shape[0])], device=prob.device)
+        else:
+            local_sum, count = token_sum(prob, weights), weights.sum().reshape(1)
+        stats = torch.cat([local_sum.detach().reshape(-1), count.to(local_sum.dtype)])
         dist.all_reduce(stats)
         global_sum = stats[:-1].reshape(local_sum.shape)
         # Value: the global sum; gradient: d(local_sum).
-        return (local_sum + (global_sum - local_sum.detach())) / stats[-1]
+        return (local_sum + (global_sum - local_sum.detach())) / stats[-1].clamp_min(1.0)
 
     def _group_probabilities(self, flat: Tensor) -> Tensor:
         """(N, d) → (N, d / group_size, 2^group_size) soft assignment to each sub-codebook."""
-        groups = flat.reshape(flat.shape[0], -1, self.group_size)
+        groups = flat.reshape(flat.shape[0], self.embed_dim // self.group_size, self.group_size)
         logits = 2.0 * self.inv_temperature * self.q_scale * torch.einsum("ngb,kb->ngk", groups, self.group_codebook)
         return logits.softmax(-1)
 
