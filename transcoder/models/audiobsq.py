@@ -31,7 +31,6 @@ from torch.utils.checkpoint import checkpoint
 
 from transcoder.models.causal import CausalTransformerBlock, band_position_embedding
 from transcoder.models.conformer_conv import ConformerConvModule
-from transcoder.models.depthwise_conv import depthwise_conv_time
 from transcoder.models.patching import patchify, unpatchify, valid_token_mask
 from transcoder.models.quantizer.bsq import MAX_INDEX_BITS
 from transcoder.utils.rates import token_rates

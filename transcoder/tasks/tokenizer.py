@@ -13,8 +13,8 @@ from transcoder.audio import MelConfig
 from transcoder.audio.neural_vocoder import load_vocoder
 from transcoder.audio.render import Renderer, build_renderer
 from transcoder.data import SpecAugment
-from transcoder.models.build import build_model, derive_input_grid
 from transcoder.evaluation.reconstruction import frames_covering
+from transcoder.models.build import build_model, derive_input_grid
 from transcoder.tasks.base import Task, evaluating
 from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import CheckpointError
