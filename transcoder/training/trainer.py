@@ -132,6 +132,12 @@ class Trainer:
                          str(self.precision).replace("torch.", ""), env.world_size, self.train_files["count"],
                          f", resumed from {self.resumed_from} at step {self.state.step}"
                          if self.resumed_from else "")
+        for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
+            left_out = getattr(dataset, "skip_reasons", None) or {}  # listing problems (nothing is read yet)
+            if left_out and env.is_main:
+                self.logger.warning("data.%s: %d entries skipped while listing: %s", split, len(left_out),
+                                    "; ".join(f"{path}: {reason}" for path, reason in list(left_out.items())[:5])
+                                    + (" ..." if len(left_out) > 5 else ""))
 
     # -- construction ----------------------------------------------------------------------
     @property
