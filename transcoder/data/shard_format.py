@@ -51,6 +51,7 @@ __all__ = [
     "ShardManifest",
     "ShardRecord",
     "ShardWriter",
+    "missing_reason",
     "read_records",
     "split_member_name",
 ]
@@ -364,6 +365,12 @@ def read_records(path: str, *, start: int = 0, select: Any = None, read_audio: b
                     yield _record(tar, name, index, key, group, read_audio)
         except (OSError, tarfile.TarError, EOFError) as err:
             raise ShardError(name, f"unreadable after record {index} ({type(err).__name__}: {err})") from None
+
+
+def missing_reason(read: int, listed: int) -> str:
+    """Why records are missing when a shard ended early without an error."""
+    return (f"the shard ended after {read} of the {listed} records its manifest lists (a damaged tar member "
+            f"header ends a tar early; or a truncated or replaced shard)")
 
 
 def split_member_name(name: str) -> tuple[str, str]:
