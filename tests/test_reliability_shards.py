@@ -123,3 +123,38 @@ def test_a_full_disk_while_writing_the_manifest_leaves_no_temporary(tmp_path: Pa
                                       r"\d+ MiB free"), ShardWriter(str(out), max_records=2) as writer:
         writer.add(b"x" * 100, "flac", {"name": "a.flac"})
     assert sorted(p.name for p in out.iterdir()) == ["shard-000000.names.json", "shard-000000.tar"]
+
+
+def _prepare_shards_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_shards", Path(__file__).resolve().parents[1]
+                                                  / "scripts" / "prepare_shards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_prepare_shards_takes_overrides_anywhere_and_fails_on_a_full_disk_in_one_line(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    from test_training import DATA_ROOT, DEMO
+
+    main = _prepare_shards_main()
+    root = f"data.train.params.root={DATA_ROOT}"
+    assert main([str(DEMO), "--output", str(tmp_path / "a"), root, "--max-records", "2"]) == 0  # as documented
+    assert ShardManifest.load(str(tmp_path / "a")).num_records == 5
+    capsys.readouterr()
+
+    real_add = tarfile.TarFile.addfile
+
+    def disk_full_in_the_second_shard(self, info, fileobj=None):
+        if info.name.startswith("000000002"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_add(self, info, fileobj)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", disk_full_in_the_second_shard)
+    assert main([str(DEMO), root, "--output", str(tmp_path / "b"), "--max-records", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: could not write shard {tmp_path / 'b' / 'shard-000001.tar'} (No space left")
+    assert "MiB free in" in err[-1]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["shard-000000.names.json", "shard-000000.tar"]
