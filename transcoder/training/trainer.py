@@ -181,7 +181,8 @@ class Trainer:
         return build_loader(dataset, sampler, batch_size, workers=int(self.data_cfg["num_workers"]),
                             device=self.device, seed=int(self.train_cfg["seed"]), persistent=train,
                             pin_memory=bool(self.data_cfg["pin_memory"]),
-                            prefetch_factor=int(self.data_cfg["prefetch_factor"]))
+                            prefetch_factor=int(self.data_cfg["prefetch_factor"]),
+                            timeout=self.data_cfg["loader_timeout"])
 
     def _check_same_files_on_every_rank(self) -> dict[str, Any]:
         """Count and hash of the training file list; every rank must list the same files in the same
