@@ -9,7 +9,9 @@ Each record keeps the source file's bytes (FLAC stays FLAC); ``shards.json`` lis
 their record counts and seconds, and the files left out as unreadable (see
 transcoder/data/shard_format.py for the layout). Aim for shards of 100 MB to 1 GB and at least
 ``nodes x GPUs x num_workers`` of them, so every loader worker of every rank has its own shards.
-Trailing ``key=value`` arguments override the config like for training.
+``key=value`` arguments (anywhere on the command line) override the config like for training. A failed
+write (e.g. a full disk) is one line naming the file and the free space, exit status 1; the incomplete shard
+is removed and no ``shards.json`` is written.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="new folder for shards.json and shard-*.tar")
     parser.add_argument("--max-records", type=int, default=1000, help="records per shard (default 1000)")
     parser.add_argument("--max-mb", type=float, default=1024.0, help="megabytes per shard (default 1024)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides anywhere, as for training
     try:
         config = load_config(args.config, args.overrides)
         spec = config["data"][args.split]
@@ -57,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
                                         max_bytes=int(args.max_mb * 2**20),
                                         source={"config": str(args.config), "split": args.split,
                                                 "target": spec["target"]}, progress=progress)
-    except (ValueError, OSError) as err:
+    except (ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a failed write: the message names the file and the free space
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {len(manifest.shards)} shards, {manifest.num_records} records, {manifest.seconds / 3600:.2f} h "
           f"to {manifest.root} in {time.perf_counter() - start:.1f} s; {len(manifest.skipped)} unreadable files "
           f"left out (listed in shards.json)")

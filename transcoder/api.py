@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from transcoder.audio.griffin_lim import GriffinLimRenderer
 from transcoder.audio.mel import LogMelFrontend, MelConfig
 from transcoder.audio.neural_vocoder import NeuralVocoder
+from transcoder.audio.pcm import pcm_to_float32
 from transcoder.audio.render import ChunkedRenderer, Renderer, build_renderer
 from transcoder.audio.windows import WindowSegmenter, segments_of
 from transcoder.codes import CodesFile, CodesSpec, codes_dtype
@@ -545,14 +546,10 @@ def waveform_to_mono(wave: Tensor | np.ndarray) -> Tensor:
     """A mono ``(S,)`` or multi-channel array -> float32 ``(S,)``, channels averaged.
 
     Both layouts are accepted: ``(C, S)`` (torchaudio) and ``(S, C)`` (``soundfile.read``); the shorter
-    axis is taken as the channels. Integer PCM is scaled to [-1, 1) (uint8 as offset binary).
+    axis is taken as the channels. Integer PCM is scaled to [-1, 1) (uint8 as offset binary); complex, boolean
+    and other unsigned samples raise ``TypeError`` (:func:`~transcoder.audio.pcm.pcm_to_float32`).
     """
-    array = np.asarray(wave.detach().cpu()) if isinstance(wave, Tensor) else np.asarray(wave)
-    if array.dtype == np.uint8:
-        array = (array.astype(np.float32) - 128.0) / 128.0
-    elif np.issubdtype(array.dtype, np.integer):
-        array = array.astype(np.float32) / float(2 ** (8 * array.dtype.itemsize - 1))
-    x = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    x = torch.as_tensor(pcm_to_float32(wave))
     if x.ndim == 2:
         channel_axis = 0 if x.shape[0] <= x.shape[1] else 1
         if x.shape[channel_axis] > 16:

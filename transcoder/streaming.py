@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transcoder.audio.mel import LogMelFrontend
+from transcoder.audio.pcm import pcm_to_float32
 from transcoder.audio.render import ChunkedRenderer
 from transcoder.models.causal import BlockState
 from transcoder.models.patching import patchify, unpatchify
@@ -175,12 +176,19 @@ class StreamEncoder:
 
     @torch.inference_mode()
     def push(self, samples: Tensor | np.ndarray) -> Tensor:
-        """(n,) mono samples → newly determined indices (R, Nf) int64 on the CPU."""
+        """(n,) mono samples → newly determined indices (R, Nf) int64 on the CPU.
+
+        Samples as the offline ``encode_wave`` takes them: float, or integer PCM scaled to [-1, 1)
+        (:func:`~transcoder.audio.pcm.pcm_to_float32`); other dtypes raise ``TypeError``, NaN/Inf ``ValueError``.
+        """
         if self._finished:
             raise RuntimeError("StreamEncoder.push after finish")
-        chunk = torch.as_tensor(np.asarray(samples, dtype=np.float32) if isinstance(samples, np.ndarray) else samples)
+        chunk = torch.from_numpy(pcm_to_float32(samples))
         if chunk.ndim != 1:
-            raise ValueError(f"expected mono samples (n,), got shape {tuple(chunk.shape)}")
+            raise ValueError(f"expected mono samples (n,), got shape {tuple(chunk.shape)}; mix channels down "
+                             "first (transcoder.api.waveform_to_mono)")
+        if not torch.isfinite(chunk).all():
+            raise ValueError("samples contain NaN or Inf")
         return self._rows(self.frontend_stream.push(chunk), final=False)
 
     @torch.inference_mode()

@@ -18,7 +18,9 @@ class AudioFolderDataset(AudioClipDataset):
 
     Symlinked files and folders are followed; a symlinked file whose target is already listed under
     ``root`` is listed once (see :func:`~transcoder.data.listing.scan_files`). With ``file_list_cache``
-    the listing is rescanned whenever a folder under ``root`` gained, lost or renamed an entry.
+    the listing is rescanned whenever a folder under ``root`` gained, lost or renamed an entry. Entries
+    that cannot be listed (symlink loops, dangling symlinks, names that are not UTF-8) are skipped with an
+    :class:`~transcoder.data.base.AudioSkipWarning` and counted in :attr:`skipped_files`.
 
     Args:
         root: the folder, e.g. ``my_audio/train``.
@@ -58,4 +60,8 @@ class AudioFolderDataset(AudioClipDataset):
                 f"(e.g. my_audio/train/**/*.wav).")
 
     def _scan(self) -> dict[str, list[Any]]:
-        return {"path": scan_files(self.root, self.extensions, stamps=self._dir_stamps)}
+        problems: dict[str, str] = {}
+        paths = scan_files(self.root, self.extensions, stamps=self._dir_stamps, problems=problems)
+        for path, reason in problems.items():  # left out of the listing: named and counted like bad files
+            self._record_failure(path, reason)
+        return {"path": paths}

@@ -125,14 +125,22 @@ class LhotseCutsDataset(AudioClipDataset):
             raise ValueError(f"LhotseCutsDataset: {self.cut_files or self.recordings} holds a "
                              f"{type(cuts).__name__}, not a CutSet. {self.layout_help()}")
         if self.per_supervision:
-            cuts = cuts.filter(_has_supervisions).trim_to_supervisions(keep_overlapping=False)
+            cuts = cuts.filter(self._count_unsupervised).trim_to_supervisions(keep_overlapping=False)
         return cuts
+
+    def _count_unsupervised(self, cut: Any) -> bool:
+        """Filter for ``per_supervision``: keeps cuts with supervisions, counts the others."""
+        if len(cut.supervisions) > 0:
+            return True
+        self._unsupervised += 1
+        return False
 
     def _scan(self) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {"path": [], **{k: [] for k in (*self.metadata_keys, *self.hidden_keys)}}
         to_samples = self._lhotse.utils.compute_num_samples
         left_out: Counter[str] = Counter()
         examples: dict[str, str] = {}
+        self._unsupervised = 0
         for cut in self._cutset():
             reason = _unsupported(cut)
             if reason is not None:
@@ -155,6 +163,13 @@ class LhotseCutsDataset(AudioClipDataset):
         if left_out:
             warnings.warn(f"LhotseCutsDataset: left out {sum(left_out.values())} cut(s) this reader does not support: "
                           + "; ".join(f"{n} {r} (e.g. {examples[r]})" for r, n in left_out.items()), stacklevel=3)
+        if self._unsupervised:
+            note = (f"{self._unsupervised} cut(s) of {self.cut_files or self.recordings} have no supervision and are "
+                    "left out under per_supervision: true (the default: one item per supervision segment); "
+                    "per_supervision: false uses whole cuts")
+            if not columns["path"]:
+                raise FileNotFoundError(f"LhotseCutsDataset: no items: {note}")
+            warnings.warn(f"LhotseCutsDataset: {note}", stacklevel=3)
         return columns
 
     def open_audio(self, file_index: int) -> AudioFile:
@@ -175,8 +190,6 @@ class LhotseCutsDataset(AudioClipDataset):
         return f
 
 
-def _has_supervisions(cut: Any) -> bool:
-    return len(cut.supervisions) > 0
 
 
 def _unsupported(cut: Any) -> str | None:

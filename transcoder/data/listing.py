@@ -13,6 +13,7 @@ e.g. transcripts, stamps those files too).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StringColumn", "scan_files", "stamp", "load_list_cache", "save_list_cache"]
+__all__ = ["StringColumn", "printable_path", "scan_files", "stamp", "load_list_cache", "save_list_cache"]
 
 _CACHE_VERSION = 2  # 2: directory mtime stamps
 
@@ -65,7 +66,21 @@ def stamp(stamps: dict[str, int] | None, path: str) -> os.stat_result:
     return st
 
 
-def scan_files(root: str, extensions: Sequence[str], stamps: dict[str, int] | None = None) -> list[str]:
+def printable_path(path: str) -> str:
+    """``path`` with the bytes of a name that is not valid UTF-8 written as ``\\xNN`` (printable, JSON-safe)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir gave undecodable bytes as surrogates
+        return False
+    return True
+
+
+def scan_files(root: str, extensions: Sequence[str], stamps: dict[str, int] | None = None,
+               problems: dict[str, str] | None = None) -> list[str]:
     """Paths relative to ``root`` (``/``-separated, sorted) of files whose lower-cased name ends in
     one of ``extensions``, found recursively.
 
@@ -78,12 +93,23 @@ def scan_files(root: str, extensions: Sequence[str], stamps: dict[str, int] | No
     * a symlinked FILE whose target is already listed under ``root`` (the real file, or an earlier
       symlink in sorted order to the same target) is dropped. Hard links are distinct entries and kept.
 
+    Entries that cannot be listed are left out, never fatal: a symlink loop or another entry that cannot
+    be ``stat``-ed, a dangling symlink with an audio extension, a file or folder whose name is not valid
+    UTF-8, a sub-folder that cannot be read. Each goes to ``problems`` as ``{path: reason}`` (the path
+    through :func:`printable_path`).
+
     Args:
         root: folder to search.
         extensions: name endings such as ``[".wav", ".flac"]``, matched case-insensitively.
         stamps: when given, receives ``{absolute directory path: st_mtime_ns}`` of every directory
             walked (for :func:`save_list_cache`).
+        problems: when given, receives the entries left out and why.
     """
+
+    def left_out(path: str, reason: str) -> None:
+        if problems is not None:
+            problems.setdefault(printable_path(path), reason)
+
     suffixes = tuple(e.lower() for e in extensions)
     files: list[str] = []
     file_dirs: list[int] = []  # index into walked_dirs of each entry of files
@@ -97,25 +123,46 @@ def scan_files(root: str, extensions: Sequence[str], stamps: dict[str, int] | No
             linked_dirs.sort(reverse=True)
             stack, linked_dirs = linked_dirs, []
         rel_dir, abs_dir = stack.pop()
-        st = stamp(stamps, abs_dir)
-        if (st.st_dev, st.st_ino) in seen_dirs:
+        try:
+            st = stamp(stamps, abs_dir)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue
+            entries = list(os.scandir(abs_dir))
+        except OSError as err:
+            if not rel_dir:  # the root itself: the caller's error
+                raise
+            left_out(abs_dir, f"cannot read the folder ({err.strerror or err})")
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
         walked_dirs.append(abs_dir)
         subdirs: list[tuple[str, str]] = []
-        with os.scandir(abs_dir) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                if entry.is_dir():
-                    (linked_dirs if entry.is_symlink() else subdirs).append((rel, entry.path))
-                elif entry.name.lower().endswith(suffixes) and entry.is_file():
-                    if entry.is_symlink():
-                        linked_files.append((rel, entry.path))
-                    else:
-                        files.append(rel)
-                        file_dirs.append(len(walked_dirs) - 1)
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            audio_name = name.lower().endswith(suffixes)
+            try:
+                is_dir = entry.is_dir()
+                is_file = audio_name and not is_dir and entry.is_file()
+            except OSError as err:  # e.g. ELOOP: a symlink to itself
+                loop = " (a symlink loop)" if err.errno == errno.ELOOP else ""
+                left_out(entry.path, f"cannot stat it{loop}: {err.strerror or err}")
+                continue
+            if not _is_utf8(name):
+                if is_dir or audio_name:
+                    left_out(entry.path, f"the {'folder' if is_dir else 'file'} name is not valid UTF-8; rename it")
+                continue
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if is_dir:
+                (linked_dirs if entry.is_symlink() else subdirs).append((rel, entry.path))
+            elif is_file:
+                if entry.is_symlink():
+                    linked_files.append((rel, entry.path))
+                else:
+                    files.append(rel)
+                    file_dirs.append(len(walked_dirs) - 1)
+            elif audio_name and entry.is_symlink():
+                left_out(entry.path, f"a dangling symlink (to {os.readlink(entry.path)!r})")
         stack.extend(sorted(subdirs, reverse=True))
     if linked_files:
         # Compare resolved paths (not inodes: readdir's d_ino need not match st_ino on overlayfs).

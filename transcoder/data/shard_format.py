@@ -7,16 +7,28 @@ tie every training run to the optional ``lhotse`` extra.
 
 Layout of a shard folder::
 
-    shards.json              manifest: format, shards [{name, records, seconds, bytes}], totals, skipped
+    shards.json              manifest: format, shards [{name, records, seconds, bytes, names_file}], totals,
+                             skipped
     shard-000000.tar         records in order; each record is two members with one key:
         000000000.json       {"name": source name, "sample_rate", "frames", "seconds", "segment", "metadata"}
         000000000.flac       the source file's bytes, unchanged (any extension soundfile decodes)
+    shard-000000.names.json  {"shard", "records": [[key, source name], ...]}: read only to name records a
+                             damaged shard no longer yields
     shard-000001.tar
     ...
 
 ``segment`` is ``null`` or ``[first frame, frames]`` at the file's own rate: a Lhotse cut of a
 longer recording stores the whole recording's bytes and the cut's frames. Keys are the record's
-index in the whole set (9 digits, no dots, as WebDataset expects).
+index in the whole set (9 digits, no dots, as WebDataset expects). Readers split a member name into key and
+extension like WebDataset: at the first dot of its last path component (``a.b/c.flac`` -> ``a.b/c``, ``flac``).
+
+Readers compare what a shard yields with the manifest's record count: Python's ``tarfile`` ends a shard
+silently at a damaged member header, so the records after it are named (by source name, from the names
+file) and counted as skipped (:meth:`ShardManifest.missing_records`).
+
+Writes are atomic: a shard is written as ``<name>.partial`` and renamed when complete, the names file and
+the manifest through a temporary file; a failed write (e.g. a full disk) removes what it left and raises an
+``OSError`` naming the file and the free space.
 """
 
 from __future__ import annotations
@@ -27,7 +39,9 @@ import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import IO, Any
+
+from transcoder.utils.files import write_atomic, write_failure
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -37,7 +51,9 @@ __all__ = [
     "ShardManifest",
     "ShardRecord",
     "ShardWriter",
+    "missing_reason",
     "read_records",
+    "split_member_name",
 ]
 
 MANIFEST_NAME = "shards.json"
@@ -55,12 +71,14 @@ class ShardError(RuntimeError):
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard of a manifest: file name (relative to the manifest), records, audio seconds, bytes."""
+    """One shard of a manifest: file name (relative to the manifest), records, audio seconds, bytes, and the
+    file naming its records (None in manifests written before names files existed)."""
 
     name: str
     records: int
     seconds: float
     bytes: int
+    names_file: str | None = None
 
 
 @dataclass
@@ -87,6 +105,37 @@ class ShardManifest:
     def path(self, shard_index: int) -> str:
         """Absolute path of shard ``shard_index``."""
         return os.path.join(self.root, self.shards[shard_index].name)
+
+    def record_keys(self, shard_index: int) -> list[str]:
+        """Member keys of shard ``shard_index``'s records, in order (keys number the whole set's records)."""
+        first = sum(info.records for info in self.shards[:shard_index])
+        return [f"{first + i:09d}" for i in range(self.shards[shard_index].records)]
+
+    def record_names(self, shard_index: int) -> list[str] | None:
+        """Source names of shard ``shard_index``'s records from its names file; None if it has none or it
+        cannot be read."""
+        info = self.shards[shard_index]
+        if info.names_file is None:
+            return None
+        try:
+            with open(os.path.join(self.root, info.names_file), encoding="utf-8") as handle:
+                records = json.load(handle)["records"]
+            names = [str(name) for _, name in records]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return names if len(names) == info.records else None
+
+    def missing_records(self, shard_index: int, read: set[int], start: int = 0,
+                        select: Any = None) -> list[tuple[str, str]]:
+        """``(key, source name)`` of the records of shard ``shard_index`` the manifest lists from ``start`` on
+        (those for which ``select(index)`` is true) whose positions are not in ``read``; the name is
+        ``"?"`` when the shard has no readable names file."""
+        count = self.shards[shard_index].records
+        missing = [i for i in range(start, count) if i not in read and (select is None or select(i))]
+        if not missing:
+            return []
+        keys, names = self.record_keys(shard_index), self.record_names(shard_index)
+        return [(keys[i], names[i] if names is not None else "?") for i in missing]
 
     @staticmethod
     def locate(path: str) -> str:
@@ -115,8 +164,10 @@ class ShardManifest:
         infos = []
         for i, entry in enumerate(shards):
             try:
+                names_file = entry.get("names_file")
                 info = ShardInfo(name=str(entry["name"]), records=int(entry["records"]),
-                                 seconds=float(entry["seconds"]), bytes=int(entry["bytes"]))
+                                 seconds=float(entry["seconds"]), bytes=int(entry["bytes"]),
+                                 names_file=str(names_file) if names_file is not None else None)
             except (KeyError, TypeError, ValueError) as err:
                 raise ShardError(file, f"shards[{i}]={entry!r:.120}: expected name, records, seconds, bytes "
                                        f"({type(err).__name__}: {err})") from None
@@ -127,15 +178,13 @@ class ShardManifest:
                    skipped=data.get("skipped") or [])
 
     def save(self, path: str | None = None) -> str:
-        """Write the manifest (atomically) to ``path`` or ``root/shards.json``; returns the file."""
+        """Write the manifest (atomically) to ``path`` or ``root/shards.json``; returns the file.
+        A failed write raises ``OSError`` naming the file and the free space and leaves no temporary file."""
         file = path or os.path.join(self.root, MANIFEST_NAME)
         data = {"format": MANIFEST_FORMAT, "num_records": self.num_records, "seconds": round(self.seconds, 3),
                 "num_shards": len(self.shards), "shards": [asdict(s) for s in self.shards],
                 "source": self.source, "skipped": self.skipped}
-        tmp = f"{file}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-        os.replace(tmp, file)
+        write_atomic(file, lambda handle: handle.write(json.dumps(data, indent=1).encode("utf-8")), "manifest")
         return file
 
 
@@ -167,6 +216,10 @@ class ShardWriter:
         with ShardWriter("shards/train", max_records=1000) as writer:
             writer.add(flac_bytes, "flac", {"name": "a.flac", "sample_rate": 16000, "frames": 32000})
         manifest = writer.manifest
+
+    A failed write (e.g. a full disk) raises ``OSError`` naming the file and the free space; leaving the
+    ``with`` block by an exception removes the incomplete shard and writes no manifest (complete shards
+    stay under their names).
     """
 
     def __init__(self, root: str, *, max_records: int = 1000, max_bytes: int = 1 << 30,
@@ -178,7 +231,9 @@ class ShardWriter:
         self.max_records, self.max_bytes = max_records, max_bytes
         self.manifest = ShardManifest(root=os.path.abspath(self.root), shards=[], source=dict(source or {}))
         self._tar: tarfile.TarFile | None = None
+        self._file: IO[bytes] | None = None
         self._name = ""
+        self._names: list[list[str]] = []  # [key, source name] of the current shard's records
         self._records = 0
         self._seconds = 0.0
         self._count = 0
@@ -186,8 +241,24 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop without finishing: remove the incomplete shard; no manifest is written."""
+        tar, file, self._tar, self._file = self._tar, self._file, None, None
+        for closable in (tar, file):
+            try:
+                if closable is not None:
+                    closable.close()
+            except OSError:
+                pass
+        partial = os.path.join(self.root, self._name + ".partial")
+        if self._name and os.path.exists(partial):
+            os.unlink(partial)
 
     def add(self, audio: bytes, extension: str, meta: dict[str, Any]) -> str:
         """Append one record (``audio`` bytes stored as ``<key>.<extension>``); returns its key."""
@@ -197,12 +268,19 @@ class ShardWriter:
         if self._tar is not None and (self._records >= self.max_records
                                       or self._tar.fileobj.tell() + len(audio) > self.max_bytes):
             self._finish_shard()
-        if self._tar is None:
-            self._name = f"shard-{len(self.manifest.shards):06d}.tar"
-            self._tar = tarfile.open(os.path.join(self.root, self._name + ".partial"), "w", format=tarfile.USTAR_FORMAT)
+        partial = os.path.join(self.root, f"shard-{len(self.manifest.shards):06d}.tar.partial")
         key = f"{self._count:09d}"
-        _add_member(self._tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
-        _add_member(self._tar, f"{key}.{extension}", audio)
+        try:
+            if self._tar is None:
+                self._name = os.path.basename(partial).removesuffix(".partial")
+                self._file = open(partial, "wb")  # noqa: SIM115 - closed in _finish_shard or abort
+                self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+            _add_member(self._tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+            _add_member(self._tar, f"{key}.{extension}", audio)
+        except OSError as err:
+            self.abort()
+            raise write_failure(partial.removesuffix(".partial"), err, "shard") from err
+        self._names.append([key, str(meta.get("name", key))])
         self._count += 1
         self._records += 1
         self._seconds += float(meta.get("seconds", 0.0))
@@ -217,14 +295,29 @@ class ShardWriter:
         return self.manifest
 
     def _finish_shard(self) -> None:
-        assert self._tar is not None
-        self._tar.close()
+        assert self._tar is not None and self._file is not None
         partial = os.path.join(self.root, self._name + ".partial")
         final = os.path.join(self.root, self._name)
+        names_file = self._name.removesuffix(".tar") + ".names.json"
+        names = {"shard": self._name, "records": self._names}
+        try:
+            self._tar.close()  # the end-of-archive blocks
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as err:
+            self.abort()
+            raise write_failure(partial.removesuffix(".partial"), err, "shard") from err
+        try:
+            write_atomic(os.path.join(self.root, names_file),
+                         lambda handle: handle.write(json.dumps(names).encode("utf-8")), "names file")
+        except OSError:
+            self.abort()
+            raise
         os.replace(partial, final)
         self.manifest.shards.append(ShardInfo(self._name, self._records, round(self._seconds, 3),
-                                              os.path.getsize(final)))
-        self._tar, self._records, self._seconds = None, 0, 0.0
+                                              os.path.getsize(final), names_file))
+        self._tar, self._file, self._names, self._records, self._seconds = None, None, [], 0, 0.0
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -258,7 +351,7 @@ def read_records(path: str, *, start: int = 0, select: Any = None, read_audio: b
         key = None
         try:
             for member in _members(tar):
-                member_key, _, ext = member.name.partition(".")
+                member_key, ext = split_member_name(member.name)
                 if member_key != key:
                     if key is not None:
                         index += 1
@@ -272,6 +365,20 @@ def read_records(path: str, *, start: int = 0, select: Any = None, read_audio: b
                     yield _record(tar, name, index, key, group, read_audio)
         except (OSError, tarfile.TarError, EOFError) as err:
             raise ShardError(name, f"unreadable after record {index} ({type(err).__name__}: {err})") from None
+
+
+def missing_reason(read: int, listed: int) -> str:
+    """Why records are missing when a shard ended early without an error."""
+    return (f"the shard ended after {read} of the {listed} records its manifest lists (a damaged tar member "
+            f"header ends a tar early; or a truncated or replaced shard)")
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """A member name -> ``(key, extension)``, split at the first dot of the last path component (as
+    WebDataset does): ``dir.v2/utt.flac`` -> ``("dir.v2/utt", "flac")``."""
+    folder, slash, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return folder + slash + stem, ext
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

@@ -8,13 +8,12 @@ gets the same covering windows, failure handling and DDP split as with a folder 
 from __future__ import annotations
 
 import io
-import os
 from typing import Any
 
 from transcoder.data.audio_io import AudioDecodeError, AudioFile
 from transcoder.data.base import AudioClipDataset
 from transcoder.data.listing import stamp
-from transcoder.data.shard_format import ShardError, ShardManifest, read_records
+from transcoder.data.shard_format import ShardError, ShardManifest, missing_reason, read_records
 from transcoder.data.shard_stream import ShardStreamDataset
 
 __all__ = ["ShardDataset", "ShardIndexDataset"]
@@ -28,11 +27,14 @@ class ShardIndexDataset(AudioClipDataset):
         sample_rate, clip_samples, mode, file_list_cache, max_fallback: see :class:`AudioClipDataset`.
 
     Items carry ``name`` (the record's source name); ``path`` is ``<shard folder>/<shard>/<member>``.
-    A shard that cannot be indexed is skipped (counted in :attr:`skipped_files` with its name).
+    What each shard yields is compared with the manifest: records it no longer yields (a damaged member
+    header ends a tar early, silently for ``tarfile``) are skipped with one warning per shard naming their
+    source names, and each is counted in :attr:`skipped_files` (as ``<shard>:<key>``); so is a malformed
+    record. A shard that cannot be opened at all is named too.
     """
 
     metadata_keys = ("name",)
-    hidden_keys = ("data_offset", "data_size", "segment_start", "segment_frames")
+    hidden_keys = ("shard", "data_offset", "data_size", "segment_start", "segment_frames")
 
     def __init__(self, shards: str, *, sample_rate: int = 16000, clip_samples: int = 163840, mode: str = "train",
                  file_list_cache: str | None = None, max_fallback: int = 32) -> None:
@@ -45,7 +47,7 @@ class ShardIndexDataset(AudioClipDataset):
                          file_list_cache=file_list_cache, max_fallback=max_fallback)
 
     def _signature(self) -> dict[str, Any]:
-        return {"manifest": ShardManifest.locate(self.root)}
+        return {"manifest": ShardManifest.locate(self.root), "columns": list(self.hidden_keys)}
 
     def layout_help(self) -> str:
         return "Expected a shard folder written by scripts/prepare_shards.py (shards.json beside shard-*.tar)."
@@ -54,25 +56,41 @@ class ShardIndexDataset(AudioClipDataset):
         columns: dict[str, list[Any]] = {"path": [], **{k: [] for k in (*self.metadata_keys, *self.hidden_keys)}}
         stamp(self._dir_stamps, ShardManifest.locate(self.root))
         for index, info in enumerate(self.manifest.shards):
+            read: set[int] = set()
+            problem = None
             try:
                 for record in read_records(self.manifest.path(index), read_audio=False):
+                    read.add(record.index)
                     if record.error is not None:
                         self._record_failure(f"{info.name}:{record.key}", record.error)
                         continue
                     segment = record.meta.get("segment") or (0, -1)
                     columns["path"].append(f"{info.name}/{record.audio_name}")
                     columns["name"].append(str(record.meta.get("name", record.audio_name)))
+                    columns["shard"].append(index)
                     columns["data_offset"].append(int(record.data_offset))
                     columns["data_size"].append(int(record.data_size))
                     columns["segment_start"].append(int(segment[0]))
                     columns["segment_frames"].append(int(segment[1]))
             except ShardError as err:
-                self._record_failure(self.manifest.path(index), err.reason)
+                problem = err.reason
+            missing = self.manifest.missing_records(index, read)
+            if missing:
+                self._record_missing(info.name, missing, problem or missing_reason(len(read), info.records))
+            elif problem is not None:
+                self._record_failure(self.manifest.path(index), problem)
         return columns
+
+    def _record_missing(self, shard: str, missing: list[tuple[str, str]], reason: str) -> None:
+        """One warning naming the missing records of ``shard``; each is counted as skipped."""
+        names = ", ".join(f"{key} ({name})" for key, name in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        self._record_failure(f"{shard}:{missing[0][0]}", f"{reason}; {len(missing)} records not read: {names}")
+        for key, name in missing[1:]:
+            self._failed.setdefault(f"{shard}:{key}", f"{name}: {reason}")
 
     def source_bytes(self, file_index: int) -> bytes:
         path = self.path(file_index)
-        shard = os.path.dirname(path)
+        shard = self.manifest.path(self._column("shard", file_index))  # member names may hold "/"
         size = self._column("data_size", file_index)
         try:
             with open(shard, "rb") as handle:

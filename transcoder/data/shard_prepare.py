@@ -21,8 +21,10 @@ def write_dataset_shards(dataset: AudioClipDataset, out_dir: str, *, max_records
 
     Each record is the file's stored bytes, unchanged (a FLAC stays a FLAC), plus a JSON member with
     the source name (relative to the dataset root), sample rate, frames, seconds, the segment for a
-    cut of a longer recording, and the dataset's metadata. A file whose header cannot be read is left
-    out and listed under ``"skipped"`` in the manifest with its reason. Shuffle happens at training
+    cut of a longer recording, and the dataset's metadata. A file whose header cannot be read, and an
+    entry the dataset's listing left out, is listed under ``"skipped"`` in the manifest with its reason.
+    A failed write (e.g. a full disk) raises ``OSError`` naming the file and the free space, removes the
+    incomplete shard and writes no manifest. Shuffle happens at training
     time, so records keep the listing order (neighbouring utterances of a speaker share a shard;
     training mixes shards, see :class:`~transcoder.data.shard_stream.ShardStreamDataset`).
 
@@ -30,7 +32,8 @@ def write_dataset_shards(dataset: AudioClipDataset, out_dir: str, *, max_records
     """
     if os.path.exists(ShardManifest.locate(out_dir)):
         raise FileExistsError(f"{ShardManifest.locate(out_dir)} exists: write shards into a new folder")
-    skipped: list[dict[str, str]] = []
+    # Entries the listing already left out (symlink loops, names that are not UTF-8, ...) come first.
+    skipped = [{"name": name, "reason": reason} for name, reason in dataset.skip_reasons.items()]
     started = time.time()
     with ShardWriter(out_dir, max_records=max_records, max_bytes=max_bytes, source=source) as writer:
         for index in range(dataset.num_files):

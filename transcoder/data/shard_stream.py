@@ -33,9 +33,10 @@ consumer starts the pass after the furthest recorded one (a warning says so).
 
 Bad data: a record that does not decode (or is malformed) is skipped and named in the next item's
 ``"skipped"`` list; a shard that cannot be opened, is truncated or holds fewer records than the
-manifest says is skipped from that point on and named too. Each name is reported once per process
-(an :class:`~transcoder.data.base.AudioSkipWarning` and the run log). Only when three passes in a
-row yield nothing does the stream raise :class:`~transcoder.data.base.AudioDataError`.
+manifest says (a damaged member header ends a tar early) is skipped from that point on, and each record
+it did not yield is named (``<shard>:<key>``, with its source name in the warning) and counted. Each name
+is reported once per process (an :class:`~transcoder.data.base.AudioSkipWarning` and the run log). Only
+when three passes in a row yield nothing does the stream raise :class:`~transcoder.data.base.AudioDataError`.
 
 Debugging: with ``TRANSCODER_SHARD_LOG=<folder>`` every consumer appends the names of the records
 it yields to ``<folder>/rank<r>-worker<w>.txt`` (the multi-node test uses it to check disjointness).
@@ -57,8 +58,8 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from transcoder.data.audio_io import AudioDecodeError, AudioFile
-from transcoder.data.base import AudioDataError, SkipLedger
-from transcoder.data.shard_format import ShardError, ShardManifest, ShardRecord, read_records
+from transcoder.data.base import AudioDataError, AudioSkipWarning, SkipLedger, _log_to_run_files
+from transcoder.data.shard_format import ShardError, ShardManifest, ShardRecord, missing_reason, read_records
 
 __all__ = ["STATE_KEY", "SHARD_LOG_ENV", "ShardStreamDataset", "StreamPosition", "open_record"]
 
@@ -264,21 +265,23 @@ class ShardStreamDataset(SkipLedger, IterableDataset):
                  pending: list[str]) -> Iterator[tuple[str, ShardRecord]]:
         """Well-formed records of this part of ``shard`` from record ``start``; failures go to ``pending``."""
         info = self.manifest.shards[shard]
-        seen = start - 1
+        read: set[int] = set()
+        problem = None
         try:
             for record in read_records(self.manifest.path(shard), start=start, select=lambda i: i % parts == part):
-                seen = record.index
+                read.add(record.index)
                 if record.error is not None:
                     self._fail(f"{info.name}:{record.key}", record.error, pending)
                     continue
                 yield info.name, record
         except ShardError as err:
-            self._fail(info.name, err.reason, pending)
-            return
-        last_mine = info.records - 1 - (info.records - 1 - part) % parts  # this part's last record
-        if start <= last_mine and seen < last_mine:
-            self._fail(info.name, f"ended after record {seen} but the manifest lists {info.records} records "
-                                  f"(truncated or replaced shard)", pending)
+            problem = err.reason
+        # Compare with the manifest: tarfile ends a shard silently at a damaged member header.
+        missing = self.manifest.missing_records(shard, read, start, lambda i: i % parts == part)
+        if missing:
+            self._fail_missing(info.name, missing, problem or missing_reason(len(read), info.records), pending)
+        elif problem is not None:
+            self._fail(info.name, problem, pending)
 
     def _take(self, buffer: list[tuple[str, ShardRecord]], rng: np.random.Generator, pass_index: int,
               pending: list[str]) -> dict[str, Any] | None:
@@ -305,6 +308,21 @@ class ShardStreamDataset(SkipLedger, IterableDataset):
         skipped, pending[:] = list(pending), []
         return {"audio": audio, "path": path, "name": name, "num_valid": int(wave.shape[0]), "offset": offset,
                 "skipped": skipped}
+
+    def _fail_missing(self, shard: str, missing: list[tuple[str, str]], reason: str, pending: list[str]) -> None:
+        """Records of ``shard`` the manifest lists but the shard did not yield: one warning naming them
+        (source names), each counted (in ``pending``, reported with the next item)."""
+        labels = [f"{shard}:{key}" for key, _ in missing]
+        pending.extend(labels)
+        new = [(label, name) for label, (_, name) in zip(labels, missing, strict=True) if label not in self._failed]
+        for label, name in new:
+            self._failed[label] = f"{name}: {reason}"
+        if new:
+            names = ", ".join(f"{label} ({name})" for label, name in new[:10]) + (" ..." if len(new) > 10 else "")
+            message = (f"{type(self).__name__}: skipping {len(new)} records of '{shard}' under '{self.root}': "
+                       f"{reason}; not read: {names}")
+            warnings.warn(message, AudioSkipWarning, stacklevel=3)
+            _log_to_run_files(message)
 
     def _fail(self, name: str, reason: str, pending: list[str]) -> None:
         pending.append(name)

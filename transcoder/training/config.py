@@ -77,6 +77,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "num_workers": 4,
     "prefetch_factor": 2,
     "pin_memory": True,
+    "loader_timeout": 600,  # seconds without a batch from the workers before the run stops (null: wait forever)
     "train": None,  # {target, params}
     "val": None,  # {target, params} or null
     # {time_masks, time_width, freq_masks, freq_width, fill_value, apply_to: input | input_and_target} or null
@@ -243,6 +244,9 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
         if not _is_int(value) or value < low:
             kind = "a positive integer" if low == 1 else f"an integer >= {low}"
             raise ConfigError(f"{section}.{key}={value!r}: expected {kind}")
+    timeout = config["data"]["loader_timeout"]
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigError(f"data.loader_timeout={timeout!r}: expected null or a positive number of seconds")
     for section, key in (("data", "val_batch_size"), ("training", "val_max_batches")):
         value = config[section][key]
         if value is not None and (not _is_int(value) or value < 1):

@@ -12,6 +12,11 @@ the iterator's own shutdown into a no-op, and ``multiprocessing``'s exit hook SI
 workers and joins them; a worker that ignores SIGTERM never exits and the job hangs forever.
 Workers also ask Linux to SIGKILL them when their parent dies (``PR_SET_PDEATHSIG``), so a main
 process killed outright (SIGKILL, OOM killer) leaves no worker behind either.
+
+Stalls: a live worker can block forever without failing (e.g. writing a batch into a full ``/dev/shm``, or
+reading from a hung network file system); torch only notices workers that die. With ``timeout`` set
+(``data.loader_timeout``), a batch that does not arrive in time raises :class:`LoaderStalledError` naming
+the likely causes and the free space in ``/dev/shm``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import atexit
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -29,6 +35,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from transcoder.data import collate_audio
 
@@ -38,31 +45,62 @@ _REGISTRY_LOCK = threading.Lock()
 _PR_SET_PDEATHSIG = 1
 
 
+class LoaderStalledError(TimeoutError):
+    """No batch arrived from the loader workers within ``data.loader_timeout`` seconds."""
+
+
+def _stall_message(workers: int, timeout: float) -> str:
+    try:
+        shm = f"{shutil.disk_usage('/dev/shm').free / 2**20:.0f} MiB free in /dev/shm"
+    except OSError:
+        shm = "no /dev/shm"
+    return (f"no batch from the {workers} data loader worker(s) in {timeout:g} s (data.loader_timeout; {shm}): "
+            "a worker is stalled. Likely causes: a full /dev/shm (workers hand batches over in shared memory: "
+            "give it more, e.g. docker run --shm-size=8g, or set data.num_workers=0), a hung network file "
+            "system, or storage slower than the timeout (raise data.loader_timeout)")
+
+
+class _WatchedIterator(_MultiProcessingDataLoaderIter):
+    """torch's multi-process iterator, whose timeout raises :class:`LoaderStalledError`."""
+
+    def _get_data(self) -> Any:
+        try:
+            return super()._get_data()
+        except RuntimeError as err:
+            if self._timeout > 0 and "timed out" in str(err):
+                raise LoaderStalledError(_stall_message(self._num_workers, self._timeout)) from None
+            raise
+
+
 class _TrackedDataLoader(DataLoader):
     """A DataLoader whose multi-process iterators are registered for :func:`shutdown_loaders`."""
 
     def _get_iterator(self) -> Any:
-        iterator = super()._get_iterator()
-        if self.num_workers > 0:
-            with _REGISTRY_LOCK:
-                _LIVE_ITERATORS.add(iterator)
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        self.check_worker_number_rationality()
+        iterator = _WatchedIterator(self)
+        with _REGISTRY_LOCK:
+            _LIVE_ITERATORS.add(iterator)
         return iterator
 
 
 def build_loader(dataset: Any, sampler: Any, batch_size: int, *, workers: int, device: torch.device, seed: int,
-                 persistent: bool, pin_memory: bool = True, prefetch_factor: int = 2) -> DataLoader:
+                 persistent: bool, pin_memory: bool = True, prefetch_factor: int = 2,
+                 timeout: float | None = None) -> DataLoader:
     """Batches of ``collate_audio`` dicts (``audio`` (B, S)) drawn in ``sampler`` order.
 
     The loader has its own generator, so creating an iterator never advances the global RNG (exact
     resume), and its workers run single-threaded, ignore SIGTERM/SIGINT and die with their parent
-    (see :func:`worker_init`); :func:`shutdown_loaders` stops them on any exit path.
+    (see :func:`worker_init`); :func:`shutdown_loaders` stops them on any exit path. ``timeout``
+    (seconds, with workers): a batch that takes longer raises :class:`LoaderStalledError`.
     """
     return _TrackedDataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_audio,
         pin_memory=pin_memory and device.type == "cuda", drop_last=False,
         persistent_workers=persistent and workers > 0, prefetch_factor=prefetch_factor if workers else None,
         worker_init_fn=functools.partial(worker_init, parent_pid=os.getpid()),
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), timeout=float(timeout) if timeout and workers else 0.0,
     )
 
 

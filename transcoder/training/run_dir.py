@@ -17,7 +17,7 @@ from transcoder.utils.checkpoint import CheckpointError, load_checkpoint
 MONITORING_KEYS = {
     "training": {"log_every", "val_every", "val_max_batches", "ckpt_every", "latest_every", "image_every",
                  "num_images", "max_nonfinite_steps"},
-    "data": {"num_workers", "prefetch_factor", "pin_memory", "val_batch_size"},
+    "data": {"num_workers", "prefetch_factor", "pin_memory", "val_batch_size", "loader_timeout"},
 }
 
 

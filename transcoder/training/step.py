@@ -77,9 +77,25 @@ class TrainPart:
                 "scaler": self.scaler.state_dict(), "updates": self.updates,
                 "ema_updates": self.ema.updates if self.ema is not None else None}
 
-    def load_training_state(self, state: dict[str, Any]) -> None:
+    def load_training_state(self, state: dict[str, Any], keep_configured: bool = False) -> None:
+        """Restore :meth:`training_state`. ``keep_configured`` (a resume with another config): keep the
+        hyperparameters this part was built with (each param group's lr, weight decay, betas, eps, ...) and
+        the schedule's base lrs, and set the lr the schedule gives at the restored update count; the Adam
+        moments, the update count and the loss scale still come from the checkpoint."""
+        configured = [{key: value for key, value in group.items() if key != "params"}
+                      for group in self.optimizer.param_groups]
+        configured_base_lrs = list(self.scheduler.base_lrs)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if keep_configured:
+            for group, settings in zip(self.optimizer.param_groups, configured, strict=True):
+                group.update(settings)
+            self.scheduler.base_lrs = configured_base_lrs
+            step = self.scheduler.last_epoch
+            for group, base_lr, factor in zip(self.optimizer.param_groups, configured_base_lrs,
+                                              self.scheduler.lr_lambdas, strict=True):
+                group["lr"] = base_lr * factor(step)
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.scaler.load_state_dict(state["scaler"])
         self.updates = int(state["updates"])
         if self.ema is not None:

@@ -132,6 +132,12 @@ class Trainer:
                          str(self.precision).replace("torch.", ""), env.world_size, self.train_files["count"],
                          f", resumed from {self.resumed_from} at step {self.state.step}"
                          if self.resumed_from else "")
+        for split, dataset in (("train", self.train_dataset), ("val", self.val_dataset)):
+            left_out = getattr(dataset, "skip_reasons", None) or {}  # listing problems (nothing is read yet)
+            if left_out and env.is_main:
+                self.logger.warning("data.%s: %d entries skipped while listing: %s", split, len(left_out),
+                                    "; ".join(f"{path}: {reason}" for path, reason in list(left_out.items())[:5])
+                                    + (" ..." if len(left_out) > 5 else ""))
 
     # -- construction ----------------------------------------------------------------------
     @property
@@ -154,7 +160,11 @@ class Trainer:
             return build_dataset(self.data_cfg[split], sample_rate=self.mel_config.sample_rate,
                                  clip_samples=self.mel_config.clip_samples, mode=mode)
         except (ValueError, TypeError, OSError) as err:
-            raise type(err)(f"data.{split}: {err}") from None
+            try:
+                renamed = type(err)(f"data.{split}: {err}")
+            except TypeError:  # e.g. UnicodeError subclasses take five arguments
+                renamed = ValueError(f"data.{split}: {type(err).__name__}: {err}")
+            raise renamed from None
 
     def _wrap_parts(self) -> None:
         """DDP (and ``torch.compile``) views for training forwards; checkpoints keep the plain modules."""
@@ -171,7 +181,8 @@ class Trainer:
         return build_loader(dataset, sampler, batch_size, workers=int(self.data_cfg["num_workers"]),
                             device=self.device, seed=int(self.train_cfg["seed"]), persistent=train,
                             pin_memory=bool(self.data_cfg["pin_memory"]),
-                            prefetch_factor=int(self.data_cfg["prefetch_factor"]))
+                            prefetch_factor=int(self.data_cfg["prefetch_factor"]),
+                            timeout=self.data_cfg["loader_timeout"])
 
     def _check_same_files_on_every_rank(self) -> dict[str, Any]:
         """Count and hash of the training file list; every rank must list the same files in the same
@@ -243,6 +254,11 @@ class Trainer:
             raise ConfigError(f"the config differs from the one {path} was trained with ({'; '.join(changed)}); "
                               "resume with the same config, pass --allow-config-change to resume anyway, or "
                               "use a new --output-dir")
+        if changed:
+            self.logger.warning("resuming from %s with a changed config (%s): the new settings apply from the "
+                                "first resumed update", path, "; ".join(changed))
+        if self.clock is not None:  # before the parts: a `budget` schedule reads it
+            self.clock.seconds = float(checkpoint.get("budget_clock_seconds") or 0.0)
         for name, part in self.parts.items():
             if name not in checkpoint["models"]:
                 raise CheckpointError(f"{path} holds no weights for part {name!r} "
@@ -253,11 +269,10 @@ class Trainer:
                     raise ConfigError(f"training.ema_decay is set but checkpoint {path} has no EMA weights "
                                       f"for {name!r}")
                 load_weights_strict(part.ema.module, checkpoint["ema"][name], f"checkpoint {path}, EMA of {name!r}")
-            part.load_training_state(checkpoint["optim"][name])
+            # After a config change the new optimizer settings and schedule apply from the first resumed update.
+            part.load_training_state(checkpoint["optim"][name], keep_configured=bool(changed))
         self.step_state.counters = TrainState.from_dict(checkpoint["state"])
         self._restore_stream(checkpoint)
-        if self.clock is not None:
-            self.clock.seconds = float(checkpoint.get("budget_clock_seconds") or 0.0)
         self._resumed_train_files = checkpoint.get("train_files")
         if checkpoint.get("world_size") == self.env.world_size:
             restore_rng_state(checkpoint["rng"][self.env.rank])
@@ -266,6 +281,18 @@ class Trainer:
                           f"{self.env.world_size}: RNG streams restart from the seed (resume is not bitwise exact)",
                           stacklevel=2)
         self.resumed_from = path
+        self._restore_numbered_checkpoint(path, checkpoint)
+
+    def _restore_numbered_checkpoint(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """A kill between writing ``latest.pt`` and ``step_N.pt`` of one save leaves no ``step_N.pt``: write it
+        from the checkpoint resumed from (the same content), so a resumed run keeps every numbered checkpoint."""
+        step, every = self.state.step, int(self.train_cfg["ckpt_every"])
+        numbered = self.ckpt_dir / f"step_{step:07d}.pt"
+        if (self.env.is_main and step > 0 and step % every == 0 and path.resolve().parent == self.ckpt_dir.resolve()
+                and not numbered.exists()):
+            save_atomic(checkpoint, numbered)
+            self.logger.warning("%s was missing (a save interrupted after %s): written from it", numbered.name,
+                                path.name)
 
     # -- streaming training data: an IterableDataset with state_dict()/load_state_dict() -----
     # It replaces ResumableTrainSampler: it splits the data over ranks and workers itself, sees each
