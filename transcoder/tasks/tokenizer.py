@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,7 @@ class TokenizerTask(Task):
     optimizer_sections = {"model": "optimizer"}
     ema_parts = ("model",)
     best_metric = "val/l1"
+    cpu_config = "configs/tokenizer/audio_simple_cpu_b18.yaml"
 
     @classmethod
     def resolve_config(cls, config: dict[str, Any]) -> None:
@@ -115,6 +117,15 @@ class TokenizerTask(Task):
         state.optimize("model", loss)
         self._entropy_terms(info, terms)
         return terms, {"indices": info["indices"]}
+
+    def memory_probe(self, state: StepState) -> Callable[[int], None]:
+        model = state.parts["model"].model
+        def probe(clips: int) -> None:
+            audio = 0.1 * torch.randn(clips, self.mel_config.clip_samples)
+            model_input, _ = self.model_input(audio, augment=False)
+            with state.autocast():
+                model(model_input)
+        return probe
 
     @staticmethod
     def _entropy_terms(info: dict[str, Any], terms: dict[str, Tensor]) -> None:

@@ -24,6 +24,7 @@ that never occur at inference).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +121,7 @@ class VocoderTask(Task):
     optimizer_sections = {"model": "optimizer", "discriminator": "disc_optimizer"}
     ema_parts = ("model",)
     best_metric = "val/mel_l1"
+    cpu_config = "configs/vocoder/vocoder_mid_corpus_cpu.yaml"
     extra_keys = {"tokenizer_checkpoint": None}
 
     @classmethod
@@ -170,6 +172,17 @@ class VocoderTask(Task):
         windows = mel.reshape(batch * (frames // self.tokenizer_window), self.tokenizer_window, bins)
         recon = self.tokenizer(windows)[0].float()
         return recon.reshape(batch, frames, bins)
+
+    def memory_probe(self, state: StepState) -> Callable[[int], None]:
+        generator, disc = state.parts["model"].model, state.parts["discriminator"].model
+        def probe(clips: int) -> None:
+            real = 0.1 * torch.randn(clips, self.mel_config.clip_samples, device=self.device)
+            with torch.no_grad():
+                mel = self.model_input(real)
+            with state.autocast():
+                fake = generator(mel).float()
+                disc(torch.cat([real, fake]))
+        return probe
 
     def step(self, state: StepState, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
         generator, disc = state.parts["model"], state.parts["discriminator"]

@@ -50,6 +50,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "sync_batchnorm": False,  # SyncBatchNorm for the conv module under DDP
     "max_nonfinite_steps": 10,  # abort after this many non-finite losses in a row
     "deterministic": False,  # torch.use_deterministic_algorithms (slower on GPU)
+    "skip_resource_check": False,  # start even when the start-up check finds the run cannot fit in memory
     "vocoder": None,  # a vocoder checkpoint (scripts/train_vocoder.py) for TensorBoard audio; None: Griffin-Lim
     # Start a fresh run (never a resumed one) with some modules' weights from another run's checkpoint, e.g.
     # {path: runs/mae/checkpoints/latest.pt, modules: [encoder], use_ema: false, freeze_steps: 0}; see
@@ -230,7 +231,8 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
     if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"training.seed={seed!r}: expected an integer in [0, {MAX_SEED}]")
     for section, key in (("data", "pin_memory"), ("training", "compile"), ("training", "sync_batchnorm"),
-                         ("training", "deterministic"), ("training", "ema_warmup")):
+                         ("training", "deterministic"), ("training", "ema_warmup"),
+                         ("training", "skip_resource_check")):
         value = config[section][key]
         if not isinstance(value, bool):
             raise ConfigError(f"{section}.{key}={value!r}: expected true or false")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import warnings
@@ -23,6 +24,12 @@ from transcoder.training.init_from import frozen_parameters, load_modules
 from transcoder.training.loader import ObservedIterator, build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
 from transcoder.training.optim import BudgetClock
+from transcoder.training.resources import (
+    available_host_memory,
+    check_resources,
+    estimate_memory,
+    gpu_free_memory,
+)
 from transcoder.training.run_dir import RunLock, config_differences, load_resumable, remove_stale_temporaries
 from transcoder.training.sampler import ResumableTrainSampler
 from transcoder.training.state import (
@@ -101,11 +108,15 @@ class Trainer:
         self.val_dataset = self._build_dataset("val", mode="eval") if self.data_cfg["val"] else None
         if resume is not None and not Path(resume).is_file():
             raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
+        # Before the run folder too: a run that cannot fit in memory leaves nothing behind.
+        resource_warning = None if self.train_cfg["skip_resource_check"] else self._check_resources()
         self._lock = RunLock(self.output_dir) if env.is_main else None
         if env.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.logger = setup_text_logger(self.output_dir, env.is_main)
+        if resource_warning and env.is_main:
+            self.logger.warning("%s", resource_warning)
         if env.is_main:
             for path in remove_stale_temporaries(self.ckpt_dir):
                 self.logger.warning("removed %s, left by a save that was interrupted", path)
@@ -155,6 +166,21 @@ class Trainer:
                                  clip_samples=self.mel_config.clip_samples, mode=mode)
         except (ValueError, TypeError, OSError) as err:
             raise type(err)(f"data.{split}: {err}") from None
+
+    def _check_resources(self) -> str | None:
+        """The start-up memory and speed check (:mod:`transcoder.training.resources`): raises
+        :class:`ResourceError` when the run cannot fit, returns a warning when it will be very slow."""
+        estimate = estimate_memory(
+            [part.model for part in self.parts.values()],
+            ema_parts=sum(part.ema is not None for part in self.parts.values()),
+            probe=self.task.memory_probe(self.step_state), batch_size=int(self.data_cfg["batch_size"]),
+            clip_samples=self.mel_config.clip_samples, num_workers=int(self.data_cfg["num_workers"]),
+            prefetch_factor=int(self.data_cfg["prefetch_factor"]))
+        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ranks sharing this host's memory
+        host_free = available_host_memory()
+        return check_resources(estimate, self.device, int(self.train_cfg["max_steps"]), self.task.cpu_config,
+                               host_free // processes_here if host_free is not None else None,
+                               gpu_free_memory(self.device))
 
     def _wrap_parts(self) -> None:
         """DDP (and ``torch.compile``) views for training forwards; checkpoints keep the plain modules."""
