@@ -17,6 +17,7 @@ from transcoder.data import SpecAugment
 from transcoder.tasks.base import Task, evaluating
 from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import CheckpointError
+from transcoder.utils.numbers import format_value
 from transcoder.utils.targets import ConfigError, instantiate
 
 if TYPE_CHECKING:
@@ -135,15 +136,26 @@ class TokenizerTask(Task):
             terms["entropy/codebook_bits"] = info["codebook_entropy"].detach() / math.log(2)
 
     def log_scalars(self, state: StepState, info: dict[str, Any]) -> dict[str, float]:
+        """The real use of the codes in the last batch: distinct codes, their share of the possible ones and
+        the entropy (bits) of their empirical distribution (what validation's ``code_entropy_bits`` measures)."""
         indices = info["indices"]
-        distinct = int(torch.unique(indices).numel())
+        _, counts = torch.unique(indices, return_counts=True)
+        distinct = int(counts.numel())
         possible = min(2 ** state.parts["model"].model.embed_dim, indices.numel())
-        return {"codebook/batch_distinct_codes": distinct, "codebook/batch_code_usage": distinct / possible}
+        share = counts.double() / counts.sum()
+        entropy = float(-(share * share.log2()).sum())
+        return {"codebook/batch_distinct_codes": distinct, "codebook/batch_code_usage": distinct / possible,
+                "codebook/batch_code_entropy_bits": entropy}
 
     def log_line(self, values: dict[str, float]) -> str:
+        """Losses; the real codes of the batch (distinct, entropy in bits); the quantizer's soft codebook
+        entropy (the differentiable estimate the entropy loss maximises, not the codes' entropy)."""
         line = f"loss {values['loss/total']:.4f} (l1 {values['loss/l1']:.4f}, quant {values['loss/quantizer']:.4f})"
+        if "codebook/batch_distinct_codes" in values:
+            line += (f" | batch codes: {format_value(values['codebook/batch_distinct_codes'])} distinct, entropy "
+                     f"{values['codebook/batch_code_entropy_bits']:.2f} bits")
         if "entropy/codebook_bits" in values:
-            line += f" | cb entropy {values['entropy/codebook_bits']:.2f} bits"
+            line += f" | soft cb entropy (estimate) {values['entropy/codebook_bits']:.2f} bits"
         return line
 
     @torch.no_grad()

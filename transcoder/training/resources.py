@@ -17,7 +17,6 @@ the check (and the probe forward).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
