@@ -226,7 +226,8 @@ class VocoderTask(Task):
         multi-period (MPD) and multi-resolution (MRD) discriminators, and the discriminators' own loss."""
         return (f"loss {values['loss/total']:.4f} (mel {values['loss/mel']:.4f} | adversarial MPD "
                 f"{values['loss/gen_mpd']:.3f}, MRD {values['loss/gen_mrd']:.3f} | feature matching MPD "
-                f"{values['loss/fm_mpd']:.3f}, MRD {values['loss/fm_mrd']:.3f} | discriminators {values['loss/disc']:.3f})")
+                f"{values['loss/fm_mpd']:.3f}, MRD {values['loss/fm_mrd']:.3f} | discriminators "
+                f"{values['loss/disc']:.3f})")
 
     @torch.no_grad()
     def validate(self, state: StepState, loader: DataLoader, max_batches: int | None) -> dict[str, float]:
