@@ -37,7 +37,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     "log_every": 50,
-    "val_every": 2000,
+    "val_every": 2000,  # 0: never validate (as image_every: 0 never logs media)
     "val_max_batches": None,  # None: the whole validation split
     "ckpt_every": 5000,  # a numbered checkpoint besides `latest`
     "latest_every": 500,  # refresh `latest` for crash recovery
@@ -214,7 +214,7 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
     _coerce_floats(config, optimizer_sections)
     positive = [("data", "batch_size"), ("data", "num_workers", 0), ("data", "prefetch_factor"),
                 ("training", "max_steps"),
-                ("training", "log_every"), ("training", "val_every"), ("training", "ckpt_every"),
+                ("training", "log_every"), ("training", "val_every", 0), ("training", "ckpt_every"),
                 ("training", "latest_every"), ("training", "max_nonfinite_steps"), ("training", "image_every", 0),
                 ("training", "num_images", 0), *((name, "warmup_steps", 0) for name in optimizer_sections)]
     for section, key, *minimum in positive:

@@ -423,7 +423,7 @@ class Trainer:
                 monitor.progress(1)
             if cfg["image_every"] and step % int(cfg["image_every"]) == 0 and self.env.is_main:
                 self._log_media(monitor, batch, step)
-            if self.val_dataset is not None and step % int(cfg["val_every"]) == 0:
+            if self.val_dataset is not None and cfg["val_every"] and step % int(cfg["val_every"]) == 0:
                 self._validate_and_keep_best(monitor)
             if step % int(cfg["ckpt_every"]) == 0:
                 self.save("latest", f"step_{step:07d}")
@@ -437,7 +437,7 @@ class Trainer:
                 raise SystemExit(128 + signum)
         budget_spent = self.clock is not None and self.clock.spent
         finished = self.state.step >= max_steps or budget_spent
-        if finished and self.val_dataset is not None and self.state.step % int(cfg["val_every"]):
+        if finished and self.val_dataset is not None and cfg["val_every"] and self.state.step % int(cfg["val_every"]):
             self._validate_and_keep_best(monitor)
         if self._last_saved_step != self.state.step:
             self.save("latest")
