@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import operator
 import os
 import warnings
+import zlib
 from typing import Any
 
 import numpy as np
@@ -73,6 +75,32 @@ def _log_to_run_files(message: str) -> None:
     for handler in handlers:
         if record.levelno >= handler.level:
             handler.handle(record)
+
+
+class _ReportedOnce:
+    """Which failed files were already reported, by this process or any DataLoader worker forked from it.
+
+    A bitset in anonymous shared memory (inherited by ``fork``): the workers of a loader, and the fresh
+    workers of every validation pass, each meet a bad file, but it is printed (and logged) once. Keys hash
+    to one bit; a collision (about one in 10^6 per pair of bad files) hides a second warning, never a count.
+    """
+
+    BITS = 1 << 23
+
+    def __init__(self) -> None:
+        self._bits = mmap.mmap(-1, self.BITS // 8)
+
+    def first(self, key: str) -> bool:
+        """Mark ``key``; ``True`` when no process of the tree had marked it before."""
+        byte, bit = divmod(zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.BITS, 8)
+        old = self._bits[byte]
+        if old & (1 << bit):
+            return False
+        self._bits[byte] = old | (1 << bit)
+        return True
+
+
+_REPORTED = _ReportedOnce()
 
 
 class AudioClipDataset(Dataset):
@@ -122,6 +150,7 @@ class AudioClipDataset(Dataset):
         self.mode = mode
         self.max_fallback = max_fallback
         self._failed: dict[str, str] = {}  # every failure in this process (first reason), for reporting
+        self._report_token = os.urandom(8).hex()  # this dataset's failures are reported once across workers
         self._unopenable: dict[str, str] = {}  # header failures: never retried
         self._dir_stamps: dict[str, int] = {}  # filled by _scan: {path: st_mtime_ns} of what it walked
         self._window_ends: np.ndarray | None = None  # eval: cumulative window count per file
@@ -256,6 +285,8 @@ class AudioClipDataset(Dataset):
     def _record_failure(self, path: str, reason: str) -> None:
         if path not in self._failed:
             self._failed[path] = reason
+            if not _REPORTED.first(f"{getattr(self, '_report_token', '')}:{path}"):
+                return  # another loader worker (or an earlier validation pass) of this dataset reported it
             message = f"{type(self).__name__}: skipping '{path}': {reason}"
             warnings.warn(message, AudioSkipWarning, stacklevel=3)
             _log_to_run_files(message)
