@@ -309,3 +309,25 @@ def test_one_ctrl_c_finishes_the_step_and_saves(tmp_path: Path) -> None:
     assert "received SIGINT: saved checkpoints/latest.pt at step 3, exiting; resume with: python" in output
     assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 3
 
+
+
+# -- evaluation examples ---------------------------------------------------------------------------
+def test_examples_are_spread_over_files_and_named_with_their_folders(tmp_path: Path) -> None:
+    from transcoder.evaluation.evaluate import example_name, example_windows
+
+    class Windows:  # 4 speakers of 3 files x 5 windows, sorted as a folder listing is
+        def eval_window_ends(self) -> np.ndarray:
+            return np.arange(1, 13) * 5
+
+    chosen = example_windows(Windows(), 4, 60)
+    files = sorted(index // 5 for index in chosen)
+    speakers = {f // 3 for f in files}
+    assert len(chosen) == 4 and len(set(files)) == 4 and speakers == {0, 1, 2, 3}  # not the first windows
+    assert chosen == example_windows(Windows(), 4, 60)  # deterministic
+    assert max(example_windows(Windows(), 4, 12)) < 12  # only evaluated windows
+    assert len(example_windows(Windows(), 20, 60)) == 20  # more examples than files: still 20
+    assert example_windows(object(), 3, 9) == {1, 4, 7}  # no per-file counts: evenly spaced
+    root = tmp_path / "corpus"
+    a, b = example_name(str(root / "spk1" / "utt.flac"), str(root)), example_name(str(root / "spk2" / "utt.flac"),
+                                                                                    str(root))
+    assert a == "spk1__utt" and b == "spk2__utt"

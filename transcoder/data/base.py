@@ -347,6 +347,11 @@ class AudioClipDataset(Dataset):
                 "file_index": file_index, "num_valid": 0, "offset": (window or 0) * self.clip_samples,
                 "skipped": [failed_path]}
 
+    def eval_window_ends(self) -> np.ndarray:
+        """Eval mode: the cumulative number of windows per file (file ``i`` owns items
+        ``[ends[i - 1], ends[i])``; an unreadable file owns none)."""
+        return self._eval_windows()
+
     def _eval_windows(self) -> np.ndarray:
         """Cumulative window counts per file (eval mode), from one header read per file."""
         if self._window_ends is None:
