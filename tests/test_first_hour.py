@@ -28,6 +28,7 @@ from transcoder.training.resources import (
     estimate_memory,
     measure_forward,
 )
+from transcoder.training.signals import SAME_REQUEST_SECONDS
 from transcoder.utils.numbers import format_value
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,6 +278,9 @@ def test_second_ctrl_c_aborts_a_long_step_and_keeps_the_checkpoint(tmp_path: Pat
         time.sleep(0.5)  # inside step 3
         process.send_signal(signal.SIGINT)
         _wait_for(log, "stopping after this step (step 3)", process, timeout=10)  # answered at once
+        process.send_signal(signal.SIGINT)  # within SAME_REQUEST_SECONDS: the same request, ignored
+        time.sleep(SAME_REQUEST_SECONDS + 0.5)
+        assert process.poll() is None
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=20)  # aborted promptly, not after the 10-minute step
     finally:

@@ -4,7 +4,8 @@ Python runs a signal handler only when the main thread returns to the interprete
 as a step (minutes on an overloaded CPU). So the signal number is also written to a socket
 (:func:`signal.set_wakeup_fd`, done by the C-level handler at once) that a watcher thread reads: it answers
 the first signal immediately on the console ("stopping after this step ...") and sets the stop flag the
-training loop checks at the end of the step; on the second it prints what is kept and how to resume, and
+training loop checks at the end of the step; on a second one (at least :data:`SAME_REQUEST_SECONDS`
+later) it prints what is kept and how to resume, and
 ends the process with ``os._exit(128 + signal)``. A checkpoint being written at that moment is a temporary
 file (renamed only when complete), so the last complete checkpoint is never damaged; the temporary is
 removed at the next start. Loader workers die with the process (``PR_SET_PDEATHSIG``).
@@ -17,12 +18,16 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "StopSignals"]
+__all__ = ["SAME_REQUEST_SECONDS", "STOP_SIGNALS", "StopSignals", "signal_name"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: A signal this soon after the first is the same request (a scheduler or terminal signals the whole process
+#: group and torchrun forwards it to its ranks as well), not a second Ctrl-C.
+SAME_REQUEST_SECONDS = 2.0
 
 
 def signal_name(signum: int) -> str:
@@ -54,6 +59,7 @@ class StopSignals:
         self._previous_fd: int | None = None
         self._sockets: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
+        self._first_at: float | None = None
 
     def install(self) -> None:
         reader, writer = socket.socketpair()
@@ -97,8 +103,12 @@ class StopSignals:
                     self._on_signal(signum)
 
     def _on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        if self._first_at is not None and now - self._first_at < SAME_REQUEST_SECONDS:
+            return  # the same request reaching us twice (a process group signal that torchrun also forwards)
         self.received.append(signum)
-        if len(self.received) == 1:
+        if self._first_at is None:
+            self._first_at = now
             self.request_stop(signum)
             self.say(self.acknowledge(signum))
             return
