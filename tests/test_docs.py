@@ -275,9 +275,12 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def provide_own_audio(code: str, root: Path) -> None:
-    """Fill ``my_audio/{train,val}`` (:data:`OWN_AUDIO`) with the bundled audio when a block uses it."""
+    """Fill ``my_audio/{train,val}`` (:data:`OWN_AUDIO`) with the bundled audio when a block uses it, by name
+    or through a config that reads it."""
+    configs = [root / name for name in re.findall(r"configs/[\w./-]+\.yaml", code) if (root / name).is_file()]
     for folder, source in OWN_AUDIO.items():
-        if folder not in code or (root / folder).exists():
+        used = folder in code or any(folder in config.read_text(encoding="utf-8") for config in configs)
+        if not used or (root / folder).exists():
             continue
         for split in ("train", "val"):
             shutil.copytree(root / source, root / folder / split, ignore=shutil.ignore_patterns("*.md"))
