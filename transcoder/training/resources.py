@@ -34,8 +34,8 @@ __all__ = ["HEADROOM", "MemoryEstimate", "ResourceError", "SLOW_STEP_SECONDS", "
 
 #: The estimate must stay below this share of the free memory (room for what it does not count).
 HEADROOM = 0.85
-#: Resident memory of one DataLoader worker besides its batches: a forked interpreter with torch imported
-#: and the pages of the dataset it touches (the order of magnitude measured with ``ps`` on a 2-core CPU).
+#: Resident memory assumed for one DataLoader worker besides its batches: a forked interpreter with torch
+#: imported and the pages of the dataset it touches (an allowance, not a measurement of this machine).
 WORKER_BYTES = 300 * 2**20
 #: On a CPU, an estimated step longer than this is "very slow" (over 8 hours per thousand steps): warn.
 SLOW_STEP_SECONDS = 30.0
