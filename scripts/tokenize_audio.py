@@ -270,7 +270,8 @@ def decode(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size,
                                vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder)
     if manifest is not None:
-        other = check_manifest_model(manifest, tokenizer.codes_spec, manifest_path, tokenizer.checkpoint_sha256)
+        other = check_manifest_model(manifest, tokenizer.codes_spec, manifest_path, tokenizer.checkpoint_sha256,
+                                     args.checkpoint)
         if other and not args.force:
             raise ValueError(other + " (pass --force to decode anyway)")
         if other:

@@ -23,6 +23,9 @@ The one change made to a documented command: every training command (``scripts/m
 and ``scripts/train_vocoder.py``, :data:`TRAIN_SCRIPTS`) gets ``training.max_steps=20``
 (:data:`TRAIN_OVERRIDES`) appended, so the demos train 20 steps instead of hundreds. The same override
 everywhere, so a second run of the same command resumes instead of being refused as a changed config.
+A command training a GPU-sized config (:data:`GPU_CONFIG_OVERRIDES`) also gets a tiny model and batch
+appended, so its config, flags and data path run on the CPU in seconds. Blocks that train on
+``my_audio/`` (the own-audio step) find it filled with the bundled utterances (:data:`OWN_AUDIO`).
 A file whose runnable blocks use the checkpoints of a demo (:data:`DEMOS`: the tokenizer demo
 ``outputs/demo/``, the vocoder demo ``outputs/vocoder_demo/``, the streaming demo ``outputs/demo_stream/``)
 gets that demo trained first (same command, same override) when neither an earlier block of the file
@@ -66,6 +69,14 @@ DEMOS = {
         f"python {TRAIN_SCRIPT} configs/tokenizer/audio_demo_streaming_librivox_mini.yaml "
         "--output-dir outputs/demo_stream",
 }
+# GPU-sized configs a documented command trains -> what the test appends after TRAIN_OVERRIDES to run it on a CPU
+GPU_CONFIG_OVERRIDES = {
+    "configs/tokenizer/audio_simple_bsq_b18.yaml":
+        "model.params.audioconfig.width=64 model.params.audioconfig.layers=1 model.params.audioconfig.heads=2 "
+        "data.target_length=256 data.batch_size=2 data.num_workers=0",
+}
+# the folder of the own-audio step -> the bundled audio copied into its train/ and val/ for the test
+OWN_AUDIO = {"my_audio/": "data/librivox-mini"}
 SHELL = {"bash", "sh", "shell"}
 MARKER = re.compile(r"<!--\s*doc-test:\s*(?P<kind>[\w-]+)\s*(?P<rest>.*?)\s*-->")
 MARKER_KINDS = {"skip", "parse-only"}
@@ -364,6 +375,7 @@ def shortened(code: str) -> str:
         if any(script in line for script in TRAIN_SCRIPTS) and not line.lstrip().startswith("#") \
                 and "--help" not in line:
             line = f"{line.rstrip()} {TRAIN_OVERRIDES}"
+            line += "".join(f" {extra}" for config, extra in GPU_CONFIG_OVERRIDES.items() if config in line)
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -395,7 +407,20 @@ def _env(root: Path) -> dict[str, str]:
     return env
 
 
+def provide_own_audio(code: str, root: Path) -> None:
+    """Fill ``my_audio/{train,val}`` (:data:`OWN_AUDIO`) with the bundled audio when a block uses it, by name
+    or through a config that reads it."""
+    configs = [root / name for name in re.findall(r"configs/[\w./-]+\.yaml", code) if (root / name).is_file()]
+    for folder, source in OWN_AUDIO.items():
+        used = folder in code or any(folder in config.read_text(encoding="utf-8") for config in configs)
+        if not used or (root / folder).exists():
+            continue
+        for split in ("train", "val"):
+            shutil.copytree(root / source, root / folder / split, ignore=shutil.ignore_patterns("*.md"))
+
+
 def run_block(block: Block, root: Path) -> None:
+    provide_own_audio(block.code, root)
     if block.lang in SHELL:
         command = ["bash", "-euo", "pipefail", "-c", shortened(block.code)]
     else:

@@ -241,7 +241,8 @@ def test_decode_refuses_codes_of_another_checkpoint(ckpt: Path, audio_tree: tupl
                               "--quiet"])
     other = _checkpoint(tmp_path / "other.pt", seed=3)
     assert tokenize_script.main(["decode", "-c", str(other), str(codes_dir), str(tmp_path / "o"), "--quiet"]) == 2
-    assert "sha256" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sha256" in err and str(ckpt.resolve()) in err and str(other) in err  # both checkpoints named
     with pytest.warns(UserWarning, match="sha256"):
         assert tokenize_script.main(["decode", "-c", str(other), str(codes_dir), str(tmp_path / "o"), "--quiet",
                                      "--force"]) == 0

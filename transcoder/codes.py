@@ -301,11 +301,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def check_manifest_model(manifest: dict[str, Any], spec: CodesSpec, where: str | Path,
-                         checkpoint_sha256: str | None = None) -> str | None:
+                         checkpoint_sha256: str | None = None, checkpoint_path: str | Path | None = None) -> str | None:
     """Raise :class:`CodesFormatError` if the manifest's model settings differ from ``spec``.
 
     Returns a warning text when the codes were made with another checkpoint file of the same
-    architecture (``checkpoint_sha256`` differs), else ``None``; the caller decides whether to refuse.
+    architecture (``checkpoint_sha256`` differs), naming both checkpoint paths (the manifest's
+    ``checkpoint`` and ``checkpoint_path``), else ``None``; the caller decides whether to refuse.
     """
     checks = {"sample_rate": spec.sample_rate, "bits": spec.bits, "patch_size": list(spec.patch_size),
               "n_mels": spec.n_mels, "hop_length": spec.hop_length}
@@ -315,6 +316,8 @@ def check_manifest_model(manifest: dict[str, Any], spec: CodesSpec, where: str |
                                    f"{value!r}: these codes come from another model")
     sha = manifest.get("checkpoint_sha256")
     if sha and checkpoint_sha256 and sha != checkpoint_sha256:
-        return (f"codes were made with checkpoint sha256 {sha[:12]}..., this checkpoint is "
-                f"{checkpoint_sha256[:12]}...")
+        made_with = manifest.get("checkpoint") or "an unnamed checkpoint"
+        this = f"{checkpoint_path} " if checkpoint_path is not None else ""
+        return (f"the codes in {where} were made with {made_with} (sha256 {sha[:12]}...), not with this "
+                f"checkpoint {this}(sha256 {checkpoint_sha256[:12]}...)")
     return None

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import operator
 import os
 import warnings
+import zlib
 from typing import Any
 
 import numpy as np
@@ -75,6 +77,32 @@ def _log_to_run_files(message: str) -> None:
             handler.handle(record)
 
 
+class _ReportedOnce:
+    """Which failed files were already reported, by this process or any DataLoader worker forked from it.
+
+    A bitset in anonymous shared memory (inherited by ``fork``): the workers of a loader, and the fresh
+    workers of every validation pass, each meet a bad file, but it is printed (and logged) once. Keys hash
+    to one bit; a collision (about one in 10^6 per pair of bad files) hides a second warning, never a count.
+    """
+
+    BITS = 1 << 23
+
+    def __init__(self) -> None:
+        self._bits = mmap.mmap(-1, self.BITS // 8)
+
+    def first(self, key: str) -> bool:
+        """Mark ``key``; ``True`` when no process of the tree had marked it before."""
+        byte, bit = divmod(zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.BITS, 8)
+        old = self._bits[byte]
+        if old & (1 << bit):
+            return False
+        self._bits[byte] = old | (1 << bit)
+        return True
+
+
+_REPORTED = _ReportedOnce()
+
+
 class SkipLedger:
     """The skipped-file ledger of a dataset, in this process: each failed file (or record, or shard) once,
     with its first reason, in order of failure. A new name is announced once, as an
@@ -88,6 +116,8 @@ class SkipLedger:
         """Enter ``name`` (first reason kept) and announce it the first time."""
         if name not in self._failed:
             self._failed[name] = reason
+            if not _REPORTED.first(f"{getattr(self, '_report_token', '')}:{name}"):
+                return  # another loader worker (or an earlier validation pass) of this dataset reported it
             message = f"{type(self).__name__}: skipping '{name}'{self._skip_context()}: {reason}"
             warnings.warn(message, AudioSkipWarning, stacklevel=3)
             _log_to_run_files(message)
@@ -158,6 +188,7 @@ class AudioClipDataset(SkipLedger, Dataset):
         self.mode = mode
         self.max_fallback = max_fallback
         self._failed: dict[str, str] = {}  # every failure in this process (first reason), for reporting
+        self._report_token = os.urandom(8).hex()  # this dataset's failures are reported once across workers
         self._unopenable: dict[str, str] = {}  # header failures: never retried
         self._dir_stamps: dict[str, int] = {}  # filled by _scan: {path: st_mtime_ns} of what it walked
         self._window_ends: np.ndarray | None = None  # eval: cumulative window count per file
@@ -330,6 +361,11 @@ class AudioClipDataset(SkipLedger, Dataset):
         return {"audio": torch.zeros(self.clip_samples, dtype=torch.float32), "path": self.path(file_index),
                 "file_index": file_index, "num_valid": 0, "offset": (window or 0) * self.clip_samples,
                 "skipped": [failed_path]}
+
+    def eval_window_ends(self) -> np.ndarray:
+        """Eval mode: the cumulative number of windows per file (file ``i`` owns items
+        ``[ends[i - 1], ends[i])``; an unreadable file owns none)."""
+        return self._eval_windows()
 
     def _eval_windows(self) -> np.ndarray:
         """Cumulative window counts per file (eval mode), from one header read per file."""

@@ -29,6 +29,7 @@ A window that fails to decode is left out of every metric and count and listed u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -51,7 +52,7 @@ from transcoder.evaluation.reconstruction import ReconstructionMetrics
 from transcoder.utils.config_files import read_config_file
 
 __all__ = ["MeanAccumulator", "dataset_spec", "evaluate_tokenizer", "format_table", "render_pair",
-           "save_examples", "write_metrics_json"]
+           "example_name", "example_windows", "save_examples", "write_metrics_json"]
 
 
 def dataset_spec(checkpoint_config: dict[str, Any], audio_dir: str | None = None, data_config: str | None = None,
@@ -120,6 +121,44 @@ class MeanAccumulator:
         return self.total / self.count if self.count else float("nan")
 
 
+def example_name(path: str, root: str | None) -> str:
+    """A file's name for example outputs: its path under ``root`` with the folders kept (``/`` → ``__``) and
+    the suffix dropped, so files of the same base name in different folders (speakers) stay apart."""
+    relative = Path(path)
+    if root is not None:
+        with contextlib.suppress(ValueError):
+            relative = Path(path).resolve().relative_to(Path(root).resolve())
+    parts = [part for part in relative.with_suffix("").parts if part not in ("/", "..")]
+    return "__".join(parts).replace(" ", "_")
+
+
+def example_windows(dataset: Any, num_audio: int, evaluated: int) -> set[int]:
+    """Dataset indices of the ``num_audio`` windows saved as examples, among the first ``evaluated``:
+    the middle window of files spread evenly over the (sorted) file list, so the examples cover many files
+    (speakers) rather than the first windows of the first file; deterministic. Datasets without a
+    per-file window count (:meth:`transcoder.data.AudioClipDataset.eval_window_ends`) get evenly spaced
+    windows."""
+    if num_audio <= 0 or evaluated <= 0:
+        return set()
+    ends_of = getattr(dataset, "eval_window_ends", None)
+    chosen: list[int] = []
+    if callable(ends_of):
+        ends = [int(end) for end in ends_of()]
+        starts = [0, *ends[:-1]]
+        files = [(start, end) for start, end in zip(starts, ends, strict=True) if start < min(end, evaluated)]
+        count = min(num_audio, len(files))
+        for i in range(count):
+            start, end = files[(2 * i + 1) * len(files) // (2 * count)]
+            chosen.append((start + min(end, evaluated)) // 2 if min(end, evaluated) > start else start)
+    spread = [(2 * i + 1) * evaluated // (2 * num_audio) for i in range(min(num_audio, evaluated))]
+    for index in spread:  # fewer files than examples: fill with evenly spaced windows
+        if len(set(chosen)) >= min(num_audio, evaluated):
+            break
+        if index not in chosen:
+            chosen.append(index)
+    return set(chosen)
+
+
 def save_examples(out_dir: Path, index: int, tok: EvaluatedTokenizer, item: dict[str, Any]) -> None:
     """Spectrogram PNG (input / reconstruction / difference) and three WAVs of one window into ``out_dir``."""
     import matplotlib
@@ -128,7 +167,7 @@ def save_examples(out_dir: Path, index: int, tok: EvaluatedTokenizer, item: dict
     import matplotlib.pyplot as plt
     import soundfile as sf
 
-    name = f"{index:03d}_{Path(item['path']).stem}_{item['offset']}"
+    name = f"{index:03d}_{example_name(item['path'], item.get('root'))}_{item['offset']}"
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True, constrained_layout=True)
     db_min, db_max = tok.mel_config.db_min, tok.mel_config.db_max
     panels = [(item["input_db"], "input (dB)", "magma", db_min, db_max),
@@ -235,6 +274,7 @@ def evaluate_tokenizer(
             if metric_workers > 1 and audio_metrics else None)
     started = time.perf_counter()
     total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    examples = example_windows(dataset, num_audio, min(len(dataset), total_batches * batch_size))
     try:
         for batch_index, batch in enumerate(tqdm(loader, total=total_batches, unit="batch", disable=quiet)):
             if max_batches is not None and batch_index >= max_batches:
@@ -269,7 +309,7 @@ def evaluate_tokenizer(
                 files.add(paths[b])
                 per_clip.append({"index": window_index[b], "path": paths[b], "offset": offsets[b],
                                  "seconds": n_valid / tok.sample_rate, "mse_db": mse, "mae_db": mae, "l1": err_l1})
-            if not (audio_metrics or saved < num_audio):
+            if not (audio_metrics or examples.intersection(window_index)):
                 continue
             with torch.inference_mode():
                 seeds = [seed + i for i in window_index]
@@ -298,9 +338,9 @@ def evaluate_tokenizer(
                             audio[f"{side}_mel_mae_db"].add(mae)
                             clip[_clip_key(side, "mel_mae_db")] = mae
                         jobs.append((r.numpy(), estimate.numpy()))
-                if saved < num_audio and out_dir is not None:
+                if window_index[b] in examples and out_dir is not None:
                     save_examples(out_dir / "examples", saved, tok, {
-                        "path": paths[b], "offset": offsets[b],
+                        "path": paths[b], "offset": offsets[b], "root": getattr(dataset, "root", None),
                         "input_db": input_db[b].cpu().numpy(), "recon_db": recon_db[b].cpu().numpy(),
                         "original": r.numpy(), "gl_input": gl_input[b, :n_valid].numpy(),
                         "gl_reconstruction": gl_recon[b, :n_valid].numpy(),
@@ -391,7 +431,8 @@ def format_table(results: dict[str, Any]) -> str:
         a = results["audio"]
         lines += ["", f"{'audio (Griffin-Lim)':<28}{'reconstruction':>16}{'GL(input) ceiling':>20}"]
         for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI")):
-            lines.append(f"{label:<28}{a['recon'][key]:>16.3f}{a['ceiling'][key]:>20.3f}")
+            lines.append(f"{label:<28}{a['recon'][key]:>16.3f}{a['ceiling'][key]:>20.3f}"
+                         f"{_scored(a['recon'], key, results['windows'])}")
         lines += ["  Griffin-Lim phase is random, so SI-SNR (phase-sensitive) is not meaningful here:",
                   f"{'  SI-SNR (dB, not meaningful)':<28}{a['recon']['si_snr']:>16.3f}{a['ceiling']['si_snr']:>20.3f}",
                   f"{'  mel MAE vs input (dB)':<28}{a['recon']['mel_mae_db']:>16.3f}"
@@ -400,5 +441,12 @@ def format_table(results: dict[str, Any]) -> str:
             lines += ["", f"{'audio (neural vocoder)':<28}{'reconstruction':>16}{'voc(input) ceiling':>20}"]
             for key, label in (("pesq", "  PESQ-WB"), ("stoi", "  STOI"), ("si_snr", "  SI-SNR (dB)"),
                                ("mel_mae_db", "  mel MAE vs input (dB)")):
-                lines.append(f"{label:<28}{a['vocoder_recon'][key]:>16.3f}{a['vocoder_ceiling'][key]:>20.3f}")
+                lines.append(f"{label:<28}{a['vocoder_recon'][key]:>16.3f}{a['vocoder_ceiling'][key]:>20.3f}"
+                             f"{_scored(a['vocoder_recon'], key, results['windows'])}")
     return "\n".join(lines)
+
+
+def _scored(side: dict[str, Any], metric: str, windows: int) -> str:
+    """``  (scored on 14 of 16 windows)`` for PESQ / STOI (they skip silent or too short windows)."""
+    count = side.get(f"{metric}_clips")
+    return f"  (scored on {count:,} of {windows:,} windows)" if count is not None else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,8 @@ class Task(ABC):
     best_metric: str = "val/loss"
     #: Task-specific top-level config keys and their defaults (checked by :meth:`resolve_config`).
     extra_keys: dict[str, Any] = {}
+    #: A shipped config of this task that trains in minutes on a CPU (named by the start-up resource check).
+    cpu_config: str | None = None
 
     @classmethod
     def resolve_config(cls, config: dict[str, Any]) -> None:
@@ -90,6 +92,12 @@ class Task(ABC):
     @abstractmethod
     def validate(self, state: StepState, loader: DataLoader, max_batches: int | None) -> dict[str, float]:
         """Metrics on the validation windows this rank reads, reduced over ranks; keys ``val/*``."""
+
+    def memory_probe(self, state: StepState) -> Callable[[int], None] | None:
+        """A function ``probe(clips)`` running one training forward (no backward, no update) of every trained
+        part on that many random clips, for the start-up resource check to measure what autograd keeps
+        (:mod:`transcoder.training.resources`); ``None``: not measured (activations count as zero)."""
+        return None
 
     def log_scalars(self, state: StepState, info: dict[str, Any]) -> dict[str, float]:
         """Extra scalars for a log line, from the ``info`` of the last step (default: none)."""

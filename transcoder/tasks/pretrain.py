@@ -7,6 +7,7 @@ the encoder with ``training.init_from: {path: <run>/checkpoints/latest.pt, modul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -69,6 +70,14 @@ class MAEPretrainTask(Task):
         """(B, S) waveforms → (B, T, F) log-mel in model space."""
         with torch.no_grad():
             return self.frontend(audio.to(self.device, non_blocking=True))
+
+    def memory_probe(self, state: StepState) -> Callable[[int], None]:
+        model = state.parts["model"].model
+        def probe(clips: int) -> None:
+            mel = self.mel(0.1 * torch.randn(clips, self.mel_config.clip_samples))
+            with state.autocast():
+                model(mel)
+        return probe
 
     def step(self, state: StepState, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
         part = state.parts["model"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from transcoder.models.build import build_model, derive_input_grid
 from transcoder.tasks.base import Task, evaluating
 from transcoder.training.validation import ValidationMetrics
 from transcoder.utils.checkpoint import CheckpointError
+from transcoder.utils.numbers import format_value
 from transcoder.utils.rates import token_rates
 from transcoder.utils.targets import instantiate
 
@@ -57,6 +59,7 @@ class TokenizerTask(Task):
     optimizer_sections = {"model": "optimizer"}
     ema_parts = ("model",)
     best_metric = "val/l1"
+    cpu_config = "configs/tokenizer/audio_simple_cpu_b18.yaml"
 
     @classmethod
     def resolve_config(cls, config: dict[str, Any]) -> None:
@@ -106,6 +109,15 @@ class TokenizerTask(Task):
         self._entropy_terms(info, terms)
         return terms, {"indices": info["indices"]}
 
+    def memory_probe(self, state: StepState) -> Callable[[int], None]:
+        model = state.parts["model"].model
+        def probe(clips: int) -> None:
+            audio = 0.1 * torch.randn(clips, self.mel_config.clip_samples)
+            model_input, _ = self.model_input(audio, augment=False)
+            with state.autocast():
+                model(model_input)
+        return probe
+
     @staticmethod
     def _entropy_terms(info: dict[str, Any], terms: dict[str, Tensor]) -> None:
         """Add the soft entropies (bits) to ``terms`` when the quantizer computed them."""
@@ -114,15 +126,26 @@ class TokenizerTask(Task):
             terms["entropy/codebook_bits"] = info["codebook_entropy"].detach() / math.log(2)
 
     def log_scalars(self, state: StepState, info: dict[str, Any]) -> dict[str, float]:
+        """The real use of the codes in the last batch: distinct codes, their share of the possible ones and
+        the entropy (bits) of their empirical distribution (what validation's ``code_entropy_bits`` measures)."""
         indices = info["indices"]
-        distinct = int(torch.unique(indices).numel())
+        _, counts = torch.unique(indices, return_counts=True)
+        distinct = int(counts.numel())
         possible = min(2 ** state.parts["model"].model.embed_dim, indices.numel())
-        return {"codebook/batch_distinct_codes": distinct, "codebook/batch_code_usage": distinct / possible}
+        share = counts.double() / counts.sum()
+        entropy = float(-(share * share.log2()).sum())
+        return {"codebook/batch_distinct_codes": distinct, "codebook/batch_code_usage": distinct / possible,
+                "codebook/batch_code_entropy_bits": entropy}
 
     def log_line(self, values: dict[str, float]) -> str:
+        """Losses; the real codes of the batch (distinct, entropy in bits); the quantizer's soft codebook
+        entropy (the differentiable estimate the entropy loss maximises, not the codes' entropy)."""
         line = f"loss {values['loss/total']:.4f} (l1 {values['loss/l1']:.4f}, quant {values['loss/quantizer']:.4f})"
+        if "codebook/batch_distinct_codes" in values:
+            line += (f" | batch codes: {format_value(values['codebook/batch_distinct_codes'])} distinct, entropy "
+                     f"{values['codebook/batch_code_entropy_bits']:.2f} bits")
         if "entropy/codebook_bits" in values:
-            line += f" | cb entropy {values['entropy/codebook_bits']:.2f} bits"
+            line += f" | soft cb entropy (estimate) {values['entropy/codebook_bits']:.2f} bits"
         return line
 
     @torch.no_grad()

@@ -24,6 +24,7 @@ that never occur at inference).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,7 @@ class VocoderTask(Task):
     optimizer_sections = {"model": "optimizer", "discriminator": "disc_optimizer"}
     ema_parts = ("model",)
     best_metric = "val/mel_l1"
+    cpu_config = "configs/vocoder/vocoder_mid_corpus_cpu.yaml"
     extra_keys = {"tokenizer_checkpoint": None}
 
     @classmethod
@@ -170,6 +172,17 @@ class VocoderTask(Task):
         recon = self.tokenizer(windows)[0].float()
         return recon.reshape(batch, frames, bins)
 
+    def memory_probe(self, state: StepState) -> Callable[[int], None]:
+        generator, disc = state.parts["model"].model, state.parts["discriminator"].model
+        def probe(clips: int) -> None:
+            real = 0.1 * torch.randn(clips, self.mel_config.clip_samples, device=self.device)
+            with torch.no_grad():
+                mel = self.model_input(real)
+            with state.autocast():
+                fake = generator(mel).float()
+                disc(torch.cat([real, fake]))
+        return probe
+
     def step(self, state: StepState, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
         generator, disc = state.parts["model"], state.parts["discriminator"]
         real = batch["audio"].to(self.device, non_blocking=True)
@@ -208,9 +221,12 @@ class VocoderTask(Task):
         return {"train/adversarial": float(info.get("adversarial", False))}
 
     def log_line(self, values: dict[str, float]) -> str:
-        return (f"loss {values['loss/total']:.4f} (mel {values['loss/mel']:.4f}, gen {values['loss/gen_mpd']:.3f}"
-                f"/{values['loss/gen_mrd']:.3f}, fm {values['loss/fm_mpd']:.3f}/{values['loss/fm_mrd']:.3f}, "
-                f"disc {values['loss/disc']:.3f})")
+        """Generator total and terms: mel L1, adversarial (hinge) and feature-matching losses against the
+        multi-period (MPD) and multi-resolution (MRD) discriminators, and the discriminators' own loss."""
+        return (f"loss {values['loss/total']:.4f} (mel {values['loss/mel']:.4f} | adversarial MPD "
+                f"{values['loss/gen_mpd']:.3f}, MRD {values['loss/gen_mrd']:.3f} | feature matching MPD "
+                f"{values['loss/fm_mpd']:.3f}, MRD {values['loss/fm_mrd']:.3f} | discriminators "
+                f"{values['loss/disc']:.3f})")
 
     @torch.no_grad()
     def validate(self, state: StepState, loader: DataLoader, max_batches: int | None) -> dict[str, float]:
@@ -261,6 +277,14 @@ class VocoderTask(Task):
                              self.frontend.model_to_db(self.frontend(fake)), step)
         monitor.audio("audio/real", real, self.mel_config.sample_rate, step)
         monitor.audio("audio/vocoded", fake, self.mel_config.sample_rate, step)
+
+    def next_commands(self, output_dir: Path, checkpoint: Path) -> list[str]:
+        """How to use the vocoder: render a tokenizer's evaluation and decoded codes with it."""
+        return [f"python scripts/evaluate_audio_tokenizer.py TOKENIZER.pt --vocoder {checkpoint} --output "
+                f"{output_dir / 'eval'}",
+                f"python scripts/tokenize_audio.py decode --checkpoint TOKENIZER.pt CODES_DIR OUT_DIR --vocoder "
+                f"{checkpoint}",
+                "(TOKENIZER.pt: a tokenizer checkpoint trained with the same data mel settings)"]
 
     def describe(self, state: StepState) -> str:
         generator = state.parts["model"].model

@@ -15,7 +15,9 @@ collective after ``$TRANSCODER_DIST_TIMEOUT_S`` seconds (default 1800).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -29,7 +31,8 @@ from transcoder.utils.checkpoint import CheckpointError
 from transcoder.utils.distributed import cleanup_distributed, init_distributed
 from transcoder.utils.targets import ConfigError
 
-__all__ = ["BUILD_ERRORS", "RUN_ERRORS", "one_line", "parse_args", "report", "run"]
+__all__ = ["BUILD_ERRORS", "RUN_ERRORS", "folder_overrides", "one_line", "parse_args", "report", "resume_command",
+           "run"]
 
 #: Raised while building from the config: a bad value, a missing file or folder (exit code 2).
 BUILD_ERRORS = (ConfigError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, RunLockedError)
@@ -57,11 +60,43 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
                         help="load the checkpoint (as when resuming), run validation on every rank, write "
                              "OUTPUT_DIR/validation_step_N.json and exit")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    parser.add_argument("--train-dir", default=None, metavar="DIR",
+                        help="train on the audio files under DIR (any depth): replaces data.train by "
+                             "transcoder.data.AudioFolderDataset(root=DIR)")
+    parser.add_argument("--val-dir", default=None, metavar="DIR",
+                        help="validate on the audio files under DIR: replaces data.val the same way")
     parser.add_argument("overrides", nargs="*", help="config overrides KEY.SUB=VALUE")
     args = parser.parse_intermixed_args(argv)
     if args.output_dir is None and not args.print_config:
         parser.error("the following arguments are required: --output-dir")
     return args
+
+
+def folder_overrides(train_dir: str | None, val_dir: str | None) -> list[str]:
+    """``--train-dir`` / ``--val-dir`` as config overrides: ``data.train`` / ``data.val`` become an
+    ``AudioFolderDataset`` of that folder (target and params replaced, whatever the config's dataset was)."""
+    overrides = []
+    for split, folder in (("train", train_dir), ("val", val_dir)):
+        if folder is not None:
+            spec = {"target": "transcoder.data.AudioFolderDataset", "params": {"root": folder}}
+            overrides.append(f"data.{split}={json.dumps(spec)}")  # JSON is YAML: any path survives quoting
+    return overrides
+
+
+def resume_command(argv: list[str], world_size: int = 1) -> str:
+    """The command that resumes this run: this one without ``--resume CKPT`` (the run folder's newest
+    checkpoint is then taken); under ``torchrun`` the same torchrun command."""
+    if world_size > 1:
+        return "the same torchrun command"
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    return "python " + shlex.join([sys.argv[0], *kept])
 
 
 def one_line(err: BaseException) -> str:
@@ -107,7 +142,7 @@ def run(argv: list[str] | None = None, description: str | None = None, task: str
     """
     args = parse_args(argv, description)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, [*folder_overrides(args.train_dir, args.val_dir), *args.overrides])
         if task is not None and config["task"] != task:
             raise ConfigError(f"{args.config}: task={config['task']!r}, but this script trains task {task!r}")
     except BUILD_ERRORS as err:
@@ -122,6 +157,7 @@ def run(argv: list[str] | None = None, description: str | None = None, task: str
                               allow_config_change=args.allow_config_change)
         except BUILD_ERRORS as err:
             return report(err, 2)
+        trainer.resume_command = resume_command(argv if argv is not None else sys.argv[1:], env.world_size)
         if args.validate_only:
             trainer.validate_to_file()
         else:

@@ -41,7 +41,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     "log_every": 50,
-    "val_every": 2000,
+    "val_every": 2000,  # 0: never validate (as image_every: 0 never logs media)
     "val_max_batches": None,  # None: the whole validation split
     "ckpt_every": 5000,  # a numbered checkpoint besides `latest`
     "latest_every": 500,  # refresh `latest` for crash recovery
@@ -54,6 +54,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "sync_batchnorm": False,  # SyncBatchNorm for the conv module under DDP
     "max_nonfinite_steps": 10,  # abort after this many non-finite losses in a row
     "deterministic": False,  # torch.use_deterministic_algorithms (slower on GPU)
+    "skip_resource_check": False,  # start even when the start-up check finds the run cannot fit in memory
     "vocoder": None,  # a vocoder checkpoint (scripts/train_vocoder.py) for TensorBoard audio; None: Griffin-Lim
     # Start a fresh run (never a resumed one) with some modules' weights from another run's checkpoint, e.g.
     # {path: runs/mae/checkpoints/latest.pt, modules: [encoder], use_ema: false, freeze_steps: 0}; see
@@ -235,7 +236,7 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
     _coerce_floats(config, optimizer_sections)
     positive = [("data", "batch_size"), ("data", "num_workers", 0), ("data", "prefetch_factor"),
                 ("training", "max_steps"),
-                ("training", "log_every"), ("training", "val_every"), ("training", "ckpt_every"),
+                ("training", "log_every"), ("training", "val_every", 0), ("training", "ckpt_every"),
                 ("training", "latest_every"), ("training", "max_nonfinite_steps"), ("training", "image_every", 0),
                 ("training", "num_images", 0), *((name, "warmup_steps", 0) for name in optimizer_sections)]
     for section, key, *minimum in positive:
@@ -255,7 +256,8 @@ def _check_values(config: dict[str, Any], optimizer_sections: list[str]) -> None
     if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"training.seed={seed!r}: expected an integer in [0, {MAX_SEED}]")
     for section, key in (("data", "pin_memory"), ("training", "compile"), ("training", "sync_batchnorm"),
-                         ("training", "deterministic"), ("training", "ema_warmup")):
+                         ("training", "deterministic"), ("training", "ema_warmup"),
+                         ("training", "skip_resource_check")):
         value = config[section][key]
         if not isinstance(value, bool):
             raise ConfigError(f"{section}.{key}={value!r}: expected true or false")

@@ -16,7 +16,7 @@ from transcoder.utils.checkpoint import CheckpointError, load_checkpoint
 # Settings that change how a run is watched, not what it computes: a resume may change them freely.
 MONITORING_KEYS = {
     "training": {"log_every", "val_every", "val_max_batches", "ckpt_every", "latest_every", "image_every",
-                 "num_images", "max_nonfinite_steps"},
+                 "num_images", "max_nonfinite_steps", "skip_resource_check"},
     "data": {"num_workers", "prefetch_factor", "pin_memory", "val_batch_size", "loader_timeout"},
 }
 

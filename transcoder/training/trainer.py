@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 import warnings
@@ -23,8 +24,15 @@ from transcoder.training.init_from import frozen_parameters, load_modules
 from transcoder.training.loader import ObservedIterator, build_loader
 from transcoder.training.monitor import LogWindow, Monitor, detach_to_float, setup_text_logger
 from transcoder.training.optim import BudgetClock
+from transcoder.training.resources import (
+    available_host_memory,
+    check_resources,
+    estimate_memory,
+    gpu_free_memory,
+)
 from transcoder.training.run_dir import RunLock, config_differences, load_resumable, remove_stale_temporaries
 from transcoder.training.sampler import ResumableTrainSampler
+from transcoder.training.signals import StopSignals, signal_name
 from transcoder.training.state import (
     TrainState,
     file_list_fingerprint,
@@ -42,6 +50,7 @@ from transcoder.utils.checkpoint import (
     save_atomic,
 )
 from transcoder.utils.distributed import DistEnv, all_reduce_sum, barrier, check_same_on_all_ranks
+from transcoder.utils.numbers import format_value
 from transcoder.utils.targets import ConfigError
 
 __all__ = ["NonFiniteLossError", "Trainer", "resolve_precision"]
@@ -81,7 +90,10 @@ class Trainer:
         self.history: list[dict[str, float]] = []  # every logged scalar dict, in order
         self._pending_skipped_files = 0  # this rank's skipped files since the last all-reduce
         self._last_saved_step: int | None = None
+        self._latest_on_disk: int | None = None  # the step of the complete checkpoints/latest.pt
         self._received_signal: int | None = None
+        #: The command that resumes this run (named when a signal stops it); the CLI sets the exact one.
+        self.resume_command = f"the same command with --output-dir {self.output_dir}"
 
         seed_everything(int(self.train_cfg["seed"]) + env.rank)
         if self.train_cfg["deterministic"]:
@@ -101,11 +113,15 @@ class Trainer:
         self.val_dataset = self._build_dataset("val", mode="eval") if self.data_cfg["val"] else None
         if resume is not None and not Path(resume).is_file():
             raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
+        # Before the run folder too: a run that cannot fit in memory leaves nothing behind.
+        resource_warning = None if self.train_cfg["skip_resource_check"] else self._check_resources()
         self._lock = RunLock(self.output_dir) if env.is_main else None
         if env.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         barrier()
         self.logger = setup_text_logger(self.output_dir, env.is_main)
+        if resource_warning and env.is_main:
+            self.logger.warning("%s", resource_warning)
         if env.is_main:
             for path in remove_stale_temporaries(self.ckpt_dir):
                 self.logger.warning("removed %s, left by a save that was interrupted", path)
@@ -165,6 +181,21 @@ class Trainer:
             except TypeError:  # e.g. UnicodeError subclasses take five arguments
                 renamed = ValueError(f"data.{split}: {type(err).__name__}: {err}")
             raise renamed from None
+
+    def _check_resources(self) -> str | None:
+        """The start-up memory and speed check (:mod:`transcoder.training.resources`): raises
+        :class:`ResourceError` when the run cannot fit, returns a warning when it will be very slow."""
+        estimate = estimate_memory(
+            [part.model for part in self.parts.values()],
+            ema_parts=sum(part.ema is not None for part in self.parts.values()),
+            probe=self.task.memory_probe(self.step_state), batch_size=int(self.data_cfg["batch_size"]),
+            clip_samples=self.mel_config.clip_samples, num_workers=int(self.data_cfg["num_workers"]),
+            prefetch_factor=int(self.data_cfg["prefetch_factor"]))
+        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ranks sharing this host's memory
+        host_free = available_host_memory()
+        return check_resources(estimate, self.device, int(self.train_cfg["max_steps"]), self.task.cpu_config,
+                               host_free // processes_here if host_free is not None else None,
+                               gpu_free_memory(self.device))
 
     def _wrap_parts(self) -> None:
         """DDP (and ``torch.compile``) views for training forwards; checkpoints keep the plain modules."""
@@ -226,6 +257,8 @@ class Trainer:
         if self.env.is_main:
             for name in names:
                 save_atomic(checkpoint, self.ckpt_dir / f"{name}.pt")
+            if "latest" in names:
+                self._latest_on_disk = self.state.step
             self.logger.info("step %d: saved %s", self.state.step, ", ".join(f"{n}.pt" for n in names))
         barrier()
 
@@ -281,6 +314,8 @@ class Trainer:
                           f"{self.env.world_size}: RNG streams restart from the seed (resume is not bitwise exact)",
                           stacklevel=2)
         self.resumed_from = path
+        if path == self.ckpt_dir / "latest.pt":
+            self._latest_on_disk = self.state.step
         self._restore_numbered_checkpoint(path, checkpoint)
 
     def _restore_numbered_checkpoint(self, path: Path, checkpoint: dict[str, Any]) -> None:
@@ -341,6 +376,11 @@ class Trainer:
         max_steps = int(self.train_cfg["max_steps"])
         end_step = min(max_steps, stop_at_step) if stop_at_step is not None else max_steps
         batch_size = int(self.data_cfg["batch_size"])
+        if self.state.step >= end_step or (self.clock is not None and self.clock.spent):
+            self._nothing_to_do(max_steps)
+            self.release()
+            return self.state
+        self._first_step = self.state.step
         if self._streaming:
             sampler = self.train_dataset  # gives the epoch (pass) for logging
             loader = self._stream_batches(batch_size)
@@ -351,7 +391,8 @@ class Trainer:
             loader = iter(self._loader(self.train_dataset, sampler, batch_size, train=True))
         monitor = Monitor(self.output_dir, self.env.is_main, max_steps, self.state.step)
         self._fit_start = time.perf_counter()
-        previous_handlers = self._install_signal_handlers()
+        signals = self._stop_signals()
+        signals.install()
         if self.clock is not None:
             self.clock.start()
         # Log lines go through tqdm.write, so they don't break the progress bar.
@@ -360,13 +401,23 @@ class Trainer:
                 self._loop(loader, sampler, monitor, end_step, max_steps, batch_size)
             finally:
                 monitor.close()
-                for signum, handler in previous_handlers.items():
-                    signal.signal(signum, handler)
+                signals.uninstall()
                 shutdown = getattr(loader, "_shutdown_workers", None)
                 if shutdown is not None:  # never leave loader workers behind, whatever ended the loop
                     shutdown()
                 self.release()
         return self.state
+
+    def _nothing_to_do(self, max_steps: int) -> None:
+        """A start on a run that already reached its end: say so; nothing is trained or re-saved."""
+        if self.state.step >= max_steps or (self.clock is not None and self.clock.spent):
+            limit = "training.max_steps" if self.state.step >= max_steps else "training.budget_seconds"
+            self.logger.info("already finished at step %s; nothing to do (raise %s to continue: the same command "
+                             "with %s=... --allow-config-change, see \"Checkpoints and resuming\" in "
+                             "AUDIO_README.md)", f"{self.state.step:,}", limit, limit)
+        else:
+            self.logger.info("already at step %s (--stop-at-step); nothing to do (a larger --stop-at-step, or none, "
+                             "continues)", f"{self.state.step:,}")
 
     def release(self) -> None:
         """Give the run folder up (the lock); :meth:`fit` and :meth:`validate_to_file` do it when they end."""
@@ -399,7 +450,7 @@ class Trainer:
                 monitor.progress(1)
             if cfg["image_every"] and step % int(cfg["image_every"]) == 0 and self.env.is_main:
                 self._log_media(monitor, batch, step)
-            if self.val_dataset is not None and step % int(cfg["val_every"]) == 0:
+            if self.val_dataset is not None and cfg["val_every"] and step % int(cfg["val_every"]) == 0:
                 self._validate_and_keep_best(monitor)
             if step % int(cfg["ckpt_every"]) == 0:
                 self.save("latest", f"step_{step:07d}")
@@ -408,20 +459,21 @@ class Trainer:
             if self.step_state.stop_agreed:
                 signum = self._received_signal or signal.SIGTERM
                 self.save("latest")
-                self.logger.warning("received signal %d: saved checkpoints/latest.pt at step %d, exiting",
-                                    signum, step)
+                self.logger.warning("received %s: saved checkpoints/latest.pt at step %d, exiting; resume with: %s",
+                                    signal_name(signum), step, self.resume_command)
                 raise SystemExit(128 + signum)
         budget_spent = self.clock is not None and self.clock.spent
         finished = self.state.step >= max_steps or budget_spent
-        if finished and self.val_dataset is not None and self.state.step % int(cfg["val_every"]):
+        if finished and self.val_dataset is not None and cfg["val_every"] and self.state.step % int(cfg["val_every"]):
             self._validate_and_keep_best(monitor)
         if self._last_saved_step != self.state.step:
             self.save("latest")
         self._verify_replicas()
-        self.logger.info("%s %d steps in %.0f s (%d skipped as non-finite, %d reads of bad audio files skipped); "
-                         "results in %s", "finished" if finished else "stopped at", self.state.step,
-                         time.perf_counter() - self._fit_start, self.state.skipped_steps, self.state.skipped_files,
-                         self.output_dir)
+        ran = self.state.step - self._first_step
+        self.logger.info("%s step %s (%s steps this run, in %.0f s; %s skipped as non-finite, %s reads of bad audio "
+                         "files skipped); results in %s", "finished at" if finished else "stopped at",
+                         f"{self.state.step:,}", f"{ran:,}", time.perf_counter() - self._fit_start,
+                         f"{self.state.skipped_steps:,}", f"{self.state.skipped_files:,}", self.output_dir)
         best = self.ckpt_dir / "best.pt"
         checkpoint = best if best.is_file() else self.ckpt_dir / "latest.pt"
         commands = [*self.task.next_commands(self.output_dir, checkpoint),
@@ -493,23 +545,35 @@ class Trainer:
     def _validate_and_keep_best(self, monitor: Monitor) -> None:
         metrics = self.validate()
         monitor.scalars(metrics, self.state.step)
-        self.logger.info("step %d | validation: %s", self.state.step,
-                         ", ".join(f"{key.removeprefix('val/')} {value:.4g}" for key, value in metrics.items()))
+        shown = ", ".join(f"{key.removeprefix('val/')} {format_value(value)}" for key, value in metrics.items())
+        self.logger.info("step %d | validation: %s", self.state.step, shown)
         best = metrics[self.task.best_metric]
         if best < self.state.best_val_loss:
             self.state.best_val_loss = best
             self.save("best")
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits at the end of the step."""
-        def request_stop(signum: int, _frame: Any) -> None:
+    def _stop_signals(self) -> StopSignals:
+        """SIGTERM/SIGINT: the first is answered at once and stops the loop at the end of the step (with a
+        checkpoint); a second aborts at once, keeping the last complete checkpoint (:mod:`.signals`)."""
+        def request_stop(signum: int) -> None:
             self._received_signal = signum
             self.step_state.stop_requested = True
 
-        previous = {}
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, request_stop)
-        return previous
+        def acknowledge(signum: int) -> str:
+            return (f"received {signal_name(signum)}: stopping after this step (step {self.state.step + 1}) and "
+                    "saving checkpoints/latest.pt; press Ctrl-C again to abort")
+
+        def abort(signum: int) -> str:
+            latest = self.ckpt_dir / "latest.pt"
+            at_step = f" (step {self._latest_on_disk})" if self._latest_on_disk is not None else ""
+            kept = f"{latest}{at_step} is kept" if latest.is_file() else "no checkpoint was written yet"
+            return (f"received {signal_name(signum)} again: aborted during step {self.state.step + 1}; {kept}; "
+                    f"resume with: {self.resume_command}")
+
+        def say(line: str) -> None:
+            if self.env.is_main:
+                self.logger.warning("%s", line)
+        return StopSignals(request_stop, acknowledge, abort, say)
 
     def _verify_replicas(self) -> None:
         """Under DDP, check that every rank ends with bit-identical weights (a broken sync shows here)."""
