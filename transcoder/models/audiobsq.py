@@ -33,6 +33,7 @@ from transcoder.models.causal import CausalTransformerBlock, band_position_embed
 from transcoder.models.conformer_conv import ConformerConvModule
 from transcoder.models.patching import patchify, unpatchify, valid_token_mask
 from transcoder.models.quantizer.bsq import MAX_INDEX_BITS
+from transcoder.models.quantizer.nested import NestedBits, truncate_indices
 from transcoder.utils.rates import token_rates
 from transcoder.utils.targets import get_obj_from_str
 
@@ -363,6 +364,8 @@ class AudioBSQModel(nn.Module):
             ``inv_temperature``, ``group_size``, ``persample_entropy_compute``, ``cb_entropy_compute``,
             ``straight_through``, ``cb_entropy_ddp_average``), as older configs and checkpoints do; they
             are nested into ``quantizer.params``.
+        nested_bits: ``{widths, probs, per, fill}`` trains every prefix of ``widths`` bits to be a
+            usable code (see :class:`NestedBits`); ``None`` (default) trains the full width only.
     """
 
     def __init__(
@@ -372,6 +375,7 @@ class AudioBSQModel(nn.Module):
         l2_norm: bool = True,
         clamp_range: tuple[float, float] = (-1.0, 1.0),
         quantizer: Mapping[str, Any] | None = None,
+        nested_bits: dict[str, Any] | None = None,
         **quantizer_params: Any,
     ) -> None:
         super().__init__()
@@ -387,6 +391,10 @@ class AudioBSQModel(nn.Module):
         self.quant_embed = nn.Linear(self.config.width, embed_dim)
         self.quantizer = get_obj_from_str(self.quantizer_spec["target"])(
             embed_dim=embed_dim, l2_norm=l2_norm, **self.quantizer_spec["params"])
+        if nested_bits is not None and not isinstance(nested_bits, dict):
+            raise ValueError(f"nested_bits={nested_bits!r}: expected null or a mapping "
+                             "{widths: [...], probs, per, fill}")
+        self.nested_bits = NestedBits(embed_dim=embed_dim, **nested_bits) if nested_bits else None
         self.post_quant_embed = nn.Linear(embed_dim, self.config.width)
         self.decoder = AudioTransformerDecoder(self.config)
         self.apply(init_vit_weights)
@@ -420,14 +428,17 @@ class AudioBSQModel(nn.Module):
 
     # -- API --------------------------------------------------------------------------------
     def encode(self, mel: Tensor, compute_entropy: bool | None = None,
-               valid_frames: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        """(B, T, F) log-mel → codes (B, N, embed_dim) on the unit sphere, quantizer loss, info.
+               valid_frames: Tensor | None = None, bits: int | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """(B, T, F) log-mel → codes (B, N, k) on the unit sphere, quantizer loss, info.
 
         ``info["indices"]`` has shape (B, T/pt, F/pf), int64; ``info["grid"]`` is (Nt, Nf). The soft
         entropies (and their loss terms) are computed in training mode or with ``compute_entropy=True``.
         ``valid_frames`` (B,): unpadded frames per item; when given, only the token rows covering them
         enter the quantizer's loss and entropies (padding and failed windows count nowhere).
+        ``bits`` (default: ``embed_dim``) keeps the first ``k = bits`` bits of every token (codes and
+        indices), for a model trained with ``nested_bits``.
         """
+        width = self._check_bits(bits)
         features, grid = self.encoder(mel)
         extra = {}
         if valid_frames is not None:
@@ -435,16 +446,36 @@ class AudioBSQModel(nn.Module):
         codes, quant_loss, info = self.quantizer(self.quant_embed(features), compute_entropy=compute_entropy, **extra)
         info["indices"] = info["indices"].reshape(mel.shape[0], *grid)
         info["grid"] = grid
+        if width < self.embed_dim:
+            codes = codes[..., :width]
+            info["indices"] = truncate_indices(info["indices"], width)
+        info["bits"] = width
         return codes, quant_loss, info
 
+    def _check_bits(self, bits: int | None) -> int:
+        """The code width asked for: ``embed_dim`` by default; fewer only for a nested-bits model."""
+        if bits is None or bits == self.embed_dim:
+            return self.embed_dim
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= self.embed_dim:
+            raise ValueError(f"bits={bits!r}: expected an integer in 1..{self.embed_dim}")
+        if self.nested_bits is None:
+            raise ValueError(f"bits={bits}: this model was trained for {self.embed_dim}-bit codes only; fewer "
+                             "bits need a model trained with model.params.nested_bits")
+        return bits
+
     def decode(self, codes: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        """Codes (B, N, embed_dim) → log-mel (B, Nt*pt, F). ``grid`` defaults to ``N / Nf`` time rows.
+        """Codes (B, N, k) → log-mel (B, Nt*pt, F). ``grid`` defaults to ``N / Nf`` time rows.
+
+        ``k`` is ``embed_dim``, or fewer for a nested-bits model (the missing bits get its fill).
 
         Outside training the output is clamped to ``clamp_range``; in training it is returned
         unclamped so the loss sees (and can correct) values beyond the range.
         """
-        if codes.ndim != 3 or codes.shape[-1] != self.embed_dim:
+        if codes.ndim != 3 or not 1 <= codes.shape[-1] <= self.embed_dim:
             raise ValueError(f"expected codes (B, N, {self.embed_dim}), got shape {tuple(codes.shape)}")
+        if codes.shape[-1] < self.embed_dim:
+            self._check_bits(codes.shape[-1])
+            codes = self.nested_bits.pad(codes)  # type: ignore[union-attr]
         nf = self.config.grid[1]
         if grid is None:
             if codes.shape[1] % nf:
@@ -459,17 +490,19 @@ class AudioBSQModel(nn.Module):
                 valid_frames: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """(B, T, F) → reconstruction (B, T, F), quantizer loss (scalar), info (see :meth:`encode`)."""
         codes, quant_loss, info = self.encode(mel, compute_entropy, valid_frames)
+        if self.training and self.nested_bits is not None:
+            codes, info["nested_widths"] = self.nested_bits(codes)
         return self.decode(codes, info["grid"]), quant_loss, info
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
-        """(B, Nt, Nf) int64 → codes (B, Nt*Nf, embed_dim)."""
+    def indices_to_codes(self, indices: Tensor, bits: int | None = None) -> Tensor:
+        """(B, Nt, Nf) int64 indices of ``k = bits`` bits (default ``embed_dim``) → codes (B, Nt*Nf, k)."""
         if indices.ndim != 3:
             raise ValueError(f"expected indices (B, Nt, Nf), got shape {tuple(indices.shape)}")
-        return self.quantizer.indices_to_codes(indices.flatten(1))
+        return self.quantizer.indices_to_codes(indices.flatten(1), self._check_bits(bits))
 
-    def decode_indices(self, indices: Tensor) -> Tensor:
-        """(B, Nt, Nf) int64 → log-mel (B, Nt*pt, F); equals ``decode(encode(x)[0])`` exactly."""
-        return self.decode(self.indices_to_codes(indices), tuple(indices.shape[1:]))
+    def decode_indices(self, indices: Tensor, bits: int | None = None) -> Tensor:
+        """(B, Nt, Nf) int64 → log-mel (B, Nt*pt, F); equals ``decode(encode(x, bits=k)[0])`` exactly."""
+        return self.decode(self.indices_to_codes(indices, bits), tuple(indices.shape[1:]))
 
     def tokens_per_second(self, hop_length: int, sample_rate: int) -> float:
         """Tokens per second of audio for mel frames every ``hop_length`` samples."""

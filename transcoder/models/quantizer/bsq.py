@@ -205,16 +205,23 @@ class BinarySphericalQuantizer(nn.Module):
         """(..., d) codes → (...) int64 indices; bit ``i`` of the index is the sign of dim ``i``."""
         return ((codes > 0).long() * self.bit_weights).sum(-1)
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
-        """(...) integer indices → (..., d) fp32 codes on the sphere (exact inverse of the above)."""
+    def indices_to_codes(self, indices: Tensor, bits: int | None = None) -> Tensor:
+        """(...) integer indices → (..., k) fp32 codes (exact inverse of the above).
+
+        ``bits`` (default ``d``): the indices hold the first ``k = bits`` bits of each code only (a
+        nested-bits model's truncated tokens); the values keep the full code's scale ``q_scale``.
+        """
         if indices.dtype.is_floating_point:
             raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
+        width = self.embed_dim if bits is None else bits
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= self.embed_dim:
+            raise ValueError(f"bits={bits!r}: expected an integer in 1..{self.embed_dim}")
         indices = indices.long()
-        if indices.numel() and (indices.min() < 0 or indices.max() >= 2**self.embed_dim):
-            raise ValueError(f"indices must lie in [0, 2^{self.embed_dim}), got min {int(indices.min())} "
+        if indices.numel() and (indices.min() < 0 or indices.max() >= 2**width):
+            raise ValueError(f"indices must lie in [0, 2^{width}), got min {int(indices.min())} "
                              f"max {int(indices.max())}")
-        bits = (indices.unsqueeze(-1) >> torch.arange(self.embed_dim, device=indices.device)) & 1
-        return torch.where(bits.bool(), self.q_scale, -self.q_scale).to(torch.float32)
+        bit_values = (indices.unsqueeze(-1) >> torch.arange(width, device=indices.device)) & 1
+        return torch.where(bit_values.bool(), self.q_scale, -self.q_scale).to(torch.float32)
 
     def soft_entropies(self, u: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-sample and codebook entropy (nats) of the soft code distribution of (..., d) ``u``
