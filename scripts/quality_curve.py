@@ -70,14 +70,14 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_checkpoint(path: Path, sets: dict[str, tuple[dict[str, Any], str | None]],
-                     args: argparse.Namespace) -> dict[str, Any]:
+                     args: argparse.Namespace, audio: bool = True) -> dict[str, Any]:
     tok = load_tokenizer(path, device=args.device, use_ema=True, vocoder_kwargs={"n_iter": args.gl_iters})
     out: dict[str, Any] = {"step": tok.checkpoint_step, "weights": tok.weights, "bitrate": tok.bitrate}
     for name, (spec, language) in sets.items():
         dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
         result = evaluate_tokenizer(tok, dataset, batch_size=args.batch_size, max_batches=args.max_batches,
-                                    audio_metrics=True, num_audio=0, perceptual=args.perceptual, language=language,
-                                    dataset_spec=spec)
+                                    audio_metrics=audio, num_audio=0, perceptual=args.perceptual and audio,
+                                    language=language, dataset_spec=spec)
         out[name] = summarize(result)
     return out
 
@@ -94,12 +94,8 @@ def score_anchors(path: Path, sets: dict[str, tuple[dict[str, Any], str | None]]
         result = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=args.batch_size,
                                   max_batches=args.max_batches, perceptual=scorer)
         result.pop("examples")
-        if scorer is not None:
-            for rendering, scores in scorer.compute().items():
-                scores.pop("transcripts", None)
-                target = result["rows"].setdefault(rendering, {}) if rendering != "original" else \
-                    result.setdefault("original", {})
-                target["perceptual"] = scores
+        for row in [*result["rows"].values(), result["original"] or {}]:
+            (row.get("perceptual") or {}).pop("transcripts", None)
         out[name] = result
     return out
 
@@ -153,7 +149,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     name = next(iter(results["sets"]))
     curve = results["curve"]
     steps = [p["step"] for p in curve]
-    anchors = results["anchors"][name]["rows"]
     panels = [("mae_db", "log-mel MAE (dB), held-out voice"), ("pesq", "PESQ-WB (Griffin-Lim)"),
               ("stoi", "STOI (Griffin-Lim)")]
     perceptual = any("perceptual" in p[name] for p in curve)
@@ -204,6 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output folder (results.json, results.md, curve.png)")
     parser.add_argument("--perceptual", action="store_true", help="DNSMOS and dWER (needs the 'eval' extra)")
     parser.add_argument("--steps", default=None, help="only these steps, comma-separated (default: every one)")
+    parser.add_argument("--audio-steps", default=None,
+                        help="audio and perceptual metrics only at these steps, comma-separated (default: every "
+                             "checkpoint; the others get the spectrogram and code metrics)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
     parser.add_argument("--max-batches", type=int, default=None, help="limit the windows of each set")
     parser.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
@@ -226,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = {"heldout": (data_spec(args.heldout), args.heldout_language)}
         if args.english:
             sets["english"] = (data_spec(args.english), "en")
+        audio_steps = {int(s) for s in args.audio_steps.split(",")} if args.audio_steps else None
         cache = output / "checkpoints"
         cache.mkdir(parents=True, exist_ok=True)
         anchors_path = cache / "anchors.json"
@@ -239,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         curve = []
         for step, path in found:
             point_path = cache / f"step_{step:07d}.json"
-            if not point_path.is_file():
+            audio = audio_steps is None or step in audio_steps
+            cached = json.loads(point_path.read_text()) if point_path.is_file() else None
+            if cached is None or (audio and cached["heldout"].get("pesq") is None):
                 started = time.perf_counter()
-                point = score_checkpoint(path, sets, args)
+                point = score_checkpoint(path, sets, args, audio)
                 point["minutes"] = minutes_of(run, path)
                 point["eval_seconds"] = time.perf_counter() - started
                 write_metrics_json(point_path, point)

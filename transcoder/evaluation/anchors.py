@@ -77,7 +77,7 @@ class PooledMelCodec:
     @property
     def bitrate(self) -> float:
         """Bits per second: cells per second x bits per cell."""
-        return self.frames_per_second / self.time_pool * self.n_bands * self.bits
+        return round(self.frames_per_second / self.time_pool * self.n_bands * self.bits, 6)
 
     @property
     def name(self) -> str:
@@ -254,11 +254,13 @@ def evaluate_anchors(
         audio_batches: batches whose audio is rendered and scored (PESQ / STOI / perceptual); default all.
         seed: Griffin-Lim phase seed of window 0 (window ``i`` uses ``seed + i``, as the tokenizer's).
         perceptual: a :class:`~transcoder.evaluation.perceptual.PerceptualScorer` fed every rendering
-            (its ``"original"`` windows too), or ``None``.
+            (its ``"original"`` windows too) and computed at the end (scores under each row's
+            ``"perceptual"`` and ``"original"``), or ``None``.
         examples: the first this-many windows' renderings are returned under ``"examples"``.
 
     Returns:
-        ``{"rows": {name: metrics}, "notes": [...], "trivial_grids": [...], "windows": N, "examples": [...]}``.
+        ``{"rows": {name: metrics}, "notes": [...], "original": {...} | None, "trivial": [every exact-rate
+        grid's spectrogram MAE / MSE], "trivial_choice": name, "windows": N, "examples": [...]}``.
     """
     notes: list[str] = []
     if external is None:
@@ -330,7 +332,8 @@ def evaluate_anchors(
             with torch.inference_mode():
                 for name, rec_db in ((names[0], trivial_db[b:b + 1]), (names[1], mel_db[b:b + 1])):
                     power = frontend.db_to_power(rec_db)
-                    outputs[name] = vocoder(power, length=ref_audio.shape[-1], seed=seed + window_index)[0].cpu().numpy()
+                    rendered = vocoder(power, length=ref_audio.shape[-1], seed=seed + window_index)
+                    outputs[name] = rendered[0].cpu().numpy()
             for codec in external:
                 outputs[codec.name] = codec(ref_audio[b].numpy(), frontend.config.sample_rate)
             for name, wave in outputs.items():
@@ -340,7 +343,8 @@ def evaluate_anchors(
                 acc[name]["stoi"].add(stoi_value)
                 if frames * frontend.hop_length <= n_valid and frames > 0:
                     with torch.inference_mode():
-                        rendered_db = frontend.model_to_db(frontend(est[: frames * frontend.hop_length].to(device)[None]))
+                        clip = est[: frames * frontend.hop_length].to(device)[None]
+                        rendered_db = frontend.model_to_db(frontend(clip))
                     mae = spectrogram_mae_db(rendered_db.cpu(), ref_db[:, : rendered_db.shape[1]].cpu()).item()
                     acc[name]["mel_mae_db"].add(mae)
                     if name not in names[:2]:  # a waveform codec's own mel is its decoded audio's
@@ -353,12 +357,20 @@ def evaluate_anchors(
                 perceptual.add("original", paths[b], offsets[b], ref.numpy(),
                                transcripts[keep[b]] if transcripts else None)
             if window < examples:
-                kept_examples.append({"path": paths[b], "offset": offsets[b],
+                kept_examples.append({"index": window_index, "path": paths[b], "offset": offsets[b],
+                                      "original": ref.numpy(),
                                       "audio": {name: wave[:n_valid] for name, wave in outputs.items()}})
             window += 1
     rows = {name: {"bitrate": rate, **{m: acc[name][m].value for m in metrics},
                    "audio_windows": len(acc[name]["pesq"].values)}
             for name, rate in zip(names, rates, strict=True)}
-    return {"rows": rows, "notes": notes, "trivial": trivial_grids, "trivial_choice": trivial.name,
-            "windows": len(acc[names[0]]["mae_db"].values), "audio_windows": window,
+    original = None
+    if perceptual is not None and window:
+        scored = perceptual.compute()
+        for name, scores in scored.items():
+            if name in rows:
+                rows[name]["perceptual"] = scores
+        original = {"perceptual": scored.get("original")}
+    return {"rows": rows, "notes": notes, "original": original, "trivial": trivial_grids,
+            "trivial_choice": trivial.name, "windows": len(acc[names[0]]["mae_db"].values), "audio_windows": window,
             "elapsed_seconds": time.perf_counter() - started, "examples": kept_examples}

@@ -16,11 +16,13 @@ SI-SNR) compare Griffin-Lim renderings with the original waveform, for the recon
 input mel itself (the vocoder ceiling), with the dB MAE between each rendering's log-mel and the input
 mel (``mel_mae_db``: how faithfully the renderer reproduces the spectrogram); a tokenizer with a neural vocoder
 (``load_tokenizer(ckpt, vocoder=...)``) is also scored with it, side by side, with its own ceiling.
+Window ``i`` is rendered alone with phase seed ``seed + i``, so its scores do not depend on the batch
+size. Griffin-Lim's phase is random, so its SI-SNR is reported but is not a meaningful quality measure
+here; PESQ and STOI are.
+
 With ``perceptual=True`` (the ``eval`` extra) every rendering and the original are also scored with
 DNSMOS and, for English material (``language="en"``), dWER / WER, per file
-(:mod:`transcoder.evaluation.perceptual`). Window ``i`` is rendered alone with phase seed ``seed + i``,
-so its scores do not depend on the batch size. Griffin-Lim's phase is random, so its SI-SNR is reported but is not a meaningful quality measure
-here; PESQ and STOI are.
+(:mod:`transcoder.evaluation.perceptual`).
 
 A window that fails to decode is left out of every metric and count and listed under
 ``skipped_windows``; files whose header is unreadable are listed in ``skipped_files``.
