@@ -227,14 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         audio_steps = {int(s) for s in args.audio_steps.split(",")} if args.audio_steps else None
         cache = output / "checkpoints"
         cache.mkdir(parents=True, exist_ok=True)
-        anchors_path = cache / "anchors.json"
-        if not anchors_path.is_file():
-            started = time.perf_counter()
-            anchors = score_anchors(found[0][1], sets, args)
-            anchors["seconds"] = time.perf_counter() - started
-            write_metrics_json(anchors_path, anchors)
-            print(f"anchors scored in {anchors['seconds']:.0f} s", flush=True)
-        anchors = json.loads(anchors_path.read_text())
         curve = []
         for step, path in found:
             point_path = cache / f"step_{step:07d}.json"
@@ -249,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"step {step}: held-out MAE {point['heldout']['mae_db']:.3f} dB "
                       f"({point['eval_seconds']:.0f} s)", flush=True)
             curve.append(json.loads(point_path.read_text()))
+        anchors_path = cache / "anchors.json"
+        if not anchors_path.is_file():
+            started = time.perf_counter()
+            anchors = score_anchors(found[-1][1], sets, args)
+            anchors["seconds"] = time.perf_counter() - started
+            write_metrics_json(anchors_path, anchors)
+            print(f"anchors scored in {anchors['seconds']:.0f} s", flush=True)
+        anchors = json.loads(anchors_path.read_text())
         results = {"command": sys.argv, "run": str(run), "perceptual": args.perceptual,
                    "sets": {name: {"spec": spec, "language": lang} for name, (spec, lang) in sets.items()},
                    "anchors": {k: v for k, v in anchors.items() if k != "seconds"}, "curve": curve}
