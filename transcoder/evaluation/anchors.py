@@ -341,9 +341,10 @@ def evaluate_anchors(
                 pesq_value, stoi_value = speech_quality(ref.numpy(), est.numpy(), frontend.config.sample_rate)
                 acc[name]["pesq"].add(pesq_value)
                 acc[name]["stoi"].add(stoi_value)
-                if frames * frontend.hop_length <= n_valid and frames > 0:
+                whole = n_valid // frontend.hop_length  # frames of the rendering's own analysis
+                if whole > 0:
                     with torch.inference_mode():
-                        clip = est[: frames * frontend.hop_length].to(device)[None]
+                        clip = est[: whole * frontend.hop_length].to(device)[None]
                         rendered_db = frontend.model_to_db(frontend(clip))
                     mae = spectrogram_mae_db(rendered_db.cpu(), ref_db[:, : rendered_db.shape[1]].cpu()).item()
                     acc[name]["mel_mae_db"].add(mae)

@@ -67,9 +67,14 @@ def png_data_uri(mel_db: np.ndarray, vmin: float, vmax: float, seconds: float) -
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _number(value: float) -> str:
+    """Rates as integers (900, 6000), scores with three decimals."""
+    return f"{value:.0f}" if value.is_integer() and abs(value) >= 100 else f"{value:.3f}"
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return "–" if not math.isfinite(value) else f"{value:.3f}"
+        return "–" if not math.isfinite(value) else _number(value)
     if value is None:
         return "–"
     return html.escape(str(value))
@@ -185,7 +190,7 @@ def markdown_table(rows: Sequence[Sequence[Any]], columns: Sequence[str] = QUALI
     """The rows as a Markdown table (``-`` for missing values)."""
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return f"{value:.3f}" if math.isfinite(value) else "-"
+            return _number(value) if math.isfinite(value) else "-"
         return "-" if value is None else str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
