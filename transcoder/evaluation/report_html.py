@@ -132,7 +132,7 @@ def write_report(path: str | Path, *, title: str, table_columns: Sequence[str],
             seconds = len(audio) / sample_rate
             image = (f'<img alt="log-mel of {html.escape(name)}" src="{png_data_uri(mels[name], vmin, vmax, seconds)}">'
                      if name in mels else "")
-            parts.append(f'<tr><td>{html.escape(name)}</td><td><audio controls preload="none" '
+            parts.append(f'<tr><td>{html.escape(name)}</td><td><audio controls preload="metadata" '
                          f'src="{wav_data_uri(audio, sample_rate)}"></audio></td><td>{image}</td></tr>')
         parts.append("</tbody></table>")
     parts.append("</body></html>")
