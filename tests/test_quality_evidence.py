@@ -121,6 +121,17 @@ def test_word_error_rate_normalises_and_skips_empty_references() -> None:
     assert np.isnan(perceptual.word_error_rate([""], ["x"])["wer"])
 
 
+def test_reference_transcripts_come_from_the_dataset_per_file() -> None:
+    spec = {"target": "transcoder.data.LibriSpeechDataset", "params": {"root": str(LIBRIVOX), "splits": ["dev-clean"]}}
+    dataset = build_dataset(spec, sample_rate=16000, clip_samples=40960, mode="eval")
+    item = dataset[0]
+    assert "transcript" not in item  # eval items carry no metadata: the scorers look it up per file
+    assert perceptual.transcript_of(dataset, item["file_index"]).startswith("AND MISTER JOHN")
+    folder = build_dataset({"target": "transcoder.data.AudioFolderDataset", "params": {"root": str(LIBRIVOX)}},
+                           sample_rate=16000, clip_samples=40960, mode="eval")
+    assert perceptual.transcript_of(folder, 0) is None
+
+
 def test_dnsmos_and_dwer_rank_the_original_above_a_degraded_rendering() -> None:
     for name in perceptual.EVAL_EXTRA_PACKAGES:
         pytest.importorskip(name)

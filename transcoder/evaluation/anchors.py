@@ -44,6 +44,7 @@ from transcoder.audio.griffin_lim import GriffinLimVocoder
 from transcoder.audio.mel import LogMelFrontend
 from transcoder.data import collate_audio
 from transcoder.evaluation.metrics import spectrogram_mae_db, spectrogram_mse_db, speech_quality
+from transcoder.evaluation.perceptual import transcript_of
 
 __all__ = ["PooledMelCodec", "ExternalCodec", "default_external_codecs", "evaluate_anchors"]
 
@@ -311,7 +312,6 @@ def evaluate_anchors(
         valid = [int(batch["num_valid"][k]) for k in keep]
         paths = [batch["path"][k] for k in keep]
         offsets = [int(batch["offset"][k]) for k in keep]
-        transcripts = batch.get("transcript")
         with torch.inference_mode():
             mel = frontend(ref_audio.to(device))
             mel_db = frontend.model_to_db(mel)
@@ -356,7 +356,7 @@ def evaluate_anchors(
                     perceptual.add(name, paths[b], offsets[b], wave[:n_valid])
             if perceptual is not None:
                 perceptual.add("original", paths[b], offsets[b], ref.numpy(),
-                               transcripts[keep[b]] if transcripts else None)
+                               transcript_of(dataset, int(batch["file_index"][keep[b]])))
             if window < examples:
                 kept_examples.append({"index": window_index, "path": paths[b], "offset": offsets[b],
                                       "original": ref.numpy(),

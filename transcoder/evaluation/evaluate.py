@@ -216,7 +216,7 @@ def evaluate_tokenizer(
     if perceptual:
         if not audio_metrics:
             raise ValueError("evaluate_tokenizer: perceptual=True needs audio_metrics=True (it scores the renderings)")
-        from transcoder.evaluation.perceptual import PerceptualScorer
+        from transcoder.evaluation.perceptual import PerceptualScorer, transcript_of
 
         scorer = PerceptualScorer(tok.sample_rate, language=language)
     out_dir = Path(output_dir) if output_dir is not None else None
@@ -309,9 +309,8 @@ def evaluate_tokenizer(
                         if scorer is not None:
                             scorer.add(side, paths[b], offsets[b], estimate.numpy())
                     if scorer is not None:
-                        transcript = batch.get("transcript")
                         scorer.add("original", paths[b], offsets[b], r.numpy(),
-                                   transcript[keep[b]] if transcript else None)
+                                   transcript_of(dataset, int(batch["file_index"][keep[b]])))
                 if saved < num_audio and out_dir is not None:
                     save_examples(out_dir / "examples", saved, tok, {
                         "path": paths[b], "offset": offsets[b],

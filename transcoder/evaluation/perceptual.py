@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["EVAL_EXTRA_PACKAGES", "DNSMOS_KEYS", "MissingExtraError", "require_eval_extra", "DNSMOSScorer",
-           "SpeechRecognizer", "normalize_text", "word_error_rate", "PerceptualScorer"]
+           "SpeechRecognizer", "normalize_text", "word_error_rate", "transcript_of", "PerceptualScorer"]
 
 #: Import names of the packages of the ``eval`` extra.
 EVAL_EXTRA_PACKAGES = ("onnxruntime", "speechmos", "pocketsphinx", "jiwer")
@@ -144,6 +144,16 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> dict[str, f
     result.update(wer=(out.substitutions + out.deletions + out.insertions) / words, words=words,
                   substitutions=out.substitutions, deletions=out.deletions, insertions=out.insertions)
     return result
+
+
+def transcript_of(dataset: Any, file_index: int) -> str | None:
+    """The reference transcript of file ``file_index`` when the dataset has one (LibriSpeech layout), else None.
+
+    Eval-mode items carry no metadata; datasets expose it per file through ``metadata(file_index)``.
+    """
+    if "transcript" not in getattr(dataset, "metadata_keys", ()):
+        return None
+    return dataset.metadata(int(file_index)).get("transcript") or None
 
 
 _MODELS: dict[str, Any] = {}
