@@ -116,6 +116,11 @@ def _dwer(row: dict[str, Any]) -> Any:
     return ((row.get("perceptual") or {}).get("dwer") or {}).get("wer")
 
 
+def _recon(point: dict[str, Any]) -> dict[str, Any]:
+    """A curve point's tokenizer rendering in the anchors' row shape (``{"perceptual": scores}``)."""
+    return {"perceptual": (point.get("perceptual") or {}).get("recon")}
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     for name in results["sets"]:
@@ -126,8 +131,7 @@ def markdown(results: dict[str, Any]) -> str:
             r = point[name]
             lines.append(f"| tokenizer | {point['step']} | {point['minutes']:.1f} | {point['bitrate']:g} | "
                          f"{_f(r['mae_db'])} | {r['distinct_codes']} | {_f(r['pesq'])} | {_f(r['stoi'])} | "
-                         f"{_f(r['rendered_mel_mae_db'])} | {_f(_dnsmos(r.get('perceptual', {}).get('recon', {})))} | "
-                         f"{_f(_dwer(r.get('perceptual', {}).get('recon', {})))} |")
+                         f"{_f(r['rendered_mel_mae_db'])} | {_f(_dnsmos(_recon(r)))} | {_f(_dwer(_recon(r)))} |")
         for anchor, r in results["anchors"][name]["rows"].items():
             lines.append(f"| {anchor} | - | - | {_f(r.get('bitrate'), 'g')} | {_f(r.get('mae_db'))} | - | "
                          f"{_f(r.get('pesq'))} | {_f(r.get('stoi'))} | {_f(r.get('mel_mae_db'))} | "
@@ -157,14 +161,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     english = next((n for n in results["sets"] if n != name), None)
     if perceptual and english:
         panels.append(("dwer", "dWER, English set"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, constrained_layout=True)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10.5, 2.6 * len(panels)), sharex=True, constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, title) in zip(axes, panels, strict=True):
         set_name = english if key == "dwer" else name
         if key == "dnsmos":
-            ys = [_dnsmos(p[set_name].get("perceptual", {}).get("recon", {})) for p in curve]
+            ys = [_dnsmos(_recon(p[set_name])) for p in curve]
         elif key == "dwer":
-            ys = [_dwer(p[set_name].get("perceptual", {}).get("recon", {})) for p in curve]
+            ys = [_dwer(_recon(p[set_name])) for p in curve]
         else:
             ys = [p[set_name][key] for p in curve]
         ax.plot(steps, ys, "o-", color="black", label="tokenizer")
@@ -174,7 +178,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax.axhline(value, ls="--", color=colors[i % len(colors)], label=anchor)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="upper right")
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1].set_xlabel("training step")
     top = axes[0].secondary_xaxis("top", functions=_step_minutes(curve))
     top.set_xlabel("minutes of wall time")
