@@ -15,6 +15,18 @@ weights in the checkpoint both the raw and the EMA weights are scored (one row e
 per (variant, weights) and writes ``results.json`` and ``results.md`` into ``--output``; each variant's run
 folder (config, log, checkpoint, example PNG/WAVs) is ``--output/NAME``.
 
+Unseen voices: when ``--train`` holds one folder per source (voice), ``--holdout-source NAME`` (default:
+``asterisk_it_IT_m_Carlo`` when present, else the last source in sorted order; ``none``: train on all) is left
+out of training, and every variant is scored separately on the seen voices (``--val``'s other sources) and on
+the unseen one (``--val/NAME``); ``--english DIR`` adds English speech no source shares (e.g. the bundled
+``data/librivox-mini``), where dWER is computed. Each row names its evaluation set and the seen voices.
+
+Anchors (``--anchors``, default on): the trivial pooled-mel codec at the tokenizer's exact bitrate, the
+Griffin-Lim ceiling and Opus 6 / 12 kbit/s and Codec 2 1200 / 3200 bit/s (when ``opusenc`` / ``c2enc`` are
+on PATH) are rows of the same table, on the same windows (:mod:`transcoder.evaluation.anchors`).
+``--perceptual`` (the ``eval`` extra) adds DNSMOS and, on English sets, dWER to every row; ``--report``
+writes ``report.html`` per evaluation set (listening page: original, every rendering and anchor).
+
 Presets (model size and batch; the recipe itself comes from ``--config`` and the variants):
 
 * ``cpu``: width 192, 3 + 3 layers, 16x16 patches, batch 8 (about 10 minutes for 600 steps of 256-frame crops
@@ -41,7 +53,9 @@ import torch
 
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
+from transcoder.evaluation.anchors import evaluate_anchors
 from transcoder.evaluation.evaluate import evaluate_tokenizer, write_metrics_json
+from transcoder.evaluation.perceptual import MissingExtraError, PerceptualScorer, require_eval_extra
 from transcoder.evaluation.seams import seam_scores
 from transcoder.training.config import load_config
 from transcoder.training.trainer import Trainer
@@ -65,6 +79,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                            "data.batch_size=4", "data.num_workers=0", "training.precision=fp32"],
              "steps": 4, "budget_seconds": None},
 }
+#: Held out by default when ``--train`` has it (a male Italian voice; the other shipped voices are female or
+#: the multi-speaker letters set, so the unseen voice also differs in sex and language).
+DEFAULT_HOLDOUT = "asterisk_it_IT_m_Carlo"
 #: Training settings the benchmark owns (validation and media happen in the evaluation, not in training).
 RUN_OVERRIDES = ["data.val=null", "training.image_every=0", "training.log_every=50", "training.ckpt_every=1000000",
                  "training.latest_every=1000000"]
@@ -125,11 +142,76 @@ def load_scored_tokenizer(checkpoint: Path, device: str | None, use_ema: bool, v
     return load_tokenizer(checkpoint, device=device, use_ema=use_ema, vocoder=vocoder)
 
 
-def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bool, out_dir: Path) -> dict[str, Any]:
-    """Evaluate one set of weights: spectrogram and code metrics on every val window, audio metrics on the
-    first ``args.audio_batches`` batches."""
+def source_folders(root: str) -> list[str]:
+    """Sorted names of ``root``'s subfolders (one per source / voice in the corpus layout)."""
+    path = Path(root)
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
+
+
+def plan_holdout(args: argparse.Namespace) -> dict[str, Any]:
+    """Training root and evaluation sets for ``--holdout-source``.
+
+    Returns ``{"train": root, "seen": [...], "unseen": [...], "sets": {name: (root, language)}, "note": str}``;
+    the training root is a folder of symlinks to the seen sources (under ``--output``) when one is held out.
+    """
+    sources = source_folders(args.train)
+    choice = args.holdout_source
+    sets: dict[str, tuple[str, str | None]] = {}
+    if choice == "none" or (choice == "auto" and len(sources) < 2):
+        note = ("every voice is seen (--holdout-source none)" if choice == "none" else
+                f"{args.train} has no per-source subfolders: every voice is seen, nothing is held out")
+        sets["seen"] = (args.val, args.language)
+        plan = {"train": args.train, "seen": sources, "unseen": [], "note": note}
+    else:
+        held = choice if choice != "auto" else (DEFAULT_HOLDOUT if DEFAULT_HOLDOUT in sources else sources[-1])
+        if held not in sources:
+            raise ValueError(f"--holdout-source {held!r}: not a source folder of {args.train} (found {sources})")
+        seen = [s for s in sources if s != held]
+        link_root = Path(args.output) / "_train_seen_sources"
+        link_root.mkdir(parents=True, exist_ok=True)
+        for name in seen:
+            link = link_root / name
+            if not link.is_symlink():
+                link.symlink_to(Path(args.train, name).resolve(), target_is_directory=True)
+        for stale in link_root.iterdir():
+            if stale.name not in seen:
+                stale.unlink()
+        val_sources = source_folders(args.val)
+        seen_val = Path(args.output) / "_val_seen_sources"
+        seen_val.mkdir(parents=True, exist_ok=True)
+        for name in seen:
+            if name in val_sources and not (seen_val / name).is_symlink():
+                (seen_val / name).symlink_to(Path(args.val, name).resolve(), target_is_directory=True)
+        unseen_val = Path(args.val, held)
+        if not unseen_val.is_dir():
+            raise ValueError(f"--holdout-source {held!r}: {unseen_val} does not exist (the val split needs the "
+                             "held-out source's folder)")
+        sets["seen"] = (str(seen_val), args.language)
+        sets["unseen"] = (str(unseen_val), args.language)
+        plan = {"train": str(link_root), "seen": seen, "unseen": [held],
+                "note": f"trained on {', '.join(seen)}; held out: {held}"}
+    if args.english:
+        sets["english"] = (args.english, "en")
+    plan["sets"] = sets
+    return plan
+
+
+def dataset_spec_for(root: str) -> dict[str, Any]:
+    """LibriSpeech layout (with transcripts) for a root holding ``LibriSpeech/`` or split folders, else a folder."""
+    path = Path(root)
+    base = path / "LibriSpeech" if (path / "LibriSpeech").is_dir() else path
+    splits = [p.name for p in sorted(base.iterdir()) if p.is_dir() and p.name.startswith(("dev-", "test-", "train-"))]
+    if splits:
+        return {"target": "transcoder.data.LibriSpeechDataset", "params": {"root": root, "splits": splits}}
+    return {"target": "transcoder.data.AudioFolderDataset", "params": {"root": root}}
+
+
+def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bool, out_dir: Path,
+          language: str | None = None) -> dict[str, Any]:
+    """Evaluate one set of weights: spectrogram and code metrics on every val window, audio metrics (and with
+    ``--perceptual`` DNSMOS / dWER) on the first ``args.audio_batches`` batches."""
     tok = load_scored_tokenizer(checkpoint, args.device, use_ema, args.vocoder)
-    spec = {"target": "transcoder.data.AudioFolderDataset", "params": {"root": val_root}}
+    spec = dataset_spec_for(val_root)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     full = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.eval_max_batches,
                               audio_metrics=False, dataset_spec=spec)
@@ -141,11 +223,28 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
     if args.audio_batches > 0:
         audio = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.audio_batches,
                                    audio_metrics=True, num_audio=args.num_audio, output_dir=out_dir,
-                                   dataset_spec=spec)
+                                   dataset_spec=spec, perceptual=args.perceptual, language=language)
         result["audio"] = audio["audio"]
         result["audio_windows"] = audio["windows"]
         result["vocoder"] = audio["vocoder"]
+        if "perceptual" in audio:
+            result["perceptual"] = {k: {m: v for m, v in p.items() if m != "transcripts"}
+                                    for k, p in audio["perceptual"].items()}
     return result
+
+
+def score_anchors(checkpoint: Path, val_root: str, args: argparse.Namespace, language: str | None,
+                  examples: int = 0) -> dict[str, Any]:
+    """The anchors on the windows :func:`score` renders (the first ``--audio-batches`` batches)."""
+    tok = load_scored_tokenizer(checkpoint, args.device, False, None)
+    spec = dataset_spec_for(val_root)
+    dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
+    scorer = PerceptualScorer(tok.sample_rate, language=language) if args.perceptual else None
+    anchors = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=args.eval_batch_size,
+                               max_batches=args.audio_batches or 1, perceptual=scorer, examples=examples)
+    for row in [*anchors["rows"].values(), anchors["original"] or {}]:
+        (row.get("perceptual") or {}).pop("transcripts", None)
+    return anchors
 
 
 def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -162,8 +261,9 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
               [f"training.max_steps={steps or 10**9}", f"training.budget_seconds={budget}",
                "optimizer.schedule=budget"])
     run_dir = Path(args.output) / name
+    plan = args.holdout_plan
     all_overrides = [*preset["overrides"], "data.train.target=transcoder.data.AudioFolderDataset",
-                     f"data.train.params={{root: {args.train}}}", *RUN_OVERRIDES, *limits, *args.set, *overrides]
+                     f"data.train.params={{root: {plan['train']}}}", *RUN_OVERRIDES, *limits, *args.set, *overrides]
     config = load_config(args.config, all_overrides)
     started = time.perf_counter()
     trainer = Trainer(config, run_dir, init_distributed(args.device))
@@ -176,36 +276,64 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
               "train_seconds": train_seconds, "setup_seconds": built - started,
               "steps_per_second": steps_done / max(train_seconds, 1e-9),
               "device": device_name(trainer.device), "threads": torch.get_num_threads(),
-              "parameters": sum(p.numel() for p in trainer.model.parameters())}
+              "parameters": sum(p.numel() for p in trainer.model.parameters()),
+              "seen_voices": plan["seen"], "unseen_voices": plan["unseen"]}
     rows = []
     weights = [False, True] if config["training"]["ema_decay"] else [False]
     for use_ema in weights:
         label = "ema" if use_ema else "raw"
-        eval_started = time.perf_counter()
-        scored = score(checkpoint, args.val, args, use_ema, run_dir / f"eval_{label}")
-        rows.append({**common, **scored, "eval_seconds": time.perf_counter() - eval_started})
+        for set_name, (root, language) in plan["sets"].items():
+            eval_started = time.perf_counter()
+            suffix = "" if set_name == "seen" else f"_{set_name}"
+            scored = score(checkpoint, root, args, use_ema, run_dir / f"eval_{label}{suffix}", language)
+            rows.append({**common, "eval_set": set_name, "eval_root": root, **scored,
+                         "eval_seconds": time.perf_counter() - eval_started})
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table, one row per (variant, weights)."""
-    head = ("| variant | weights | steps | train s | steps/s | MAE dB | MSE dB² | distinct codes | code entropy bits "
-            "| bit/s | PESQ-WB | STOI | seams f/t |")
+    """A Markdown table, one row per (variant, weights, evaluation set)."""
+    head = ("| variant | weights | eval set | steps | train s | steps/s | MAE dB | MSE dB² | distinct codes "
+            "| code entropy bits | bit/s | PESQ-WB | STOI | DNSMOS OVRL | dWER | seams f/t |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         audio = row.get("audio", {}).get("recon", {})
+        perceptual = row.get("perceptual", {}).get("recon", {})
         lines.append(
-            f"| {row['variant']} | {row['weights']} | {row['steps']} | {row['train_seconds']:.0f} | "
+            f"| {row['variant']} | {row['weights']} | {row.get('eval_set', 'seen')} | {row['steps']} | "
+            f"{row['train_seconds']:.0f} | "
             f"{row['steps_per_second']:.2f} | {row['spectrogram']['mae_db']:.3f} | "
             f"{row['spectrogram']['mse_db']:.2f} | "
             f"{row['codebook']['distinct_codes']} | {row['codebook']['entropy_bits']:.2f} | "
             f"{row['rates']['bitrate']:g} | {_fmt(audio.get('pesq'))} | {_fmt(audio.get('stoi'))} | "
+            f"{_fmt((perceptual.get('dnsmos') or {}).get('ovrl'))} | "
+            f"{_fmt((perceptual.get('dwer') or {}).get('wer'))} | "
             f"{row['seams']['freq']:.2f}/{row['seams']['time']:.2f} |")
     return "\n".join(lines)
 
 
+def anchor_table(anchors: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table of the anchors per evaluation set (same windows as the rows' audio metrics)."""
+    head = "| anchor | eval set | bit/s | MAE dB | PESQ-WB | STOI | DNSMOS OVRL | dWER |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for set_name, result in anchors.items():
+        rows = dict(result["rows"])
+        if result.get("original"):
+            rows = {"original": {"bitrate": None, "mae_db": 0.0, **result["original"]}, **rows}
+        for name, row in rows.items():
+            perceptual = row.get("perceptual") or {}
+            lines.append(f"| {name} | {set_name} | {_fmt(row.get('bitrate'))} | {_fmt(row.get('mae_db'))} | "
+                         f"{_fmt(row.get('pesq'))} | {_fmt(row.get('stoi'))} | "
+                         f"{_fmt((perceptual.get('dnsmos') or {}).get('ovrl'))} | "
+                         f"{_fmt((perceptual.get('dwer') or {}).get('wer'))} |")
+    notes = sorted({note for result in anchors.values() for note in result["notes"]})
+    return "\n".join(lines + [f"- {note}" for note in notes])
+
+
 def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "-"
+    if isinstance(value, float) and value == value:
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:g}"
+    return "-"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -227,6 +355,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--audio-batches", type=int, default=4, help="batches scored with PESQ / STOI (0: none)")
     parser.add_argument("--num-audio", type=int, default=2, help="example PNG + WAVs saved per weights")
     parser.add_argument("--vocoder", default=None, help="neural vocoder checkpoint for the audio metrics")
+    parser.add_argument("--holdout-source", default="auto", metavar="NAME",
+                        help=f"source folder of --train left out of training and scored as the unseen voice "
+                             f"(default 'auto': {DEFAULT_HOLDOUT} when present, else the last source; 'none': "
+                             "train on every source)")
+    parser.add_argument("--english", default=None, metavar="DIR",
+                        help="also score English speech no training source shares (audio folder or LibriSpeech "
+                             "layout, e.g. data/librivox-mini); dWER is computed there")
+    parser.add_argument("--language", default=None, help="language of --val ('en' enables dWER on it)")
+    parser.add_argument("--anchors", action=argparse.BooleanOptionalAction, default=True,
+                        help="score the trivial codec, Griffin-Lim ceiling, Opus and Codec 2 on the same windows")
+    parser.add_argument("--perceptual", action="store_true",
+                        help="DNSMOS and (English sets) dWER for every row (needs the 'eval' extra)")
+    parser.add_argument("--report", action="store_true",
+                        help="write report.html per evaluation set (listening page of the last variant)")
+    parser.add_argument("--report-examples", type=int, default=3, help="example windows on each report page")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -235,24 +378,112 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def write_reports(rows: list[dict[str, Any]], anchors: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    """``--output/report_<set>.html`` for the last variant's last weights on each evaluation set."""
+    from transcoder.evaluation.report_html import QUALITY_COLUMNS, quality_table, write_report
+
+    last = rows[-1]
+    run_dir = Path(args.output) / last["variant"]
+    checkpoint = run_dir / "checkpoints" / "latest.pt"
+    tok = load_scored_tokenizer(checkpoint, args.device, last["weights"] == "ema", args.vocoder)
+    for set_name, (root, language) in args.holdout_plan["sets"].items():
+        row = next(r for r in rows if r["variant"] == last["variant"] and r["weights"] == last["weights"]
+                   and r["eval_set"] == set_name)
+        examples = report_examples(tok, root, args, language, anchors.get(set_name) is not None)
+        results = {"rates": row["rates"], "spectrogram": row["spectrogram"], "audio": row.get("audio"),
+                   "perceptual": row.get("perceptual")}
+        table_rows = quality_table(results, anchors.get(set_name))
+        notes = [args.holdout_plan["note"], *(anchors.get(set_name) or {}).get("notes", [])]
+        write_report(Path(args.output) / f"report_{set_name}.html", title=f"{last['variant']} ({last['weights']} "
+                     f"weights), {set_name} voices: {root}", table_columns=QUALITY_COLUMNS, table_rows=table_rows,
+                     examples=examples, sample_rate=tok.sample_rate, mel_fn=_mel_db_fn(tok), notes=notes,
+                     meta=f"step {row['steps']}, {row['device']}; audio metrics on {row.get('audio_windows', 0)} "
+                          "windows")
+
+
+def _mel_db_fn(tok: Any) -> Any:
+    def mel_db(audio: Any) -> Any:
+        with torch.inference_mode():
+            wave = torch.as_tensor(audio, dtype=torch.float32, device=tok.device)[None]
+            return tok.frontend.model_to_db(tok.frontend(wave))[0].cpu().numpy()
+    return mel_db
+
+
+def report_examples(tok: Any, root: str, args: argparse.Namespace, language: str | None,
+                    with_anchors: bool) -> list[Any]:
+    """The first ``--report-examples`` windows: original, tokenizer renderings and (optionally) anchors."""
+    from transcoder.evaluation.evaluate import render_pair
+    from transcoder.evaluation.report_html import ReportExample
+
+    spec = dataset_spec_for(root)
+    dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
+    anchor_audio: list[dict[str, Any]] = []
+    if with_anchors:
+        anchor_audio = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=1,
+                                        max_batches=args.report_examples, examples=args.report_examples)["examples"]
+    examples = []
+    for index in range(min(args.report_examples, len(dataset))):
+        item = dataset[index]
+        n_valid = int(item["num_valid"])
+        if n_valid == 0:
+            continue
+        wave = item["audio"][None].to(tok.device)
+        with torch.inference_mode():
+            mel = tok.frontend(wave)
+            recon = tok.model(mel)[0].float()
+            gl_input, gl_recon = render_pair(tok.griffin_lim, mel, recon, [index], wave.shape[-1])
+        renderings = {"original": item["audio"][:n_valid].numpy(),
+                      "tokenizer + Griffin-Lim": gl_recon[0, :n_valid].numpy(),
+                      "Griffin-Lim ceiling (true mel)": gl_input[0, :n_valid].numpy()}
+        if tok.neural_vocoder is not None:
+            with torch.inference_mode():
+                vocoded = tok.neural_vocoder(recon, wave.shape[-1])
+            renderings["tokenizer + neural vocoder"] = vocoded[0, :n_valid].cpu().numpy()
+        for example in anchor_audio:
+            if example["path"] == item["path"] and example["offset"] == int(item["offset"]):
+                renderings.update({k: v for k, v in example["audio"].items() if k != "griffin-lim ceiling"})
+        examples.append(ReportExample(f"{Path(item['path']).name} @ {int(item['offset']) / tok.sample_rate:.2f} s",
+                                      renderings, {"tokenizer (decoded mel)": tok.frontend.model_to_db(recon)[0]
+                                                   .cpu().numpy()[: -(-n_valid // tok.hop_length)]}))
+    return examples
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.perceptual:
+            require_eval_extra()
         variants = [parse_variant(text) for text in args.variant] or [("base", [])]
         names = [name for name, _ in variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
         output = Path(args.output)
         output.mkdir(parents=True, exist_ok=True)
+        args.holdout_plan = plan_holdout(args)
+        print(f"voices: {args.holdout_plan['note']}", flush=True)
         rows: list[dict[str, Any]] = []
+        anchors: dict[str, dict[str, Any]] = {}
         for name, overrides in variants:
             rows += run_variant(name, overrides, args)
-            write_metrics_json(output / "results.json", {"command": sys.argv, "rows": rows})
-            (output / "results.md").write_text(table(rows) + "\n")
-    except (ConfigError, ValueError, FileNotFoundError, NotImplementedError) as err:
+            if args.anchors and not anchors and args.audio_batches > 0:
+                checkpoint = output / name / "checkpoints" / "latest.pt"
+                anchors = {set_name: score_anchors(checkpoint, root, args, language)
+                           for set_name, (root, language) in args.holdout_plan["sets"].items()}
+                for result in anchors.values():
+                    result.pop("examples", None)
+            summary = {"command": sys.argv, "voices": {k: v for k, v in args.holdout_plan.items() if k != "sets"},
+                       "eval_sets": args.holdout_plan["sets"], "rows": rows, "anchors": anchors}
+            write_metrics_json(output / "results.json", summary)
+            (output / "results.md").write_text(table(rows) + "\n\n" + (anchor_table(anchors) + "\n" if anchors else ""))
+        if args.report:
+            write_reports(rows, anchors, args)
+    except (ConfigError, ValueError, FileNotFoundError, NotImplementedError, MissingExtraError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table(rows))
+    if anchors:
+        print(anchor_table(anchors))
+    print(f"voices: {args.holdout_plan['note']}")
     print(f"device: {rows[0]['device']}, {rows[0]['threads']} torch threads; wrote {output / 'results.json'}")
     return 0
 

@@ -18,6 +18,13 @@ metrics.json but is not a meaningful quality measure here; PESQ and STOI are.
 A window that fails to decode (truncated file, NaN samples) is left out of every metric and count
 and listed under ``skipped_windows``; files whose header is unreadable are listed in ``skipped_files``.
 
+``--perceptual`` (the ``eval`` extra: ``pip install -e ".[eval]"``) adds DNSMOS (SIG / BAK / OVRL / P.808) of
+the original and every rendering and, with ``--language en``, dWER (PocketSphinx on the decoded vs the
+original audio) and, for LibriSpeech-layout data with transcripts, WER. ``--anchors`` scores the trivial
+pooled-mel codec at the same bitrate, Opus and Codec 2 (when installed) on the same windows, as rows of the
+same table. ``--report`` writes ``report.html``: a self-contained listening page (players and spectrograms
+of the original, every rendering and the anchors for ``--report-examples`` windows, and the metrics table).
+
 The logic lives in :func:`transcoder.evaluation.evaluate.evaluate_tokenizer` (usable from Python);
 this script parses the flags, loads the checkpoint and the dataset and prints the table.
 metrics.json is strict JSON: NaN scores (e.g. PESQ of a silent window) are written as null.
@@ -36,23 +43,85 @@ from typing import Any
 
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
-from transcoder.evaluation.evaluate import dataset_spec, evaluate_tokenizer, format_table
+from transcoder.evaluation.evaluate import dataset_spec, evaluate_tokenizer, format_table, write_metrics_json
+from transcoder.evaluation.perceptual import require_eval_extra
 
 __all__ = ["evaluate", "format_table", "main", "parse_args"]
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Load the checkpoint and the dataset the flags name and run :func:`evaluate_tokenizer`."""
+    """Load the checkpoint and the dataset the flags name and run :func:`evaluate_tokenizer` (and the anchors
+    and the report when asked)."""
     tok = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema, batch_size=args.batch_size,
                          vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder)
     spec = dataset_spec(tok.checkpoint_config, args.audio_dir, args.data_config, args.split)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     print(f"{tok!r}, weights={tok.weights}, single process; dataset {spec['target']} "
           f"({len(dataset)} windows of {tok.window_samples / tok.sample_rate:.2f} s)", flush=True)
-    return evaluate_tokenizer(tok, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                              max_batches=args.max_batches, num_audio=args.num_audio,
-                              audio_metrics=args.audio_metrics, seed=args.seed, metric_workers=args.metric_workers,
-                              output_dir=args.output, dataset_spec=spec, quiet=args.quiet)
+    results = evaluate_tokenizer(tok, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                                 max_batches=args.max_batches, num_audio=args.num_audio,
+                                 audio_metrics=args.audio_metrics, seed=args.seed, metric_workers=args.metric_workers,
+                                 output_dir=args.output, dataset_spec=spec, quiet=args.quiet,
+                                 perceptual=args.perceptual, language=args.language)
+    anchors = None
+    if args.anchors or args.report:
+        from transcoder.evaluation.anchors import evaluate_anchors
+        from transcoder.evaluation.perceptual import PerceptualScorer
+
+        scorer = PerceptualScorer(tok.sample_rate, language=args.language) if args.perceptual else None
+        anchors = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=args.batch_size,
+                                   max_batches=args.max_batches, seed=args.seed, perceptual=scorer,
+                                   examples=args.report_examples if args.report else 0)
+        examples = anchors.pop("examples")
+        results["anchors"] = anchors
+        write_metrics_json(Path(args.output) / "metrics.json", results)
+        if args.report:
+            write_listening_page(tok, results, anchors, examples, args)
+    return results
+
+
+def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, Any],
+                         anchor_examples: list[dict[str, Any]], args: argparse.Namespace) -> Path:
+    """``--output/report.html`` for the first ``--report-examples`` windows (the anchors' examples)."""
+    import torch
+
+    from transcoder.evaluation.evaluate import render_pair
+    from transcoder.evaluation.report_html import QUALITY_COLUMNS, ReportExample, quality_table, write_report
+
+    def mel_db(audio: Any) -> Any:
+        with torch.inference_mode():
+            wave = torch.as_tensor(audio, dtype=torch.float32, device=tok.device)[None]
+            return tok.frontend.model_to_db(tok.frontend(wave))[0].cpu().numpy()
+
+    examples = []
+    for example in anchor_examples:
+        wave = torch.as_tensor(example["original"], dtype=torch.float32, device=tok.device)[None]
+        n_valid = wave.shape[-1]
+        padded = torch.nn.functional.pad(wave, (0, tok.window_samples - n_valid))
+        with torch.inference_mode():
+            mel = tok.frontend(padded)
+            recon = tok.model(mel)[0].float()
+            gl_input, gl_recon = render_pair(tok.griffin_lim, mel, recon, [args.seed + example["index"]], padded.shape[-1])
+        renderings = {"original": example["original"], "tokenizer + Griffin-Lim": gl_recon[0, :n_valid].numpy(),
+                      "Griffin-Lim ceiling (true mel)": gl_input[0, :n_valid].numpy()}
+        if tok.neural_vocoder is not None:
+            with torch.inference_mode():
+                vocoded = tok.neural_vocoder(recon, padded.shape[-1])
+            renderings["tokenizer + neural vocoder"] = vocoded[0, :n_valid].cpu().numpy()
+        renderings.update({k: v for k, v in example["audio"].items() if k != "griffin-lim ceiling"})
+        frames = -(-n_valid // tok.hop_length)
+        examples.append(ReportExample(f"{Path(example['path']).name} @ {example['offset'] / tok.sample_rate:.2f} s",
+                                      renderings, {"tokenizer + Griffin-Lim":
+                                                   tok.frontend.model_to_db(recon)[0, :frames].cpu().numpy()}))
+    notes = list(anchors["notes"])
+    if "perceptual" in results:
+        notes += sorted({p["note"] for p in results["perceptual"].values() if "note" in p})
+    meta = (f"{results['checkpoint']} (step {results['step']}, {results['weights']} weights); "
+            f"{results['windows']} windows from {results['files']} files; spectrogram image of the tokenizer row: "
+            "its decoded mel")
+    return write_report(Path(args.output) / "report.html", title="Audio tokenizer evaluation",
+                        table_columns=QUALITY_COLUMNS, table_rows=quality_table(results, anchors), examples=examples,
+                        sample_rate=tok.sample_rate, mel_fn=mel_db, notes=notes, meta=meta)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,6 +152,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric-workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes computing PESQ / STOI (1 = in this process)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--perceptual", action="store_true",
+                        help="DNSMOS and (with --language en) dWER / WER of every rendering (needs the 'eval' extra)")
+    parser.add_argument("--language", default=None, help="language of the data ('en' enables dWER / WER)")
+    parser.add_argument("--anchors", action="store_true",
+                        help="also score the trivial codec at the same bitrate, Opus and Codec 2 on the same windows")
+    parser.add_argument("--report", action="store_true", help="write report.html (listening page, implies --anchors)")
+    parser.add_argument("--report-examples", type=int, default=3, help="example windows on the report page")
     args = parser.parse_args(argv)
     for name in ("batch_size", "metric_workers"):
         if getattr(args, name) < 1:
@@ -91,18 +167,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-batches must be >= 1")
     if args.num_audio < 0:
         parser.error("--num-audio must be >= 0")
+    if args.perceptual and not args.audio_metrics:
+        parser.error("--perceptual scores the rendered audio: drop --no-audio-metrics")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.perceptual:
+            require_eval_extra()
         results = evaluate(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointError is a RuntimeError
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointError, MissingExtraError: RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(results))
+    if "anchors" in results:
+        from transcoder.evaluation.report_html import markdown_table, quality_table
+
+        print("\n" + markdown_table(quality_table(results, results["anchors"])))
+        for note in results["anchors"]["notes"]:
+            print(f"note: {note}")
     print(f"wrote {Path(args.output) / 'metrics.json'}")
+    if args.report:
+        print(f"listening page: {Path(args.output) / 'report.html'}")
     if args.num_audio:
         print(f"examples (spectrogram PNGs, input / reconstruction WAVs): {Path(args.output) / 'examples'}")
     return 0

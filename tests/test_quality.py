@@ -261,7 +261,8 @@ def test_benchmark_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     rows = [line for line in out.splitlines() if line.startswith("| plain") or line.startswith("| ema")]
     assert [row.split("|")[2].strip() for row in rows] == ["raw", "raw", "ema"]
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
-    assert float(rows[0].split("|")[6]) > 0  # MAE in dB
+    assert float(rows[0].split("|")[7]) > 0  # MAE in dB
+    assert "| seen |" in rows[0] and "trivial pooled-mel" in out  # the evaluation set, the anchors
 
 
 def test_benchmark_budget_mode_ends_the_cosine_at_the_budget(tmp_path: Path) -> None:

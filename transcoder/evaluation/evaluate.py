@@ -23,6 +23,10 @@ size. The tokenizer is anything with the attributes of
 Griffin-Lim's phase is random, so its SI-SNR is reported but is not a meaningful quality measure
 here; PESQ and STOI are.
 
+With ``perceptual=True`` (the ``eval`` extra) every rendering and the original are also scored with
+DNSMOS and, for English material (``language="en"``), dWER / WER, per file
+(:mod:`transcoder.evaluation.perceptual`).
+
 A window that fails to decode is left out of every metric and count and listed under
 ``skipped_windows``; files whose header is unreadable are listed in ``skipped_files``.
 """
@@ -224,6 +228,8 @@ def evaluate_tokenizer(
     output_dir: str | Path | None = None,
     dataset_spec: dict[str, Any] | None = None,
     quiet: bool = True,
+    perceptual: bool = False,
+    language: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a tokenizer on an eval-mode dataset of model windows (see the module docstring).
 
@@ -243,10 +249,21 @@ def evaluate_tokenizer(
         output_dir: where ``metrics.json`` and ``examples/`` go; ``None`` writes nothing.
         dataset_spec: recorded under ``"dataset"`` in the results.
         quiet: no progress bar.
+        perceptual: also DNSMOS and (English only) dWER / WER of every rendering, per file (needs the
+            ``eval`` extra and ``audio_metrics``; :class:`~transcoder.evaluation.perceptual.MissingExtraError`
+            without the extra).
+        language: the material's language (``"en"`` enables dWER / WER).
 
     Returns:
         The results dict (also written to ``output_dir/metrics.json`` with NaN as ``null``).
     """
+    scorer = None
+    if perceptual:
+        if not audio_metrics:
+            raise ValueError("evaluate_tokenizer: perceptual=True needs audio_metrics=True (it scores the renderings)")
+        from transcoder.evaluation.perceptual import PerceptualScorer, transcript_of
+
+        scorer = PerceptualScorer(tok.sample_rate, language=language)
     out_dir = Path(output_dir) if output_dir is not None else None
     if out_dir is None:
         num_audio = 0
@@ -338,6 +355,11 @@ def evaluate_tokenizer(
                             audio[f"{side}_mel_mae_db"].add(mae)
                             clip[_clip_key(side, "mel_mae_db")] = mae
                         jobs.append((r.numpy(), estimate.numpy()))
+                        if scorer is not None:
+                            scorer.add(side, paths[b], offsets[b], estimate.numpy())
+                    if scorer is not None:
+                        scorer.add("original", paths[b], offsets[b], r.numpy(),
+                                   transcript_of(dataset, int(batch["file_index"][keep[b]])))
                 if window_index[b] in examples and out_dir is not None:
                     save_examples(out_dir / "examples", saved, tok, {
                         "path": paths[b], "offset": offsets[b], "root": getattr(dataset, "root", None),
@@ -400,6 +422,10 @@ def evaluate_tokenizer(
             | {f"{metric}_skipped": audio[f"{side}_{metric}"].skipped for metric in ("pesq", "stoi")}
             for side in sides
         }
+    if scorer is not None:
+        # Stopped by max_batches: the last file may have windows left (kept out of the reference WER).
+        truncated = max_batches is not None and max_batches < len(loader)
+        results["perceptual"] = scorer.compute({per_clip[-1]["path"]} if truncated else set())
     if out_dir is not None:
         write_metrics_json(out_dir / "metrics.json", results)
     return results
