@@ -101,7 +101,8 @@ def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, A
         with torch.inference_mode():
             mel = tok.frontend(padded)
             recon = tok.model(mel)[0].float()
-            gl_input, gl_recon = render_pair(tok.griffin_lim, mel, recon, [args.seed + example["index"]], padded.shape[-1])
+            gl_input, gl_recon = render_pair(tok.griffin_lim, mel, recon, [args.seed + example["index"]],
+                                             padded.shape[-1])
         renderings = {"original": example["original"], "tokenizer + Griffin-Lim": gl_recon[0, :n_valid].numpy(),
                       "Griffin-Lim ceiling (true mel)": gl_input[0, :n_valid].numpy()}
         if tok.neural_vocoder is not None:
