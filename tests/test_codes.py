@@ -14,18 +14,30 @@ import torch
 from test_tokenize import REPO, SR, WINDOW_SAMPLES, _speechlike, tokenize_script
 
 from transcoder.api import AudioTokenizer
-from transcoder.codes import FORMAT_VERSION, CodesFile, CodesFormatError, read_manifest
+from transcoder.codes import (
+    FORMAT_VERSION,
+    MANIFEST_VERSION,
+    CodesFile,
+    CodesFormatError,
+    read_manifest,
+    write_manifest,
+)
 
 
 @pytest.fixture()
-def codes_dir(ckpt: Path, tmp_path: Path) -> Path:
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    sf.write(audio / "a.wav", _speechlike(1.5 * WINDOW_SAMPLES / SR, seed=1), SR)
-    sf.write(audio / "b.wav", _speechlike(0.9, seed=2), SR)
+def codes_dir(tok: AudioTokenizer, tmp_path: Path) -> Path:
+    """A folder in the older per-file layout (manifest.json + .npy), as earlier versions wrote it."""
     out = tmp_path / "codes"
-    assert tokenize_script.main(["encode", "-c", str(ckpt), str(audio), str(out), "--num-workers", "0",
-                                 "--quiet"]) == 0
+    out.mkdir()
+    files = {}
+    for name, wave in (("a", _speechlike(1.5 * WINDOW_SAMPLES / SR, seed=1)), ("b", _speechlike(0.9, seed=2))):
+        encoded = tok.encode_waves([wave])[0]
+        np.save(out / f"{name}.npy", encoded.indices.numpy().astype(np.uint16))
+        files[f"{name}.npy"] = {"source": f"{name}.wav", "num_samples": encoded.num_samples,
+                                "frames": encoded.num_frames, "shape": list(encoded.indices.shape)}
+    write_manifest(out, {"checkpoint": "tiny.pt", "checkpoint_sha256": tok.checkpoint_sha256, "sample_rate": SR,
+                         "hop_length": 160, "n_mels": 32, "patch_size": [16, 16], "bits": 12, "files": files,
+                         "failed": {}})
     return out
 
 
@@ -43,7 +55,7 @@ def _decode(ckpt: Path, codes: Path, out: Path) -> int:
 def test_manifest_is_versioned_and_old_manifests_read_as_version_1(codes_dir: Path, ckpt: Path,
                                                                    tmp_path: Path) -> None:
     manifest = read_manifest(codes_dir / "manifest.json")
-    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["format_version"] == MANIFEST_VERSION == 2
     assert json.loads((codes_dir / "manifest.json").read_text())["format_version"] == 2
 
     def legacy(data: dict) -> None:  # what the script wrote before versioning
@@ -75,7 +87,8 @@ def test_num_samples_longer_than_the_codes_is_a_per_file_error(codes_dir: Path, 
 def test_fewer_rows_than_the_manifest_says_is_a_per_file_error(codes_dir: Path, ckpt: Path, tmp_path: Path) -> None:
     codes = np.load(codes_dir / "a.npy")
     np.save(codes_dir / "a.npy", codes[:-4])
-    with pytest.warns(tokenize_script.FileSkipWarning, match=r"a\.npy.*4 rows of codes but the manifest says 8"):
+    with pytest.warns(tokenize_script.FileSkipWarning,
+                      match=r"a\.npy.*needs rows \[0, 8\) but the array has shape \(4, 2\)"):
         assert _decode(ckpt, codes_dir, tmp_path / "wav") == 0
     assert not (tmp_path / "wav" / "a.wav").exists()
 
