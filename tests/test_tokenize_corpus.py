@@ -175,8 +175,9 @@ def test_peak_memory_does_not_grow_with_file_length(ckpt: Path, tmp_path: Path) 
                  "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
                  "finally:\n    print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
         result = subprocess.run([sys.executable, "-c", probe, SCRIPT, "encode", "-c", str(ckpt), str(path),
-                                 str(tmp_path / f"codes{minutes}"), "--num-workers", "0", "--batch-size", "16",
-                                 "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                                 str(tmp_path / f"codes{minutes}"), "--num-workers", "0", "--batch-size", "128",
+                                 "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 0, result.stderr
         peaks[minutes] = int(result.stderr.rsplit("peak_kb", 1)[1].split()[0])
         assert CodesIndex.open(tmp_path / f"codes{minutes}")[f"{minutes}min"].num_samples == minutes * 60 * SR
