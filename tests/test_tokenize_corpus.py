@@ -158,8 +158,10 @@ def test_two_ranks_of_torchrun_killed_and_rerun_equal_one_process(ckpt: Path, to
     _kill_then_rerun(command, out, num_units=8)
     index = CodesIndex.open(out)
     assert {json.loads(p.read_text())["rank"] for p in (out / "index").glob("*.json")} == {0, 1}
+    by_source = {u.source: u for u in index}
+    assert len(by_source) == len(files)
     for uid, path in files.items():
-        utt = index[uid.replace("/", "_") + "-0"]  # CutSet.from_manifests names a whole-recording cut <id>-0
+        utt = by_source[os.path.normpath(str(path))]
         assert np.array_equal(index.codes(utt), tok.encode_file(path).numpy()), uid
 
 
