@@ -1,22 +1,25 @@
 """Turn audio into integer codes with a trained checkpoint, and codes back into audio.
 
-Encode one file or a folder (recursively); one ``.npy`` of codes ``(n_time_tokens, n_freq_patches)``
-per audio file, mirroring the folder tree, plus ``manifest.json``::
+Encode a folder (searched recursively), one file, a Lhotse CutSet or RecordingSet manifest, or a shard
+folder from scripts/prepare_shards.py into a codes folder (format: transcoder/codes.py)::
 
-    python scripts/tokenize_audio.py encode --checkpoint CKPT.pt INPUT_FILE_OR_DIR OUTPUT_DIR
+    python scripts/tokenize_audio.py encode -c CKPT.pt INPUT OUTPUT_DIR [--layout packed|files]
+    torchrun --nproc_per_node 4 scripts/tokenize_audio.py encode -c CKPT.pt cuts.jsonl.gz OUTPUT_DIR
 
-Decode a folder written by ``encode`` (or one ``.npy`` inside it) to WAV via Griffin-Lim (or a neural
-vocoder trained by scripts/train_vocoder.py with ``--vocoder VOCODER.pt``), or to mel ``.npy`` files
-``(frames, n_mels)`` with ``--mel``::
+``--layout packed`` (the default for manifests and shards) writes one shard of codes per work unit
+plus its index; ``files`` (the default for folders) writes ``<id>.npy`` per utterance. Files are
+streamed window by window (memory does not grow with their length); ranks split the work units and
+never wait for each other; rerunning the same command resumes, skipping finished units. A file that
+fails is recorded in the index with its reason and counted in the summary.
 
-    python scripts/tokenize_audio.py decode --checkpoint CKPT.pt CODES_DIR_OR_NPY OUTPUT_DIR [--mel] [--vocoder V.pt]
+Decode a codes folder (either layout, or an older manifest.json folder), some utterances of it
+(``--id``), or one ``.npy`` / ``.npz`` to WAV (``<id>.wav``) via Griffin-Lim or ``--vocoder``, or to mel
+``.npy`` ``(frames, n_mels)`` with ``--mel``::
 
-The format (versioned; older unversioned manifests still read) and its checks live in
-:mod:`transcoder.codes`; decoding validates every file against the manifest and the checkpoint.
-Files of any length are cut into windows of the model's length (the last one zero-padded); their
-codes are concatenated along time and decoding trims back to the original duration. Windows of
-several files are batched together. A file that fails is reported and skipped; the exit status is
-non-zero only when every file failed (or the input holds no files / the arguments are wrong).
+    python scripts/tokenize_audio.py decode -c CKPT.pt CODES_DIR OUTPUT_DIR [--id spk1/a] [--mel]
+
+Exit status: 0 when something was encoded / decoded (failures are listed), 1 when every file failed or
+the disk is full, 2 for a usage error, a busy output folder, or codes of another checkpoint.
 """
 
 from __future__ import annotations
@@ -25,28 +28,26 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from transcoder.api import AudioTokenizer, load_tokenizer
 from transcoder.codes import (
     CodesFile,
     CodesFormatError,
+    CodesIndex,
+    DiskFullError,
+    atomic_write,
     check_codes,
     check_manifest_model,
-    codes_dtype,
-    find_manifest,
-    read_manifest,
-    write_manifest,
+    find_codes_root,
 )
-from transcoder.data.audio_io import AUDIO_EXTENSIONS, audio_info, load_audio
-from transcoder.data.listing import scan_files
+from transcoder.data.audio_io import AUDIO_EXTENSIONS
+from transcoder.data.corpus import open_corpus
+from transcoder.encode_corpus import encode_corpus
+from transcoder.utils.locking import FolderLockedError
 
 
 class FileSkipWarning(UserWarning):
@@ -59,10 +60,6 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _skip(path: str, reason: str) -> None:
-    warnings.warn(f"skipping {path}: {reason}", FileSkipWarning, stacklevel=2)
-
-
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                     line: str | None = None) -> str:
     if issubclass(category, FileSkipWarning):
@@ -73,152 +70,35 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
 _default_formatwarning = warnings.formatwarning
 
 
-# ------------------------------------------------------------------------------------------------
-# encode
-# ------------------------------------------------------------------------------------------------
+def _device(arg: str | None) -> str | None:
+    """``--device``, or under torchrun the GPU of this local rank when CUDA is there."""
+    if arg is not None:
+        return arg
+    import torch
 
-
-def list_inputs(source: Path, extensions: list[str]) -> tuple[Path, list[str]]:
-    """``(root, paths relative to root)`` for a file or a folder searched recursively."""
-    if source.is_file():
-        return source.parent, [source.name]
-    if source.is_dir():
-        return source, scan_files(str(source), extensions)
-    raise FileNotFoundError(f"input {source} is neither a file nor a directory")
-
-
-def output_names(rel_paths: list[str]) -> dict[str, str]:
-    """Map each input path to its ``.npy`` path: the extension replaced, or appended where two inputs
-    in one folder share a stem (``a.wav`` and ``a.flac`` -> ``a.wav.npy``, ``a.flac.npy``)."""
-    stems: dict[str, int] = {}
-    for rel in rel_paths:
-        stem = os.path.splitext(rel)[0]
-        stems[stem] = stems.get(stem, 0) + 1
-    out = {}
-    for rel in rel_paths:
-        stem = os.path.splitext(rel)[0]
-        out[rel] = f"{rel}.npy" if stems[stem] > 1 else f"{stem}.npy"
-    return out
-
-
-class _AudioFiles(Dataset):
-    """Decodes files in DataLoader workers; an item carries the waveform or the error text."""
-
-    def __init__(self, root: Path, rel_paths: list[str], sample_rate: int) -> None:
-        self.root, self.rel_paths, self.sample_rate = root, rel_paths, sample_rate
-
-    def __len__(self) -> int:
-        return len(self.rel_paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rel = self.rel_paths[index]
-        path = self.root / rel
-        item: dict[str, Any] = {"rel": rel, "path": str(path), "wave": None, "error": None,
-                                "source_sample_rate": None}
-        try:
-            item["source_sample_rate"] = audio_info(str(path)).sample_rate
-            item["wave"] = load_audio(str(path), self.sample_rate)
-        except Exception as err:  # noqa: BLE001 - any failure of one file is reported and skipped
-            item["error"] = _reason(err)
-        return item
-
-
-def _groups(loader: DataLoader, tokenizer: AudioTokenizer) -> Iterator[list[dict[str, Any]]]:
-    """Yield lists of decoded items holding about ``batch_size`` model windows together."""
-    group: list[dict[str, Any]] = []
-    windows = 0
-    for batch in loader:
-        for item in batch:
-            group.append(item)
-            if item["wave"] is not None:
-                windows += tokenizer.num_windows(item["wave"].numel())
-            if windows >= tokenizer.batch_size:
-                yield group
-                group, windows = [], 0
-    if group:
-        yield group
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return None
 
 
 def encode(args: argparse.Namespace) -> int:
-    source = Path(args.input)
-    out_dir = Path(args.output)
     extensions = [e if e.startswith(".") else f".{e}" for e in args.extensions]
-    root, rel_paths = list_inputs(source, extensions)
-    if not rel_paths:
-        print(f"error: no audio files with extensions {extensions} under {source}", file=sys.stderr)
+    source = open_corpus(args.input, extensions=extensions, supervisions=args.supervisions,
+                         per_supervision=not args.whole_cuts, audio_root=args.audio_root)
+    if source.num_items == 0:
+        print(f"error: no audio files with extensions {extensions} under {args.input}", file=sys.stderr)
         return 2
-    tokenizer = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema,
+    layout = args.layout or ("files" if source.kind in ("folder", "file") else "packed")
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    tokenizer = load_tokenizer(args.checkpoint, device=_device(args.device), use_ema=args.use_ema,
                                batch_size=args.batch_size)
-    dtype = codes_dtype(tokenizer.bits_per_token)
-    names = output_names(rel_paths)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    loader = DataLoader(_AudioFiles(root, rel_paths, tokenizer.sample_rate), batch_size=1,
-                        num_workers=args.num_workers, collate_fn=list)
-    entries: dict[str, dict[str, Any]] = {}
-    failed: dict[str, str] = {}
-
-    def write(item: dict[str, Any], codes: torch.Tensor, num_samples: int) -> None:
-        target = out_dir / names[item["rel"]]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, codes.numpy().astype(dtype))
-        entries[names[item["rel"]]] = {
-            "source": item["rel"],
-            "num_samples": num_samples,
-            "source_sample_rate": item["source_sample_rate"],
-            "frames": -(-num_samples // tokenizer.hop_length),
-            "shape": list(codes.shape),
-        }
-
-    progress = tqdm(total=len(rel_paths), unit="file", desc="encode", disable=args.quiet)
-    for group in _groups(loader, tokenizer):
-        ok = []
-        for item in group:
-            if item["error"] is not None:
-                failed[item["path"]] = item["error"]
-                _skip(item["path"], item["error"])
-            else:
-                ok.append(item)
-        try:
-            encoded = tokenizer.encode_waves([item["wave"] for item in ok])
-            pairs = list(zip(ok, encoded, strict=True))
-        except Exception:  # noqa: BLE001 - retry one by one to find the file at fault
-            pairs = []
-            for item in ok:
-                try:
-                    pairs.append((item, tokenizer.encode_waves([item["wave"]])[0]))
-                except Exception as err:  # noqa: BLE001
-                    failed[item["path"]] = _reason(err)
-                    _skip(item["path"], failed[item["path"]])
-        for item, result in pairs:
-            try:
-                write(item, result.indices, result.num_samples)
-            except OSError as err:
-                failed[item["path"]] = _reason(err)
-                _skip(item["path"], failed[item["path"]])
-        progress.update(len(group))
-    progress.close()
-
-    pt, pf = tokenizer.patch_size
-    manifest = {
-        "checkpoint": str(Path(args.checkpoint).resolve()),
-        "checkpoint_sha256": tokenizer.checkpoint_sha256,
-        "weights": tokenizer.weights,
-        "sample_rate": tokenizer.sample_rate,
-        "hop_length": tokenizer.hop_length,
-        "n_mels": tokenizer.mel_config.n_mels,
-        "window_frames": tokenizer.window_frames,
-        "patch_size": [pt, pf],
-        "grid_per_window": [tokenizer.time_rows_per_window, tokenizer.n_freq_patches],
-        "bits": tokenizer.bits_per_token,
-        "codes_dtype": dtype.name,
-        "tokens_per_second": tokenizer.tokens_per_second,
-        "bitrate": tokenizer.bitrate,
-        "source": str(source.resolve()),
-        "files": dict(sorted(entries.items())),
-        "failed": failed,
-    }
-    write_manifest(out_dir, manifest)
-    return _summary("encoded", len(entries), failed, len(rel_paths))
+    summary = encode_corpus(tokenizer, source, args.output, layout=layout, unit_size=args.unit_size, rank=rank,
+                            world_size=world_size, num_workers=args.num_workers,
+                            progress=not args.quiet and rank == 0,
+                            warn=lambda text: warnings.warn(text, FileSkipWarning, stacklevel=1))
+    for line in summary.lines():
+        print(line)
+    return 1 if summary.failed and summary.encoded == 0 else 0
 
 
 def _summary(verb: str, done: int, failed: dict[str, str], total: int) -> int:
@@ -233,44 +113,58 @@ def _summary(verb: str, done: int, failed: dict[str, str], total: int) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _decode_jobs(source: Path, manifest_arg: str | None) -> tuple[Path, Path | None, dict[str, Any] | None,
-                                                                   list[str]]:
-    """``(codes root, manifest path or None, manifest or None, .npy paths relative to the root)``."""
+def _decode_jobs(source: Path, ids: list[str] | None) -> tuple[CodesIndex | None, list[tuple[str, CodesFile | str]]]:
+    """``(index or None, [(utterance id, CodesFile or id in the index)])`` for a folder, sub-folder or file."""
     if not source.exists():
         raise FileNotFoundError(f"codes input {source} does not exist")
-    manifest_path = Path(manifest_arg) if manifest_arg else find_manifest(source if source.is_dir() else source.parent)
-    manifest = read_manifest(manifest_path) if manifest_path is not None else None
-    root = manifest_path.parent if manifest_path is not None else (source if source.is_dir() else source.parent)
     if source.is_file():
-        return root, manifest_path, manifest, [source.resolve().relative_to(root.resolve()).as_posix()]
-    if manifest is not None and source.resolve() == root.resolve():
-        return root, manifest_path, manifest, list(manifest["files"])
+        if source.suffix == ".npz":
+            return None, [(source.stem, CodesFile.load(source))]
+        root = find_codes_root(source.parent)
+        if root is None:
+            return None, [(source.stem, str(source))]
+        index = CodesIndex.open(root)
+        rel = source.resolve().relative_to(root.resolve()).as_posix()
+        matches = [u.id for u in index if u.file == rel]
+        if not matches:
+            raise CodesFormatError(f"{source}: not listed in the index of {root} (as {rel!r})")
+        return index, [(matches[0], matches[0])]
+    root = find_codes_root(source)
+    if root is None:
+        raise CodesFormatError(f"{source}: no codes.json (or manifest.json) here or above: not a codes folder")
+    index = CodesIndex.open(root)
     prefix = source.resolve().relative_to(root.resolve()).as_posix()
-    rel_paths = [f"{prefix}/{p}" if prefix != "." else p for p in scan_files(str(source), [".npy"])]
-    return root, manifest_path, manifest, rel_paths
+    chosen = [u.id for u in index if prefix == "." or u.id.startswith(prefix + "/")]
+    if ids:
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise CodesFormatError(f"{root}: no utterance {missing[0]!r} (of {len(index)})")
+        chosen = list(ids)
+    return index, [(uid, uid) for uid in chosen]
 
 
-def _read_codes(path: Path, manifest_path: Path | None, manifest: dict[str, Any] | None,
-                tokenizer: AudioTokenizer) -> tuple[np.ndarray, int | None]:
-    """Checked int64 codes of one file and its ``num_samples`` (``None`` without a manifest)."""
-    if manifest is None:
-        return check_codes(np.load(path, allow_pickle=False), tokenizer.codes_spec, path), None
-    codes = CodesFile.load(path, manifest, manifest_path)
-    return codes.checked(tokenizer.codes_spec, path), codes.num_samples
+def _codes(job: CodesFile | str, index: CodesIndex | None, tokenizer: AudioTokenizer) -> tuple[np.ndarray, int | None]:
+    """Checked int64 codes of one utterance and its ``num_samples`` (``None`` for a bare ``.npy``)."""
+    if isinstance(job, CodesFile):
+        return job.checked(tokenizer.codes_spec, job.source or "codes"), job.num_samples
+    if index is None:
+        return check_codes(np.load(job, allow_pickle=False), tokenizer.codes_spec, job), None
+    codes = index.codes_file(job)
+    where = index.folder / (index[job].shard or str(index[job].file))
+    return codes.checked(tokenizer.codes_spec, f"{where} ({job})"), codes.num_samples
 
 
 def decode(args: argparse.Namespace) -> int:
-    source = Path(args.input)
+    index, jobs = _decode_jobs(Path(args.input), args.id)
     out_dir = Path(args.output)
-    root, manifest_path, manifest, rel_paths = _decode_jobs(source, args.manifest)
-    if not rel_paths:
-        print(f"error: no .npy code files under {source}", file=sys.stderr)
+    if not jobs:
+        print(f"error: no codes under {args.input}", file=sys.stderr)
         return 2
     tokenizer = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema,
                                batch_size=args.batch_size,
                                vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder)
-    if manifest is not None:
-        other = check_manifest_model(manifest, tokenizer.codes_spec, manifest_path, tokenizer.checkpoint_sha256,
+    if index is not None:
+        other = check_manifest_model(index.header, tokenizer.codes_spec, index.folder, tokenizer.checkpoint_sha256,
                                      args.checkpoint)
         if other and not args.force:
             raise ValueError(other + " (pass --force to decode anyway)")
@@ -278,25 +172,24 @@ def decode(args: argparse.Namespace) -> int:
             warnings.warn(other, stacklevel=2)
     failed: dict[str, str] = {}
     done = 0
-    for rel in tqdm(rel_paths, unit="file", desc="decode", disable=args.quiet):
-        path = root / rel
+    for uid, job in tqdm(jobs, unit="file", desc="decode", disable=args.quiet):
         try:
-            codes, num_samples = _read_codes(path, manifest_path, manifest, tokenizer)
-            stem = rel[:-4] if rel.endswith(".npy") else rel
+            codes, num_samples = _codes(job, index, tokenizer)
             if args.mel:
                 mel = tokenizer.decode_to_mel(codes, space=args.mel_space).cpu()
                 if num_samples is not None:
                     mel = mel[: -(-int(num_samples) // tokenizer.hop_length)]
-                target = out_dir / f"{stem}.mel.npy"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                np.save(target, mel.numpy().astype(np.float32))
+                array = mel.numpy().astype(np.float32)
+                atomic_write(out_dir / f"{uid}.mel.npy", lambda handle, a=array: np.save(handle, a))
             else:
-                tokenizer.decode_to_file(codes, out_dir / f"{stem}.wav", num_samples=num_samples, seed=args.seed)
+                tokenizer.decode_to_file(codes, out_dir / f"{uid}.wav", num_samples=num_samples, seed=args.seed)
             done += 1
-        except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
-            failed[str(path)] = _reason(err)
-            _skip(str(path), failed[str(path)])
-    return _summary("decoded", done, failed, len(rel_paths))
+        except DiskFullError:
+            raise
+        except Exception as err:  # noqa: BLE001 - one bad utterance must not stop the others
+            failed[uid] = _reason(err)
+            warnings.warn(f"skipping {uid}: {failed[uid]}", FileSkipWarning, stacklevel=1)
+    return _summary("decoded", done, failed, len(jobs))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -310,25 +203,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", "-c", required=True, help="trainer checkpoint (.pt)")
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        p.add_argument("--device", default=None,
+                       help="cpu, cuda, cuda:1 ... (default: cuda when available; cuda:LOCAL_RANK under torchrun)")
         p.add_argument("--batch-size", type=int, default=16, help="model windows per forward pass")
         p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
                        help="use the EMA weights when the checkpoint has them (default: yes)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    enc = sub.add_parser("encode", help="audio file or folder -> .npy codes + manifest.json")
-    enc.add_argument("input", help="an audio file or a folder (searched recursively)")
-    enc.add_argument("output", help="output folder")
+    enc = sub.add_parser("encode", help="audio folder / file / Lhotse manifest / shards -> codes folder")
+    enc.add_argument("input", help="a folder (searched recursively), an audio file, a Lhotse CutSet or RecordingSet "
+                                   "manifest (.jsonl.gz), or a shard folder (shards.json)")
+    enc.add_argument("output", help="codes folder (a rerun with the same settings resumes it)")
+    enc.add_argument("--layout", choices=["packed", "files"], default=None,
+                     help="packed: one codes shard per work unit; files: <id>.npy per utterance "
+                          "(default: files for a folder or file, packed for manifests and shards)")
+    enc.add_argument("--unit-size", type=int, default=256,
+                     help="utterances per work unit (= per packed shard; the unit of resuming; default 256)")
+    enc.add_argument("--supervisions", default=None, help="SupervisionSet manifest for a RecordingSet input")
+    enc.add_argument("--whole-cuts", action="store_true",
+                     help="encode whole cuts / recordings instead of one utterance per supervision")
+    enc.add_argument("--audio-root", default=None,
+                     help="folder relative audio paths of a Lhotse manifest are relative to (default: cwd)")
     enc.add_argument("--extensions", nargs="+", default=list(AUDIO_EXTENSIONS),
                      help=f"audio file endings to look for (default: {' '.join(AUDIO_EXTENSIONS)})")
     enc.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
-                     help="processes decoding audio files")
+                     help="processes decoding audio per rank (0: decode in the main process)")
     common(enc)
 
-    dec = sub.add_parser("decode", help=".npy codes -> WAV (Griffin-Lim or --vocoder) or mel .npy")
-    dec.add_argument("input", help="a folder written by encode, a sub-folder of it, or one .npy")
-    dec.add_argument("output", help="output folder")
-    dec.add_argument("--manifest", default=None, help="manifest.json (default: searched upwards from the input)")
+    dec = sub.add_parser("decode", help="codes -> WAV (Griffin-Lim or --vocoder) or mel .npy")
+    dec.add_argument("input", help="a codes folder (either layout), a sub-folder of one, or one .npy / .npz")
+    dec.add_argument("output", help="output folder (<id>.wav, or <id>.mel.npy with --mel)")
+    dec.add_argument("--id", action="append", default=None, metavar="ID",
+                     help="decode only this utterance (repeatable)")
     dec.add_argument("--mel", action="store_true", help="write mel spectrograms (frames, n_mels) instead of WAV")
     dec.add_argument("--mel-space", choices=["model", "db", "power"], default="db",
                      help="scale of --mel output: model space [-1, 1], dB, or power (default: db)")
@@ -342,6 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.command == "encode" and args.unit_size < 1:
+        parser.error(f"--unit-size must be >= 1, got {args.unit_size}")
     return args
 
 
@@ -352,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _format_warning
         try:
             return encode(args) if args.command == "encode" else decode(args)
-        except (FileNotFoundError, ValueError, RuntimeError, CodesFormatError) as err:
+        except DiskFullError as err:
+            print(f"error: {err.strerror}", file=sys.stderr)
+            return 1
+        except (FileNotFoundError, ValueError, RuntimeError, CodesFormatError, FolderLockedError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         finally:

@@ -14,18 +14,30 @@ import torch
 from test_tokenize import REPO, SR, WINDOW_SAMPLES, _speechlike, tokenize_script
 
 from transcoder.api import AudioTokenizer
-from transcoder.codes import FORMAT_VERSION, CodesFile, CodesFormatError, read_manifest
+from transcoder.codes import (
+    FORMAT_VERSION,
+    MANIFEST_VERSION,
+    CodesFile,
+    CodesFormatError,
+    read_manifest,
+    write_manifest,
+)
 
 
 @pytest.fixture()
-def codes_dir(ckpt: Path, tmp_path: Path) -> Path:
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    sf.write(audio / "a.wav", _speechlike(1.5 * WINDOW_SAMPLES / SR, seed=1), SR)
-    sf.write(audio / "b.wav", _speechlike(0.9, seed=2), SR)
+def codes_dir(tok: AudioTokenizer, tmp_path: Path) -> Path:
+    """A folder in the older per-file layout (manifest.json + .npy), as earlier versions wrote it."""
     out = tmp_path / "codes"
-    assert tokenize_script.main(["encode", "-c", str(ckpt), str(audio), str(out), "--num-workers", "0",
-                                 "--quiet"]) == 0
+    out.mkdir()
+    files = {}
+    for name, wave in (("a", _speechlike(1.5 * WINDOW_SAMPLES / SR, seed=1)), ("b", _speechlike(0.9, seed=2))):
+        encoded = tok.encode_waves([wave])[0]
+        np.save(out / f"{name}.npy", encoded.indices.numpy().astype(np.uint16))
+        files[f"{name}.npy"] = {"source": f"{name}.wav", "num_samples": encoded.num_samples,
+                                "frames": encoded.num_frames, "shape": list(encoded.indices.shape)}
+    write_manifest(out, {"checkpoint": "tiny.pt", "checkpoint_sha256": tok.checkpoint_sha256, "sample_rate": SR,
+                         "hop_length": 160, "n_mels": 32, "patch_size": [16, 16], "bits": 12, "files": files,
+                         "failed": {}})
     return out
 
 
@@ -43,7 +55,7 @@ def _decode(ckpt: Path, codes: Path, out: Path) -> int:
 def test_manifest_is_versioned_and_old_manifests_read_as_version_1(codes_dir: Path, ckpt: Path,
                                                                    tmp_path: Path) -> None:
     manifest = read_manifest(codes_dir / "manifest.json")
-    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["format_version"] == MANIFEST_VERSION == 2
     assert json.loads((codes_dir / "manifest.json").read_text())["format_version"] == 2
 
     def legacy(data: dict) -> None:  # what the script wrote before versioning
@@ -75,7 +87,8 @@ def test_num_samples_longer_than_the_codes_is_a_per_file_error(codes_dir: Path, 
 def test_fewer_rows_than_the_manifest_says_is_a_per_file_error(codes_dir: Path, ckpt: Path, tmp_path: Path) -> None:
     codes = np.load(codes_dir / "a.npy")
     np.save(codes_dir / "a.npy", codes[:-4])
-    with pytest.warns(tokenize_script.FileSkipWarning, match=r"a\.npy.*4 rows of codes but the manifest says 8"):
+    with pytest.warns(tokenize_script.FileSkipWarning,
+                      match=r"a\.npy.*needs rows \[0, 8\) but the array has shape \(4, 2\)"):
         assert _decode(ckpt, codes_dir, tmp_path / "wav") == 0
     assert not (tmp_path / "wav" / "a.wav").exists()
 
@@ -123,3 +136,77 @@ def test_codes_file_roundtrip_and_decode_file(tok: AudioTokenizer, tmp_path: Pat
     with pytest.raises(CodesFormatError, match="22050 Hz"):
         tok.load_codes(other.save(tmp_path / "other.npz"))
     assert torch.equal(torch.from_numpy(loaded.indices), encoded.indices)
+
+
+# --------------------------------------------------------------------------------------------------
+# corpus layout (format version 3): header, unit index, packed shards / per-utterance files
+# --------------------------------------------------------------------------------------------------
+
+
+def _header(layout: str, sha: str = "a" * 64) -> dict:
+    return {"layout": layout, "sample_rate": SR, "hop_length": 160, "n_mels": 32, "window_frames": 64,
+            "patch_size": [16, 16], "grid_per_window": [4, 2], "bits": 12, "codes_dtype": "uint16",
+            "checkpoint": "/x/tiny.pt", "checkpoint_sha256": sha, "weights": "model",
+            "input": {"kind": "folder", "path": "/audio"}, "num_units": 2, "unit_size": 2}
+
+
+@pytest.mark.parametrize("layout", ["packed", "files"])
+def test_unit_writer_and_index_read_both_layouts(tmp_path: Path, layout: str) -> None:
+    from transcoder.codes import CodesIndex, UnitWriter, unit_index_path, write_header
+
+    write_header(tmp_path, _header(layout))
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 2**12, (8, 2)), rng.integers(0, 2**12, (4, 2))
+    writer = UnitWriter(tmp_path, 1, layout=layout, bits=12, hop_length=160, patch_t=16, sample_rate=SR)
+    writer.add("spk/a", a, num_samples=16000 + 1, source="spk/a.wav")  # 101 frames -> 7 valid rows of 8
+    writer.add("b", b, num_samples=160, source="b.flac")  # 1 frame -> 1 valid row of 4
+    writer.fail("c", "c.wav", "AudioDecodeError: truncated")
+    index_path = writer.close()
+    assert index_path == unit_index_path(tmp_path, 1)
+    index = CodesIndex.open(tmp_path)
+    assert [u.id for u in index] == ["spk/a", "b"] and not index.complete and index.units_done == [1]
+    assert index["spk/a"].valid_rows == 7 and index["b"].valid_rows == 1
+    assert np.array_equal(index.codes("spk/a"), a) and np.array_equal(index.codes("b"), b)
+    assert np.array_equal(index.codes("spk/a", valid_only=True), a[:7])
+    assert index.failed[0]["reason"].startswith("AudioDecodeError")
+    if layout == "packed":
+        assert (tmp_path / "shards" / "codes-000001.npy").is_file() and index["b"].offset == 8
+    else:
+        assert np.array_equal(np.load(tmp_path / "spk" / "a.npy"), a)
+        assert CodesFile.load(tmp_path / "spk" / "a.npy").num_samples == 16001
+    assert not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_header_refuses_another_checkpoint_naming_both(tmp_path: Path) -> None:
+    from transcoder.codes import write_header
+
+    write_header(tmp_path, _header("packed"))
+    write_header(tmp_path, _header("packed"))  # the same run again (a resume, another rank): accepted
+    other = {**_header("packed", sha="b" * 64), "checkpoint": "/y/other.pt"}
+    with pytest.raises(CodesFormatError, match=r"tiny\.pt.*aaaaaaaaaaaa.*other\.pt.*bbbbbbbbbbbb"):
+        write_header(tmp_path, other)
+    with pytest.raises(CodesFormatError, match="layout"):
+        write_header(tmp_path, _header("files"))
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/x", "a//b", "./a", "a\\b", ""])
+def test_ids_that_are_not_plain_relative_paths_are_refused(key: str) -> None:
+    from transcoder.codes import check_id
+
+    with pytest.raises(CodesFormatError, match="utterance id"):
+        check_id(key, "index")
+    assert check_id("spk1/ch2/a.b", "index") == "spk1/ch2/a.b"
+
+
+def test_atomic_write_on_a_full_disk_leaves_nothing_under_the_final_name(tmp_path: Path) -> None:
+    import errno
+
+    from transcoder.codes import DiskFullError, atomic_write
+
+    def fill(handle) -> None:  # noqa: ANN001
+        handle.write(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match=r"no space left on device writing .*codes\.npy \(.* free\)"):
+        atomic_write(tmp_path / "codes.npy", fill)
+    assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,8 @@ import torch
 
 from transcoder.api import AudioTokenizer, codes_dtype, load_tokenizer
 from transcoder.audio.mel import MelConfig
+from transcoder.codes import CodesIndex
+from transcoder.data.corpus import utterance_ids
 from transcoder.models.audiobsq import AudioBSQModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,34 +203,35 @@ def test_encode_decode_folder(ckpt: Path, audio_tree: tuple[Path, dict[str, int]
         rc = tokenize_script.main(["encode", "-c", str(ckpt), str(root), str(codes_dir), "--num-workers", "0",
                                    "--batch-size", "3", "--quiet"])
     assert rc == 0
-    assert "encoded 3/4 files, 1 failed" in capsys.readouterr().out
-    manifest = json.loads((codes_dir / "manifest.json").read_text())
-    assert manifest["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert manifest["sample_rate"] == SR and manifest["bits"] == 12 and manifest["patch_size"] == [16, 16]
-    assert manifest["grid_per_window"] == [4, 2]
-    assert sorted(manifest["files"]) == ["a.npy", "spk1/b.npy", "spk1/ch2/long.npy"]
-    assert list(manifest["failed"]) == [str(root / "spk1" / "corrupt.wav")]
-    long_entry = manifest["files"]["spk1/ch2/long.npy"]
-    assert long_entry["source_sample_rate"] == 22050
-    assert abs(long_entry["num_samples"] - lengths["spk1/ch2/long.wav"]) <= 1
-    assert long_entry["frames"] == math.ceil(long_entry["num_samples"] / HOP)
+    assert "3 files, 1 failed" in capsys.readouterr().out
+    header = json.loads((codes_dir / "codes.json").read_text())
+    assert header["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert header["sample_rate"] == SR and header["bits"] == 12 and header["patch_size"] == [16, 16]
+    assert header["grid_per_window"] == [4, 2] and header["layout"] == "files"  # a folder's default layout
+    index = CodesIndex.open(codes_dir)
+    assert sorted(u.id for u in index) == ["a", "spk1/b", "spk1/ch2/long"]
+    assert [f["source"] for f in index.failed] == ["spk1/corrupt.wav"]
+    long_entry = index["spk1/ch2/long"]
+    assert long_entry.extra["source_sample_rate"] == 22050
+    assert abs(long_entry.num_samples - lengths["spk1/ch2/long.wav"]) <= 1
+    assert long_entry.valid_rows == math.ceil(math.ceil(long_entry.num_samples / HOP) / 16)
     codes = np.load(codes_dir / "spk1/ch2/long.npy")
     assert codes.dtype == np.uint16
-    windows = math.ceil(long_entry["num_samples"] / WINDOW_SAMPLES)
-    assert codes.shape == tuple(long_entry["shape"]) == (windows * 4, 2)
+    windows = math.ceil(long_entry.num_samples / WINDOW_SAMPLES)
+    assert codes.shape == (long_entry.rows, 2) == (windows * 4, 2)
 
     wav_dir = tmp_path / "wav"
     assert tokenize_script.main(["decode", "-c", str(ckpt), str(codes_dir), str(wav_dir), "--quiet"]) == 0
-    for npy, entry in manifest["files"].items():
-        info = sf.info(wav_dir / npy.replace(".npy", ".wav"))
+    for utt in index:
+        info = sf.info(wav_dir / f"{utt.id}.wav")
         assert info.samplerate == SR
-        assert info.frames == entry["num_samples"]
+        assert info.frames == utt.num_samples
 
     mel_dir = tmp_path / "mel"
     assert tokenize_script.main(["decode", "-c", str(ckpt), str(codes_dir / "spk1" / "b.npy"), str(mel_dir),
                                  "--mel", "--quiet"]) == 0
     mel = np.load(mel_dir / "spk1" / "b.mel.npy")
-    assert mel.shape == (manifest["files"]["spk1/b.npy"]["frames"], 32)
+    assert mel.shape == (math.ceil(index["spk1/b"].num_samples / HOP), 32)
     assert mel.min() >= MEL.db_min - 1e-3 and mel.max() <= MEL.db_max + 1e-3
 
 
@@ -254,7 +257,7 @@ def test_single_file_and_all_failed_exit_code(ckpt: Path, audio_tree: tuple[Path
     out = tmp_path / "single"
     assert tokenize_script.main(["encode", "-c", str(ckpt), str(root / "a.wav"), str(out), "--num-workers", "0",
                                  "--quiet"]) == 0
-    assert json.loads((out / "manifest.json").read_text())["files"]["a.npy"]["num_samples"] == SR // 2
+    assert CodesIndex.open(out)["a"].num_samples == SR // 2
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.wav").write_bytes(b"not audio")
@@ -264,13 +267,12 @@ def test_single_file_and_all_failed_exit_code(ckpt: Path, audio_tree: tuple[Path
                              str(broken), str(tmp_path / "none"), "--num-workers", "1", "--quiet"],
                             capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 1, result.stderr
-    assert "encoded 0/2 files, 2 failed" in result.stdout
+    assert "0 files, 2 failed" in result.stdout
     assert "warning: skipping" in result.stderr and "x.wav" in result.stderr and "y.flac" in result.stderr
 
 
-def test_output_names_avoid_collisions() -> None:
-    names = tokenize_script.output_names(["a.wav", "a.flac", "d/b.mp3"])
-    assert names == {"a.wav": "a.wav.npy", "a.flac": "a.flac.npy", "d/b.mp3": "d/b.npy"}
+def test_utterance_ids_avoid_collisions() -> None:
+    assert utterance_ids(["a.wav", "a.flac", "d/b.mp3"]) == ["a.wav", "a.flac", "d/b"]
 
 
 # --------------------------------------------------------------------------------------------------

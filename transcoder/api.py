@@ -46,7 +46,7 @@ from transcoder.audio.neural_vocoder import NeuralVocoder
 from transcoder.audio.pcm import pcm_to_float32
 from transcoder.audio.render import ChunkedRenderer, Renderer, build_renderer
 from transcoder.audio.windows import WindowSegmenter, segments_of
-from transcoder.codes import CodesFile, CodesSpec, codes_dtype
+from transcoder.codes import CodesFile, CodesIndex, CodesSpec, codes_dtype
 from transcoder.data.audio_io import AudioFile, load_audio, resample
 from transcoder.models.build import checkpoint_mel_settings, load_checkpoint_model
 from transcoder.streaming import StreamDecoder, StreamEncoder
@@ -267,6 +267,13 @@ class AudioTokenizer:
         """``(S,)`` -> model-space windows ``(n_windows, window_frames, n_mels)`` on the device."""
         segmenter = self._segmenter()
         return self._segments_to_mels(list(segments_of([wave.cpu().numpy()], segmenter)))
+
+    @torch.inference_mode()
+    def encode_segments(self, segments: Sequence[np.ndarray] | np.ndarray) -> Tensor:
+        """Window context segments ``(n, L)`` (from :class:`~transcoder.audio.windows.WindowSegmenter`) ->
+        indices ``(n, time_rows_per_window, Nf)`` on the CPU. Windows are independent: a window's codes do
+        not depend on the other windows of the batch (windows of many files can share a batch)."""
+        return self.encode_mel(self._segments_to_mels(list(segments))).cpu()
 
     @torch.inference_mode()
     def encode_mel(self, mel: Tensor) -> Tensor:
@@ -500,21 +507,30 @@ class AudioTokenizer:
                     break
         return path
 
-    def load_codes(self, path: str | Path, manifest_path: str | Path | None = None) -> CodesFile:
-        """Read a codes file (``.npz``, or ``.npy`` with its manifest) and check it fits this model.
+    def load_codes(self, path: str | Path, manifest_path: str | Path | None = None,
+                   utterance: str | None = None) -> CodesFile:
+        """Read codes and check they fit this model: a ``.npz``, a ``.npy`` of a codes folder, or with
+        ``utterance`` one utterance (by id) of the codes folder ``path`` in either layout
+        (:class:`~transcoder.codes.CodesIndex`).
 
         Raises :class:`~transcoder.codes.CodesFormatError` naming the file for codes of another model,
         a non-integer dtype, wrong shape or row count, values out of range, or a ``num_samples`` the
         codes do not cover. ``indices`` of the result are int64.
         """
-        codes = CodesFile.load(path, manifest_path=manifest_path)
-        codes.indices = codes.checked(self.codes_spec, path)
+        if utterance is not None:
+            codes = CodesIndex.open(path).codes_file(utterance)
+            where: str | Path = f"{path} utterance {utterance!r}"
+        else:
+            codes = CodesFile.load(path, manifest_path=manifest_path)
+            where = path
+        codes.indices = codes.checked(self.codes_spec, where)
         return codes
 
     def decode_file(self, codes_path: str | Path, out_path: str | Path, seed: int | None = 0,
-                    manifest_path: str | Path | None = None) -> Path:
-        """Codes file (see :meth:`load_codes`) -> audio file at its original length, streamed."""
-        codes = self.load_codes(codes_path, manifest_path)
+                    manifest_path: str | Path | None = None, utterance: str | None = None) -> Path:
+        """Codes (see :meth:`load_codes`; ``utterance`` picks one of a codes folder) -> audio file at its
+        original length, streamed."""
+        codes = self.load_codes(codes_path, manifest_path, utterance)
         return self.decode_to_file(codes.indices, out_path, num_samples=codes.num_samples, seed=seed)
 
     # -- streaming (causal models, see transcoder/streaming.py) ---------------------------------

@@ -1,52 +1,101 @@
-"""On-disk format of token codes: a folder of ``.npy`` files plus ``manifest.json``, or one ``.npz``.
+"""On-disk format of token codes: packed shards with an index, a folder of ``.npy`` files, or one ``.npz``.
 
-Folder layout (written by ``scripts/tokenize_audio.py encode``)::
+Corpus layout, format version 3 (written by ``scripts/tokenize_audio.py encode``)::
 
-    out/manifest.json          {"format": "audio-bsq-vit-codes", "format_version": 2, "sample_rate": ...,
-                                "bits": ..., "patch_size": [pt, pf], "grid_per_window": [rows, Nf], ...,
-                                "files": {"a.npy": {"num_samples": ..., "shape": [rows, Nf], ...}},
-                                "failed": {...}}
-    out/a.npy                  codes (n_time_tokens, n_freq_patches), the smallest unsigned dtype
+    out/codes.json                  header (one per folder, written first, identical for every rank)
+    out/index/unit-000000.json      index of one finished work unit (its presence marks the unit done)
+    out/shards/codes-000000.npy     --layout packed: the unit's codes, utterances concatenated along rows
+    out/spk1/a.npy                  --layout files: one (rows, Nf) array per utterance, at <id>.npy
 
-Manifests written before versioning (``"format": "audio-bsq-vit-codes/1"``, no ``format_version``)
-read as version 1; version 2 adds only the ``format_version`` field, so both read alike.
+Header ``codes.json``::
 
-A single self-describing file is a ``.npz`` with the array ``indices`` and a JSON string ``meta``
-(:meth:`CodesFile.save` / :meth:`CodesFile.load`, readable without pickle).
+    {"format": "audio-bsq-vit-codes", "format_version": 3, "layout": "packed" | "files",
+     "sample_rate", "hop_length", "n_mels", "window_frames", "patch_size": [pt, pf],
+     "grid_per_window": [rows per window, Nf], "bits", "codes_dtype", "tokens_per_second", "bitrate",
+     "checkpoint", "checkpoint_sha256", "weights",
+     "input": {"kind": "folder" | "cuts" | "recordings" | "shards", ...}, "num_units", "unit_size"}
+
+Index ``index/unit-NNNNNN.json`` (one JSON object)::
+
+    {"unit": N, "rank": r, "world_size": W, "shard": "shards/codes-NNNNNN.npy" | null, "rows": total rows,
+     "utterances": [{"id", "source", "shard" | "file", "offset", "rows", "valid_rows", "num_samples",
+                     "sample_rate", "source_sample_rate", ...}],
+     "failed": [{"id", "source", "reason"}], "seconds": audio seconds encoded}
+
+A packed shard is a plain ``.npy`` ``(rows, Nf)`` in the smallest unsigned dtype holding ``bits``
+(``np.load(path, mmap_mode="r")`` reads it without loading it). Utterance ``u`` is rows
+``[offset, offset + rows)`` of its shard; ``rows`` covers whole model windows (the last window is
+zero-padded audio) and ``valid_rows = ceil(ceil(num_samples / hop_length) / pt)`` are the rows that
+cover real audio: a language model reads ``[offset, offset + valid_rows)``, a decoder reads all
+``rows`` and trims the waveform to ``num_samples`` (at ``sample_rate``, the tokenizer's rate).
+An utterance ``id`` is a relative POSIX path without ``..``, ``.`` or empty parts (a folder input's
+file path without its extension, a cut id, a shard record's source name); decoders write
+``<id>.wav``. Work units are fixed by the input and ``unit_size`` alone, so a rerun with any number of
+processes finds the same units; each unit's codes are written to a temporary name and renamed, then
+its index likewise: a unit without an index file is unfinished and is redone.
+
+Older folders (``manifest.json`` beside per-file ``.npy``, format versions 1 and 2) read through the
+same :class:`CodesIndex`. A single self-describing file is a ``.npz`` with the array ``indices`` and a
+JSON string ``meta`` (:meth:`CodesFile.save` / :meth:`CodesFile.load`, readable without pickle).
 
 Codes are never trusted: :func:`check_codes` rejects float or bool arrays before any integer cast,
-a row count other than the manifest's, values outside ``[0, 2^bits)``, and a ``num_samples`` longer
+a row count other than the index's, values outside ``[0, 2^bits)``, and a ``num_samples`` longer
 than the codes cover. Errors name the file, the key or dtype, and what was expected.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 import numpy as np
 
 __all__ = [
     "CODES_FORMAT",
     "FORMAT_VERSION",
+    "HEADER_NAME",
+    "INDEX_DIR",
+    "LAYOUTS",
     "MANIFEST_NAME",
+    "SHARD_DIR",
     "CodesFile",
     "CodesFormatError",
+    "CodesIndex",
     "CodesSpec",
+    "DiskFullError",
+    "UnitWriter",
+    "Utterance",
+    "atomic_write",
     "check_codes",
+    "check_header",
+    "check_id",
     "check_manifest_model",
     "codes_dtype",
+    "find_codes_root",
     "find_manifest",
+    "read_header",
     "read_manifest",
+    "unit_index_path",
+    "valid_rows",
+    "write_header",
     "write_manifest",
 ]
 
 CODES_FORMAT = "audio-bsq-vit-codes"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+MANIFEST_VERSION = 2  # the per-file manifest.json layout: versions 1 and 2
 MANIFEST_NAME = "manifest.json"
+HEADER_NAME = "codes.json"
+INDEX_DIR = "index"
+SHARD_DIR = "shards"
+LAYOUTS = ("packed", "files")
 _LEGACY_FORMAT = "audio-bsq-vit-codes/1"  # version 1: the format string carried the version
 
 
@@ -129,6 +178,15 @@ class CodesFile:
             raise FileNotFoundError(f"codes file {path} does not exist")
         if path.suffix == ".npz":
             return cls._load_npz(path)
+        if manifest is None and manifest_path is None:
+            root = find_codes_root(path.parent)
+            if root is not None and (root / HEADER_NAME).is_file():
+                index = CodesIndex.open(root)
+                rel = _relative(path, root)
+                for utt in index:
+                    if utt.file == rel:
+                        return index.codes_file(utt)
+                raise CodesFormatError(f"{path}: not listed in the index of {root} (as {rel!r})")
         if manifest is None:
             manifest_path = find_manifest(path.parent) if manifest_path is None else Path(manifest_path)
             if manifest_path is None:
@@ -261,10 +319,10 @@ def find_manifest(start: str | Path) -> Path | None:
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest`` (``format`` and ``format_version`` set here) as ``folder/manifest.json``."""
     path = Path(folder) / MANIFEST_NAME
-    data = {"format": CODES_FORMAT, "format_version": FORMAT_VERSION, **manifest}
+    data = {"format": CODES_FORMAT, "format_version": MANIFEST_VERSION, **manifest}
     if not isinstance(data.get("files"), dict):
         raise CodesFormatError(f"{path}: manifest 'files' must be an object, got {type(data.get('files')).__name__}")
-    path.write_text(json.dumps(data, indent=2))
+    atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=2).encode()))
     return path
 
 
@@ -289,9 +347,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         version = 1
     elif fmt != CODES_FORMAT:
         raise CodesFormatError(f"manifest {path}: format {fmt!r}, expected {CODES_FORMAT!r} (or {_LEGACY_FORMAT!r})")
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MANIFEST_VERSION:
         raise CodesFormatError(f"manifest {path}: format_version {version!r} is not supported "
-                               f"(this reader: 1..{FORMAT_VERSION})")
+                               f"(this reader: 1..{MANIFEST_VERSION}; version {FORMAT_VERSION} folders have "
+                               f"{HEADER_NAME})")
     for key, kind in _REQUIRED.items():
         if key not in data:
             raise CodesFormatError(f"manifest {path}: missing key {key!r}")
@@ -320,4 +379,409 @@ def check_manifest_model(manifest: dict[str, Any], spec: CodesSpec, where: str |
         this = f"{checkpoint_path} " if checkpoint_path is not None else ""
         return (f"the codes in {where} were made with {made_with} (sha256 {sha[:12]}...), not with this "
                 f"checkpoint {this}(sha256 {checkpoint_sha256[:12]}...)")
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# corpus layout (format version 3): header, per-unit index, packed shards or per-utterance files
+# --------------------------------------------------------------------------------------------------
+
+
+class DiskFullError(OSError):
+    """A write ran out of space; the message names the file and the space left on its filesystem."""
+
+
+def _free_bytes(path: Path) -> str:
+    try:
+        free = shutil.disk_usage(path if path.is_dir() else path.parent).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MiB free" if free >= 2**20 else f"{free} bytes free"
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write ``path`` through ``write(handle)`` into a temporary file beside it, fsync, then rename.
+
+    Nothing incomplete ever carries the final name: on any error the temporary file is removed. Out of
+    space (``ENOSPC`` / ``EDQUOT``) raises :class:`DiskFullError` naming the file and the free space.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(err.errno, f"no space left on device writing {path} ({_free_bytes(path)})") from err
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    return atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=1).encode()))
+
+
+def _write_npy(path: Path, array: np.ndarray) -> Path:
+    return atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+def valid_rows(num_samples: int, hop_length: int, patch_t: int) -> int:
+    """Rows of codes that cover real audio: ``ceil(ceil(num_samples / hop_length) / patch_t)``."""
+    frames = -(-int(num_samples) // int(hop_length))
+    return -(-frames // int(patch_t))
+
+
+def check_id(key: Any, where: str | Path) -> str:
+    """An utterance id usable as a relative output path, or :class:`CodesFormatError` naming the key.
+
+    Refused: non-strings, empty ids, absolute paths, backslashes, NUL, and ``.``, ``..`` or empty parts.
+    """
+    if not isinstance(key, str) or not key:
+        raise CodesFormatError(f"{where}: utterance id {key!r} must be a non-empty string")
+    parts = key.split("/")
+    if (key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts)
+            or PurePosixPath(key).is_absolute() or (len(key) > 1 and key[1] == ":")):
+        raise CodesFormatError(f"{where}: utterance id {key!r} is not a plain relative path (absolute paths, "
+                               "'..', '.', empty parts and backslashes are refused): it cannot name an output file")
+    return key
+
+
+def unit_index_path(folder: str | Path, unit: int) -> Path:
+    """``folder/index/unit-NNNNNN.json``: present exactly when unit ``unit`` is finished."""
+    return Path(folder) / INDEX_DIR / f"unit-{int(unit):06d}.json"
+
+
+def unit_shard_name(unit: int) -> str:
+    """Relative name of a unit's packed shard, ``shards/codes-NNNNNN.npy``."""
+    return f"{SHARD_DIR}/codes-{int(unit):06d}.npy"
+
+
+#: Header keys that must agree between runs writing into the same folder.
+_RUN_KEYS = ("layout", "sample_rate", "hop_length", "n_mels", "patch_size", "bits", "codes_dtype", "window_frames",
+             "input", "num_units", "unit_size", "weights")
+
+
+def read_header(folder: str | Path) -> dict[str, Any]:
+    """Read and check ``folder/codes.json``; :class:`CodesFormatError` naming the file and key."""
+    path = Path(folder) / HEADER_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CodesFormatError(f"codes header {path} cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(data, dict) or data.get("format") != CODES_FORMAT:
+        raise CodesFormatError(f"codes header {path}: format must be {CODES_FORMAT!r}, got {data!r:.80}")
+    version = data.get("format_version")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise CodesFormatError(f"codes header {path}: format_version {version!r} is not supported "
+                               f"(this reader: {FORMAT_VERSION})")
+    for key, kind in {**{k: v for k, v in _REQUIRED.items() if k != "files"}, "layout": str,
+                      "num_units": int, "grid_per_window": list}.items():
+        if key not in data:
+            raise CodesFormatError(f"codes header {path}: missing key {key!r}")
+        if not isinstance(data[key], kind) or isinstance(data[key], bool):
+            raise CodesFormatError(f"codes header {path}: {key!r} must be a JSON {kind.__name__}, "
+                                   f"got {data[key]!r:.60}")
+    if data["layout"] not in LAYOUTS:
+        raise CodesFormatError(f"codes header {path}: layout {data['layout']!r}, expected one of {LAYOUTS}")
+    return data
+
+
+def check_header(existing: dict[str, Any], wanted: dict[str, Any], where: str | Path) -> None:
+    """Refuse to add ``wanted``'s codes to a folder whose header is ``existing``.
+
+    Another checkpoint (by SHA-256) is named with both files; any other setting that differs
+    (layout, input, unit size, model shape) is named by its key.
+    """
+    old_sha, new_sha = existing.get("checkpoint_sha256"), wanted.get("checkpoint_sha256")
+    if old_sha != new_sha:
+        raise CodesFormatError(
+            f"{where} holds codes of checkpoint {existing.get('checkpoint')} (sha256 {str(old_sha)[:12]}...), "
+            f"this run uses {wanted.get('checkpoint')} (sha256 {str(new_sha)[:12]}...): codes of two checkpoints "
+            "must not mix in one folder; use another output folder")
+    for key in _RUN_KEYS:
+        if json.dumps(existing.get(key), sort_keys=True) != json.dumps(wanted.get(key), sort_keys=True):
+            raise CodesFormatError(f"{where} was written with {key}={existing.get(key)!r:.200}, this run has "
+                                   f"{key}={wanted.get(key)!r:.200}: rerun with the same settings to resume, or use "
+                                   "another output folder")
+
+
+def write_header(folder: str | Path, header: dict[str, Any]) -> dict[str, Any]:
+    """Write ``folder/codes.json`` (format fields set here), or check an existing one agrees (:func:`check_header`).
+
+    Every rank of a run may call it: they write the same bytes, atomically.
+    """
+    folder = Path(folder)
+    data = {"format": CODES_FORMAT, "format_version": FORMAT_VERSION, **header}
+    if data.get("layout") not in LAYOUTS:
+        raise CodesFormatError(f"layout must be one of {LAYOUTS}, got {data.get('layout')!r}")
+    legacy = folder / MANIFEST_NAME
+    if legacy.is_file():
+        old = read_manifest(legacy)
+        old_header = {"checkpoint": old.get("checkpoint"), "checkpoint_sha256": old.get("checkpoint_sha256")}
+        if old_header["checkpoint_sha256"] != data.get("checkpoint_sha256"):
+            check_header(old_header, data, folder)
+        raise CodesFormatError(f"{folder} holds codes in the older per-file layout ({MANIFEST_NAME}); write the new "
+                               "layout into another folder")
+    path = folder / HEADER_NAME
+    if path.is_file():
+        check_header(read_header(folder), data, folder)
+        return data
+    _write_json(path, data)
+    return data
+
+
+class UnitWriter:
+    """Writes the codes of one work unit; :meth:`close` makes the unit's index, which marks it done.
+
+    ``layout="packed"``: codes are kept in memory (a unit's codes are small: 18-bit tokens at 50 tokens/s
+    are 720 kB per hour) and written as one shard at :meth:`close`. ``layout="files"``: each utterance is
+    written at once to ``<id>.npy``. Every file is written atomically (:func:`atomic_write`).
+    """
+
+    def __init__(self, folder: str | Path, unit: int, *, layout: str, bits: int, hop_length: int,
+                 patch_t: int, sample_rate: int, rank: int = 0, world_size: int = 1) -> None:
+        if layout not in LAYOUTS:
+            raise CodesFormatError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.folder, self.unit, self.layout = Path(folder), int(unit), layout
+        self.dtype = codes_dtype(bits)
+        self.hop_length, self.patch_t, self.sample_rate = hop_length, patch_t, sample_rate
+        self.rank, self.world_size = rank, world_size
+        self.utterances: list[dict[str, Any]] = []
+        self.failed: list[dict[str, str]] = []
+        self._arrays: list[np.ndarray] = []
+        self._rows = 0
+        self.seconds = 0.0
+
+    def add(self, utterance_id: str, codes: np.ndarray, num_samples: int, source: str, **extra: Any) -> None:
+        """Add one utterance's codes ``(rows, Nf)`` (all rows, the padded ones of the last window included)."""
+        check_id(utterance_id, f"unit {self.unit}")
+        array = _integer_codes(codes, utterance_id).astype(self.dtype)
+        entry: dict[str, Any] = {"id": utterance_id, "source": source}
+        if self.layout == "packed":
+            entry["shard"], entry["offset"] = unit_shard_name(self.unit), self._rows
+            self._arrays.append(array)
+        else:
+            entry["file"], entry["offset"] = f"{utterance_id}.npy", 0
+            _write_npy(self.folder / entry["file"], array)
+        entry.update(rows=int(array.shape[0]), valid_rows=valid_rows(num_samples, self.hop_length, self.patch_t),
+                     num_samples=int(num_samples), sample_rate=self.sample_rate, **extra)
+        self._rows += int(array.shape[0])
+        self.seconds += num_samples / self.sample_rate
+        self.utterances.append(entry)
+
+    def fail(self, utterance_id: str, source: str, reason: str) -> None:
+        """Record an utterance that could not be encoded (kept in the index, counted in summaries)."""
+        self.failed.append({"id": utterance_id, "source": source, "reason": reason})
+
+    def close(self, elapsed: float | None = None) -> Path:
+        """Write the shard (packed), then the index: the unit is done once this returns."""
+        shard = None
+        if self.layout == "packed" and self._arrays:
+            shard = unit_shard_name(self.unit)
+            _write_npy(self.folder / shard, np.concatenate(self._arrays))
+        index = {"unit": self.unit, "rank": self.rank, "world_size": self.world_size, "shard": shard,
+                 "rows": self._rows, "seconds": round(self.seconds, 3),
+                 "elapsed": None if elapsed is None else round(elapsed, 3),
+                 "utterances": self.utterances, "failed": self.failed}
+        return _write_json(unit_index_path(self.folder, self.unit), index)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance of a codes folder: where its rows are and how to decode them.
+
+    ``shard`` (packed) or ``file`` (per-utterance ``.npy``) is relative to the folder; its codes are rows
+    ``[offset, offset + rows)``; ``valid_rows`` of them cover real audio; ``num_samples`` at ``sample_rate``.
+    """
+
+    id: str
+    source: str | None
+    rows: int
+    valid_rows: int
+    num_samples: int
+    sample_rate: int
+    offset: int = 0
+    shard: str | None = None
+    file: str | None = None
+    unit: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CodesIndex:
+    """Every utterance of a codes folder, from either layout (or an older ``manifest.json`` folder).
+
+    Example::
+
+        index = CodesIndex.open("codes/")
+        for utt in index:
+            tokens = index.codes(utt, valid_only=True)   # (valid_rows, Nf) what an LM reads
+
+    Attributes:
+        folder: the folder; header: ``codes.json`` (for an older folder, its manifest without ``files``);
+        utterances: in unit order, then in each unit's order; failed: ``[{"id", "source", "reason"}]``;
+        units_done: finished units; num_units: units the run planned.
+    """
+
+    _KNOWN = {"id", "source", "rows", "valid_rows", "num_samples", "sample_rate", "offset", "shard", "file"}
+
+    def __init__(self, folder: Path, header: dict[str, Any], utterances: list[Utterance],
+                 failed: list[dict[str, Any]], units_done: list[int], num_units: int) -> None:
+        self.folder, self.header, self.utterances, self.failed = folder, header, utterances, failed
+        self.units_done, self.num_units = units_done, num_units
+        self._by_id = {u.id: u for u in utterances}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, folder: str | Path) -> CodesIndex:
+        """Read the header and every finished unit's index (or a ``manifest.json``); ids are checked."""
+        folder = Path(folder)
+        if (folder / HEADER_NAME).is_file():
+            return cls._open_v3(folder)
+        if (folder / MANIFEST_NAME).is_file():
+            return cls._open_manifest(folder)
+        raise CodesFormatError(f"{folder}: no {HEADER_NAME} (or older {MANIFEST_NAME}): not a codes folder written "
+                               "by scripts/tokenize_audio.py encode")
+
+    @classmethod
+    def _open_v3(cls, folder: Path) -> CodesIndex:
+        header = read_header(folder)
+        pt = int(header["patch_size"][0])
+        utterances: list[Utterance] = []
+        failed: list[dict[str, Any]] = []
+        done: list[int] = []
+        seen: dict[str, str] = {}
+        for path in sorted((folder / INDEX_DIR).glob("unit-*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise CodesFormatError(f"index {path} cannot be read ({type(err).__name__}: {err})") from err
+            if not isinstance(data, dict) or not isinstance(data.get("utterances"), list):
+                raise CodesFormatError(f"index {path}: expected an object with a list 'utterances'")
+            unit = data.get("unit")
+            done.append(unit)
+            for i, entry in enumerate(data["utterances"]):
+                where = f"index {path}: utterances[{i}]"
+                if not isinstance(entry, dict):
+                    raise CodesFormatError(f"{where} must be an object, got {entry!r:.60}")
+                uid = check_id(entry.get("id"), where)
+                if uid in seen:
+                    raise CodesFormatError(f"{where}: id {uid!r} also in {seen[uid]}")
+                seen[uid] = path.name
+                location = entry.get("shard") if header["layout"] == "packed" else entry.get("file")
+                if header["layout"] == "files" and location != f"{uid}.npy":
+                    raise CodesFormatError(f"{where}: file {location!r} must be the id's path {uid + '.npy'!r}")
+                if header["layout"] == "packed" and location != unit_shard_name(unit):
+                    raise CodesFormatError(f"{where}: shard {location!r}, expected {unit_shard_name(unit)!r}")
+                rows = _positive_int(entry.get("rows"), f"{where}.rows")
+                num_samples = _positive_int(entry.get("num_samples"), f"{where}.num_samples")
+                offset = entry.get("offset")
+                if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+                    raise CodesFormatError(f"{where}.offset must be an integer >= 0, got {offset!r}")
+                utterances.append(Utterance(
+                    uid, entry.get("source"), rows,
+                    min(rows, valid_rows(num_samples, int(header["hop_length"]), pt)), num_samples,
+                    int(header["sample_rate"]), offset, entry.get("shard"), entry.get("file"), unit,
+                    {k: v for k, v in entry.items() if k not in cls._KNOWN}))
+            failed += [dict(f, unit=unit) for f in data.get("failed") or []]
+        return cls(folder, header, utterances, failed, done, int(header["num_units"]))
+
+    @classmethod
+    def _open_manifest(cls, folder: Path) -> CodesIndex:
+        manifest = read_manifest(folder / MANIFEST_NAME)
+        pt = int(manifest["patch_size"][0])
+        utterances = []
+        for key, entry in manifest["files"].items():
+            where = f"manifest {folder / MANIFEST_NAME}: files[{key!r}]"
+            check_id(key, where)
+            if not key.endswith(".npy") or not isinstance(entry, dict):
+                raise CodesFormatError(f"{where}: expected a '<id>.npy' key with an object")
+            shape = entry.get("shape")
+            num_samples = _positive_int(entry.get("num_samples"), f"{where}.num_samples")
+            if not isinstance(shape, list) or not shape:
+                raise CodesFormatError(f"{where}: missing 'shape' [rows, Nf]")
+            rows = _positive_int(shape[0], f"{where}.shape[0]")
+            utterances.append(Utterance(key[:-4], entry.get("source"), rows,
+                                        min(rows, valid_rows(num_samples, int(manifest["hop_length"]), pt)),
+                                        num_samples, int(manifest["sample_rate"]), 0, None, key, None,
+                                        {k: v for k, v in entry.items() if k not in cls._KNOWN}))
+        header = {k: v for k, v in manifest.items() if k not in ("files", "failed")}
+        header.setdefault("layout", "files")
+        failed = [{"id": None, "source": k, "reason": v} for k, v in (manifest.get("failed") or {}).items()]
+        return cls(folder, header, utterances, failed, [0], 1)
+
+    # -- access --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __iter__(self) -> Iterator[Utterance]:
+        return iter(self.utterances)
+
+    def __contains__(self, utterance_id: object) -> bool:
+        return utterance_id in self._by_id
+
+    def __getitem__(self, utterance_id: str) -> Utterance:
+        try:
+            return self._by_id[utterance_id]
+        except KeyError:
+            raise KeyError(f"{self.folder}: no utterance {utterance_id!r} ({len(self)} utterances)") from None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every planned unit is finished."""
+        return len(self.units_done) >= self.num_units
+
+    @property
+    def spec_fields(self) -> dict[str, Any]:
+        """The header's model settings (for :func:`check_manifest_model`)."""
+        return self.header
+
+    def array(self, relative: str) -> np.ndarray:
+        """A shard or file of the folder as a read-only memory map ``(rows, Nf)`` (cached per shard)."""
+        if relative not in self._arrays:
+            path = self.folder / relative
+            if not path.is_file():
+                raise CodesFormatError(f"{path}: listed in the index of {self.folder} but missing")
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise CodesFormatError(f"{path}: cannot be read as a .npy array ({err})") from err
+            if self.header["layout"] == "packed":
+                self._arrays[relative] = array
+            else:
+                return array
+        return self._arrays[relative]
+
+    def codes(self, utterance: Utterance | str, valid_only: bool = False) -> np.ndarray:
+        """Raw codes ``(rows, Nf)`` of an utterance (``valid_rows`` of them with ``valid_only``), as stored."""
+        utt = self[utterance] if isinstance(utterance, str) else utterance
+        array = self.array(utt.shard if utt.shard is not None else str(utt.file))
+        stop = utt.offset + (utt.valid_rows if valid_only else utt.rows)
+        if array.ndim != 2 or stop > array.shape[0]:
+            raise CodesFormatError(f"{self.folder / (utt.shard or str(utt.file))}: utterance {utt.id!r} needs rows "
+                                   f"[{utt.offset}, {stop}) but the array has shape {tuple(array.shape)}")
+        return np.asarray(array[utt.offset: stop])
+
+    def codes_file(self, utterance: Utterance | str) -> CodesFile:
+        """One utterance as a :class:`CodesFile` (all rows; ``extra["shape"]`` holds the indexed shape)."""
+        utt = self[utterance] if isinstance(utterance, str) else utterance
+        indices = self.codes(utt)
+        return CodesFile(indices, utt.num_samples, utt.sample_rate, int(self.header["bits"]), utt.source,
+                         int(self.header.get("format_version", FORMAT_VERSION)),
+                         {**utt.extra, "id": utt.id, "shape": [utt.rows, int(indices.shape[1])]})
+
+
+def find_codes_root(start: str | Path) -> Path | None:
+    """The nearest folder at or above ``start`` holding ``codes.json`` or ``manifest.json``, or ``None``."""
+    start = Path(start)
+    for folder in [start, *start.parents]:
+        if (folder / HEADER_NAME).is_file() or (folder / MANIFEST_NAME).is_file():
+            return folder
     return None

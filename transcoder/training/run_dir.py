@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint
+from transcoder.utils.locking import RunLock, RunLockedError
+
+__all__ = ["RunLock", "RunLockedError", "config_differences", "load_resumable", "remove_stale_temporaries"]
 
 # Settings that change how a run is watched, not what it computes: a resume may change them freely.
 MONITORING_KEYS = {
@@ -19,43 +19,6 @@ MONITORING_KEYS = {
                  "num_images", "max_nonfinite_steps", "skip_resource_check"},
     "data": {"num_workers", "prefetch_factor", "pin_memory", "val_batch_size", "loader_timeout"},
 }
-
-
-class RunLockedError(RuntimeError):
-    """Another live process trains in the same run folder."""
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``<run>/.lock``, held while the trainer lives.
-
-    The kernel drops the lock when its process dies (even by ``kill -9``), so a lock left by a dead run
-    is taken over without asking. The file records the holder's host and pid for the error message.
-    ``flock`` is reliable on local disks and most network filesystems with lock support (NFSv4, Lustre
-    with ``flock``); on others it may not exclude a process on another machine.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a+")  # noqa: SIM115 - held open for the life of the lock
-        try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._handle.seek(0)
-            holder = self._handle.read().strip() or "another process"
-            self._handle.close()
-            raise RunLockedError(f"run folder {run_dir} is in use by {holder}: two trainers in one folder would "
-                                 "overwrite each other's checkpoints; wait for it, stop it, or use another "
-                                 "--output-dir") from None
-        self._handle.seek(0)
-        self._handle.truncate()
-        self._handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        self._handle.flush()
-
-    def release(self) -> None:
-        if not self._handle.closed:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
 
 
 def remove_stale_temporaries(ckpt_dir: Path) -> list[Path]:
