@@ -2,7 +2,7 @@
 module imports from a higher layer, except the trainer driving its tasks (``training`` -> ``tasks``).
 
 Layers, bottom to top: utils/ + codes.py < models/ < losses/ < audio/ < data/ < evaluation/ < training/
-< tasks/ < streaming.py < api.py. Imports inside ``if TYPE_CHECKING:`` blocks are ignored (they never
+< tasks/ < streaming.py < api.py < encode_corpus.py. Imports inside ``if TYPE_CHECKING:`` blocks are ignored (they never
 run); imports inside functions count. Importing ``a.b.c`` from outside package ``a.b`` also runs
 ``a/b/__init__.py``, so that counts as an import of the package too.
 """
@@ -13,7 +13,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "transcoder"
-LAYERS = ["utils", "models", "losses", "audio", "data", "evaluation", "training", "tasks", "streaming", "api"]
+LAYERS = ["utils", "models", "losses", "audio", "data", "evaluation", "training", "tasks", "streaming", "api",
+          "encode_corpus"]
 #: Files placed in a layer other than their folder's name.
 FILE_LAYERS = {"codes": "utils", "__init__": "api"}  # transcoder/codes.py; transcoder/__init__.py re-exports the API
 #: The one allowed upward arrow: the trainer looks up its task and drives it.
