@@ -115,8 +115,7 @@ class TinyCausalLM(nn.Module):
         x = self.embed(tokens) + self.slot(slot) + self.position(position.clamp_max(self.position.num_embeddings - 1))
         causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
         allowed = causal & (segment[:, :, None] == segment[:, None, :])  # (B, L, L)
-        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
-        x = self.blocks(x, mask=mask.repeat_interleave(self.heads, dim=0))
+        x = self.blocks(x, mask=(~allowed).repeat_interleave(self.heads, dim=0))  # True: may not attend
         return self.norm(x)
 
     def nll(self, tokens: Tensor, slot: Tensor, position: Tensor, segment: Tensor, targets: Tensor) -> Tensor:
@@ -304,11 +303,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="'full' and/or bits per token of a grouped view (default: full 9)")
     parser.add_argument("--seconds", type=float, default=600.0, help="training time per view")
     parser.add_argument("--max-steps", type=int, default=None, help="stop a view after this many steps")
-    parser.add_argument("--evals", type=int, default=5, help="held-out evaluations per view (the last at the end)")
-    parser.add_argument("--context-codes", type=int, default=128, help="codes of context (x tokens per code)")
+    parser.add_argument("--evals", type=int, default=4, help="held-out evaluations per view (the last at the end)")
+    parser.add_argument("--context-codes", type=int, default=64, help="codes of context (x tokens per code)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
@@ -325,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # The fused inference path of nn.TransformerEncoderLayer is far slower with a per-sample mask on CPU.
+    torch.backends.mha.set_fastpath_enabled(False)
     train_index = CodesIndex.open(args.train)
     if args.eval is not None:
         eval_index = CodesIndex.open(args.eval)
