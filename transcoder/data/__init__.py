@@ -4,6 +4,7 @@ See AUDIO_README.md ("Data"). Workers decode and crop (``AudioClipDataset`` subc
 the training device turns waveform batches into model-space log-mels (``LogMelFrontend``).
 At scale: Lhotse manifests (``LhotseCutsDataset``, optional extra) and tar shards streamed per rank and
 worker (``ShardStreamDataset``; ``ShardDataset`` is the config target, ``scripts/prepare_shards.py`` writes them).
+For a language model: token sequences from a codes folder (``CodesDataset``).
 """
 
 from transcoder.audio.mel import LogMelFrontend, MelConfig
@@ -20,6 +21,7 @@ from transcoder.data.audio_io import (
 )
 from transcoder.data.base import AudioClipDataset, AudioDataError, AudioSkipWarning, collate_audio
 from transcoder.data.build import build_dataset, resolve_target
+from transcoder.data.codes_dataset import CodesDataset
 from transcoder.data.common_voice import CommonVoiceDataset
 from transcoder.data.lhotse_cuts import LhotseCutsDataset, MissingExtraError
 from transcoder.data.librispeech import LibriSpeechDataset
@@ -39,6 +41,7 @@ __all__ = [
     "AudioFolderDataset",
     "AudioInfo",
     "AudioSkipWarning",
+    "CodesDataset",
     "CommonVoiceDataset",
     "LhotseCutsDataset",
     "LibriSpeechDataset",
