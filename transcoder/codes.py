@@ -49,13 +49,14 @@ import errno
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import numpy as np
+
+from transcoder.utils.files import free_space, replace_atomically
 
 __all__ = [
     "CODES_FORMAT",
@@ -391,36 +392,24 @@ class DiskFullError(OSError):
     """A write ran out of space; the message names the file and the space left on its filesystem."""
 
 
-def _free_bytes(path: Path) -> str:
-    try:
-        free = shutil.disk_usage(path if path.is_dir() else path.parent).free
-    except OSError:
-        return "free space unknown"
-    return f"{free / 2**20:.1f} MiB free" if free >= 2**20 else f"{free} bytes free"
-
-
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write ``path`` through ``write(handle)`` into a temporary file beside it, fsync, then rename.
 
-    Nothing incomplete ever carries the final name: on any error the temporary file is removed. Out of
-    space (``ENOSPC`` / ``EDQUOT``) raises :class:`DiskFullError` naming the file and the free space.
+    Nothing incomplete ever carries the final name: on any error the temporary file
+    (``.<name>.tmp-<pid>``) is removed. Out of space (``ENOSPC`` / ``EDQUOT``) raises
+    :class:`DiskFullError` naming the file and the free space; other errors propagate unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_atomically(path, write, path.with_name(f".{path.name}.tmp-{os.getpid()}"))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(err.errno, f"no space left on device writing {path} ({_free_bytes(path)})") from err
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+            try:
+                free = free_space(path.parent)
+            except OSError:
+                free = "free space unknown"
+            raise DiskFullError(err.errno, f"no space left on device writing {path} ({free})") from err
         raise
     return path
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,15 +46,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from transcoder.codes import CodesFormatError, CodesIndex, Utterance
 from transcoder.codes_tokens import flatten_codes, groups_per_code, unflatten_tokens
-from transcoder.data.base import AudioDataError, AudioSkipWarning, _log_to_run_files
-from transcoder.data.shard_stream import STATE_KEY
+from transcoder.data.base import AudioDataError, SkipLedger
+from transcoder.data.stream_state import STATE_KEY, StreamResume
 
 __all__ = ["CodesDataset"]
 
 _EMPTY_EPOCHS_LIMIT = 3
 
 
-class CodesDataset(IterableDataset):
+class CodesDataset(StreamResume, SkipLedger, IterableDataset):
     """Sequences of ``seq_len`` LM tokens from a codes folder (see the module docstring).
 
     Args:
@@ -123,8 +122,8 @@ class CodesDataset(IterableDataset):
             raise ValueError(f"{name}: rank={rank} outside [0, world_size={world_size})")
         self.rank, self.world_size = rank, world_size
         self._failed: dict[str, str] = {}
-        self._observed: dict[int, list[int]] = {}  # worker -> [num_workers, epoch, block, utt, token, yielded]
-        self._resume: dict[str, Any] | None = None
+        self._report_token = os.urandom(8).hex()  # this dataset's skips are announced once across its workers
+        self._reset_resume()
 
     # --- vocabulary and rates ------------------------------------------------------------------
     @property
@@ -185,15 +184,6 @@ class CodesDataset(IterableDataset):
                 digest.update(f"{number}\0{utt.id}\0{utt.valid_rows}\0".encode())
         return {"count": self.num_files, "sha1": digest.hexdigest()[:16]}
 
-    @property
-    def skipped_files(self) -> list[str]:
-        """Utterances skipped in this process, in order."""
-        return list(self._failed)
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self._failed)
-
     # --- assignment --------------------------------------------------------------------------
     def tasks(self, epoch: int, consumer: int, consumers: int) -> list[tuple[int, int, int]]:
         """Consumer ``consumer``'s ``(unit, part, parts)`` list for epoch ``epoch``."""
@@ -217,52 +207,8 @@ class CodesDataset(IterableDataset):
             blocks.append(block)
         return blocks
 
-    # --- resume ------------------------------------------------------------------------------
-    def observe(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Record the positions of a batch training consumed; returns the batch without them."""
-        for state in batch.pop(STATE_KEY, []):
-            worker, rest = int(state[0]), [int(v) for v in state[1:]]
-            previous = self._observed.get(worker)
-            if previous is None or rest[0] != previous[0] or rest[-1] >= previous[-1]:
-                self._observed[worker] = rest
-        return batch
-
-    def epoch_at(self, _position: int = 0) -> int:
-        """The furthest epoch training has consumed sequences from (for logging)."""
-        return max((state[1] for state in self._observed.values()), default=0)
-
-    def state_dict(self) -> dict[str, Any]:
-        """This rank's positions: ``{"world_size", "rank", "fingerprint", "workers": {worker: [...]}}``."""
-        return {"world_size": self.world_size, "rank": self.rank, "fingerprint": self.fingerprint(),
-                "workers": {int(w): list(s) for w, s in self._observed.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict` of the same rank (another world size, folder or token layout
-        starts the epoch after the furthest recorded one, with a warning)."""
-        workers = {int(w): [int(v) for v in s] for w, s in dict(state.get("workers", {})).items()}
-        # (e, 0, 0, 0) is "epoch e not started" (an epoch's last sequence carries it).
-        next_epoch = max((s[1] + (0 if s[2:5] == [0, 0, 0] else 1) for s in workers.values()), default=0)
-        same = state.get("world_size") == self.world_size and state.get("fingerprint") == self.fingerprint()
-        if not same:
-            warnings.warn(f"{type(self).__name__}: the checkpoint's positions were written with world size "
-                          f"{state.get('world_size')} and data {state.get('fingerprint')}, this run has "
-                          f"{self.world_size} and {self.fingerprint()}: every consumer starts epoch {next_epoch}",
-                          stacklevel=2)
-        self._observed = dict(workers) if same else {}
-        self._resume = {"workers": workers, "next_epoch": next_epoch, "exact": same}
-
-    def _start_position(self, worker: int, num_workers: int) -> list[int]:
-        """``[epoch, block, utterance, token, yielded]`` where this consumer starts."""
-        if self._resume is None:
-            return [0, 0, 0, 0, 0]
-        workers, next_epoch = self._resume["workers"], self._resume["next_epoch"]
-        if not self._resume["exact"]:
-            return [next_epoch, 0, 0, 0, 0]
-        if workers and any(s[0] != num_workers for s in workers.values()):
-            warnings.warn(f"{type(self).__name__}: the checkpoint's positions were written with a different number "
-                          f"of loader workers than {num_workers}: starting epoch {next_epoch}", stacklevel=2)
-            return [next_epoch, 0, 0, 0, 0]
-        return list(workers[worker][1:]) if worker in workers else [0, 0, 0, 0, 0]
+    # --- resume (observe, epoch_at = the furthest epoch, state_dict, load_state_dict: StreamResume) -------
+    _position_width = 5  # epoch, block, utterance, token, yielded
 
     # --- reading -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -273,7 +219,7 @@ class CodesDataset(IterableDataset):
         """The sequences of loader worker ``worker`` of ``num_workers`` on this rank, from the loaded
         resume position if any."""
         consumer, consumers = self.rank * num_workers + worker, self.world_size * num_workers
-        epoch, first_block, first_utt, first_token, yielded = self._start_position(worker, num_workers)
+        epoch, first_block, first_utt, first_token, yielded = self._resume_position(worker, num_workers)
         pending: list[str] = []
         empty_epochs = 0
         while self.epochs is None or epoch < self.epochs:
@@ -341,11 +287,10 @@ class CodesDataset(IterableDataset):
 
     def _fail(self, name: str, reason: str, pending: list[str]) -> None:
         pending.append(name)
-        if name not in self._failed:
-            self._failed[name] = reason
-            message = f"{type(self).__name__}: skipping '{name}' under '{self.folder}': {reason}"
-            warnings.warn(message, AudioSkipWarning, stacklevel=3)
-            _log_to_run_files(message)
+        self._record_failure(name, reason)
+
+    def _skip_context(self) -> str:
+        return f" under '{self.folder}'"
 
 
 class _SequenceBuilder:

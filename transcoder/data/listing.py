@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from transcoder.utils.files import write_atomic
+
 __all__ = ["StringColumn", "printable_path", "scan_files", "stamp", "load_list_cache", "save_list_cache"]
 
 _CACHE_VERSION = 2  # 2: directory mtime stamps
@@ -215,8 +217,5 @@ def save_list_cache(path: str, signature: dict[str, Any], columns: dict[str, lis
     racy_after = time.time_ns() - _RACY_NS
     stamps = {key: (-1 if mtime_ns > racy_after else mtime_ns) for key, mtime_ns in (stamps or {}).items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"version": _CACHE_VERSION, "signature": signature, "stamps": stamps,
-                   "columns": columns}, fh)
-    os.replace(tmp, path)
+    payload = json.dumps({"version": _CACHE_VERSION, "signature": signature, "stamps": stamps, "columns": columns})
+    write_atomic(path, lambda handle: handle.write(payload.encode("utf-8")), "listing cache")

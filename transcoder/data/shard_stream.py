@@ -60,11 +60,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from transcoder.data.audio_io import AudioDecodeError, AudioFile
 from transcoder.data.base import AudioDataError, AudioSkipWarning, SkipLedger, _log_to_run_files
 from transcoder.data.shard_format import ShardError, ShardManifest, ShardRecord, missing_reason, read_records
+from transcoder.data.stream_state import STATE_KEY, StreamResume
 
 __all__ = ["STATE_KEY", "SHARD_LOG_ENV", "ShardStreamDataset", "StreamPosition", "open_record"]
 
-#: Batch key holding each item's reader position; :meth:`ShardStreamDataset.observe` removes it.
-STATE_KEY = "stream_state"
 #: Environment variable: folder where every consumer logs the names of the records it yields.
 SHARD_LOG_ENV = "TRANSCODER_SHARD_LOG"
 _EMPTY_PASSES_LIMIT = 3
@@ -89,7 +88,7 @@ def open_record(name: str, audio: bytes, meta: dict[str, Any]) -> AudioFile:
     return AudioFile(name, fileobj=io.BytesIO(audio), segment=tuple(segment) if segment else None)
 
 
-class ShardStreamDataset(SkipLedger, IterableDataset):
+class ShardStreamDataset(StreamResume, SkipLedger, IterableDataset):
     """Endless stream of random crops from the shards of ``shards`` (``shards.json`` or its folder).
 
     Args:
@@ -136,8 +135,7 @@ class ShardStreamDataset(SkipLedger, IterableDataset):
             raise ValueError(f"{name}: rank={rank} outside [0, world_size={world_size})")
         self.rank, self.world_size = rank, world_size
         self._failed: dict[str, str] = {}
-        self._observed: dict[int, list[int]] = {}  # worker -> [num_workers, pass, task, record, yielded]
-        self._resume: dict[str, Any] | None = None
+        self._reset_resume()
 
     # --- identity, for the trainer's checks ---------------------------------------------------
     @property
@@ -163,55 +161,9 @@ class ShardStreamDataset(SkipLedger, IterableDataset):
         dealt = [(int(shard), part, parts) for part in range(parts) for shard in order]
         return dealt[consumer::consumers]
 
-    # --- resume ------------------------------------------------------------------------------
-    def observe(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Record the reader positions of a batch training consumed; returns the batch without them."""
-        for state in batch.pop(STATE_KEY, []):
-            worker, rest = int(state[0]), [int(v) for v in state[1:]]
-            previous = self._observed.get(worker)
-            if previous is None or rest[0] != previous[0] or rest[-1] >= previous[-1]:
-                self._observed[worker] = rest
-        return batch
-
-    def epoch_at(self, _position: int = 0) -> int:
-        """The furthest pass training has consumed items from (for logging)."""
-        return max((state[1] for state in self._observed.values()), default=0)
-
-    def state_dict(self) -> dict[str, Any]:
-        """This rank's positions: ``{"world_size", "rank", "fingerprint", "workers": {worker: [...]}}``."""
-        return {"world_size": self.world_size, "rank": self.rank, "fingerprint": self.fingerprint(),
-                "workers": {int(w): list(s) for w, s in self._observed.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict` of the same rank (a different world size or manifest starts
-        the pass after the furthest recorded one, with a warning)."""
-        workers = {int(w): [int(v) for v in s] for w, s in dict(state.get("workers", {})).items()}
-        # A position (p, 0, 0) is "pass p not started" (items drained at the end of pass p - 1 carry it).
-        next_pass = max((s[1] + (0 if (s[2], s[3]) == (0, 0) else 1) for s in workers.values()), default=0)
-        same = state.get("world_size") == self.world_size and state.get("fingerprint") == self.fingerprint()
-        if not same:
-            warnings.warn(f"{type(self).__name__}: the checkpoint's stream positions were written with world size "
-                          f"{state.get('world_size')} and shards {state.get('fingerprint')}, this run has "
-                          f"{self.world_size} and {self.fingerprint()}: every consumer starts pass {next_pass}",
-                          stacklevel=2)
-        self._observed = dict(workers) if same else {}
-        self._resume = {"workers": workers, "next_pass": next_pass, "exact": same}
-
-    def _start_position(self, worker: int, num_workers: int) -> StreamPosition:
-        if self._resume is None:
-            return StreamPosition()
-        workers = self._resume["workers"]
-        if not self._resume["exact"]:
-            return StreamPosition(pass_index=self._resume["next_pass"])
-        if workers and any(s[0] != num_workers for s in workers.values()):
-            warnings.warn(f"{type(self).__name__}: the checkpoint's positions were written with a different number of "
-                          f"loader workers than {num_workers}: starting pass {self._resume['next_pass']}",
-                          stacklevel=2)
-            return StreamPosition(pass_index=self._resume["next_pass"])
-        if worker in workers:
-            _, pass_index, task, record, yielded = workers[worker]
-            return StreamPosition(pass_index, task, record, yielded)
-        return StreamPosition()
+    # --- resume (observe, epoch_at = the furthest pass, state_dict, load_state_dict: StreamResume) ---------
+    _cycle_name, _positions_name, _data_name = "pass", "stream positions", "shards"
+    _position_width = 4  # pass, task, record, yielded
 
     # --- reading -----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -222,7 +174,7 @@ class ShardStreamDataset(SkipLedger, IterableDataset):
         """The endless item stream of loader worker ``worker`` of ``num_workers`` on this rank (what a
         DataLoader worker iterates), from the loaded resume position if any."""
         consumer, consumers = self.rank * num_workers + worker, self.world_size * num_workers
-        position = self._start_position(worker, num_workers)
+        position = StreamPosition(*self._resume_position(worker, num_workers))
         log = _RecordLog(self.rank, worker)
         pending: list[str] = []  # failures to report with the next item
         yielded, empty_passes = position.yielded, 0

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from transcoder.utils.files import write_atomic
+
 __all__ = ["ReportExample", "write_report", "wav_data_uri", "png_data_uri"]
 
 
@@ -138,9 +140,8 @@ def write_report(path: str | Path, *, title: str, table_columns: Sequence[str],
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    page = "\n".join(parts).encode("utf-8")
+    write_atomic(path, lambda handle: handle.write(page), "report")
     return path
 
 

@@ -6,15 +6,24 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["free_space_note", "write_failure", "write_atomic"]
+__all__ = ["free_space", "free_space_note", "replace_atomically", "write_failure", "write_atomic"]
+
+
+def free_space(folder: str | os.PathLike[str]) -> str:
+    """``"<n> MiB free"`` (``"<n> bytes free"`` under 1 MiB) on ``folder``'s filesystem.
+
+    Raises ``OSError`` if the free space cannot be read.
+    """
+    free = shutil.disk_usage(folder).free
+    return f"{free / 2**20:.0f} MiB free" if free >= 2**20 else f"{free} bytes free"
 
 
 def free_space_note(folder: str | os.PathLike[str]) -> str:
     """``"<n> MiB free in <folder>"`` (or why the free space is unknown)."""
     try:
-        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free in {folder}"
+        return f"{free_space(folder)} in {folder}"
     except OSError as err:
         return f"free space in {folder} unknown ({err.strerror or err})"
 
@@ -30,29 +39,38 @@ def write_failure(path: str | os.PathLike[str], err: BaseException, what: str = 
     return failure
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], what: str = "") -> None:
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any],
+                       temporary: str | os.PathLike[str]) -> None:
+    """Call ``write(handle)`` on the file ``temporary`` (beside ``path``), fsync it, rename it to ``path``.
+
+    On any error ``temporary`` is removed, ``path`` is untouched and the error propagates unchanged;
+    :func:`write_atomic` turns it into a one-line message.
+    """
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any], what: str = "") -> None:
     """Call ``write(handle)`` on a temporary file beside ``path``, fsync it and rename it to ``path``.
 
     On failure the temporary file is removed, ``path`` is untouched, and :func:`write_failure`'s
     ``OSError`` is raised.
     """
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_atomically(path, write, f"{path}.tmp{os.getpid()}")
     except OSError as err:
-        _remove_quietly(tmp)
         raise write_failure(path, err, what) from err
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
-def _remove_quietly(path: str) -> None:
+def _remove_quietly(path: str | os.PathLike[str]) -> None:
     try:
         os.unlink(path)
     except OSError:
