@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from transcoder.codes import CodesFormatError, CodesIndex, Utterance
@@ -113,17 +112,9 @@ class CodesDataset(StreamResume, SkipLedger, IterableDataset):
         if not units:
             raise ValueError(f"{name}: no utterance of {self.folder} is selected ({len(self.index)} in the index)")
         self.units = [units[key] for key in sorted(units)]
-        if rank is None or world_size is None:
-            if dist.is_available() and dist.is_initialized():
-                rank, world_size = dist.get_rank(), dist.get_world_size()
-            else:
-                rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-        if not 0 <= rank < world_size:
-            raise ValueError(f"{name}: rank={rank} outside [0, world_size={world_size})")
-        self.rank, self.world_size = rank, world_size
         self._failed: dict[str, str] = {}
         self._report_token = os.urandom(8).hex()  # this dataset's skips are announced once across its workers
-        self._reset_resume()
+        self._init_stream_state(rank, world_size)
 
     # --- vocabulary and rates ------------------------------------------------------------------
     @property

@@ -54,7 +54,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from transcoder.data.audio_io import AudioDecodeError, AudioFile
@@ -126,16 +125,8 @@ class ShardStreamDataset(StreamResume, SkipLedger, IterableDataset):
         self.root = self.manifest.root
         self.sample_rate, self.clip_samples, self.mode = sample_rate, clip_samples, mode
         self.seed, self.shuffle_buffer = int(seed), shuffle_buffer
-        if rank is None or world_size is None:
-            if dist.is_available() and dist.is_initialized():
-                rank, world_size = dist.get_rank(), dist.get_world_size()
-            else:
-                rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-        if not 0 <= rank < world_size:
-            raise ValueError(f"{name}: rank={rank} outside [0, world_size={world_size})")
-        self.rank, self.world_size = rank, world_size
         self._failed: dict[str, str] = {}
-        self._reset_resume()
+        self._init_stream_state(rank, world_size)
 
     # --- identity, for the trainer's checks ---------------------------------------------------
     @property

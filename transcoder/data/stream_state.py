@@ -8,8 +8,11 @@ reader position of zeros means "this cycle not started" and ``yielded`` counts i
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
+
+import torch.distributed as dist
 
 __all__ = ["STATE_KEY", "StreamResume"]
 
@@ -19,8 +22,8 @@ STATE_KEY = "stream_state"
 
 class StreamResume:
     """``observe`` / ``state_dict`` / ``load_state_dict`` for an iterable dataset whose items carry
-    :data:`STATE_KEY`. The dataset sets ``rank`` and ``world_size``, defines ``fingerprint()`` and calls
-    :meth:`_reset_resume` in ``__init__``; its reader starts at :meth:`_resume_position`.
+    :data:`STATE_KEY`. The dataset defines ``fingerprint()`` and calls
+    :meth:`_init_stream_state` in ``__init__``; its reader starts at :meth:`_resume_position`.
     """
 
     #: What one cycle over the data is called in messages (``"epoch"``, ``"pass"``).
@@ -37,7 +40,17 @@ class StreamResume:
     def fingerprint(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _reset_resume(self) -> None:
+    def _init_stream_state(self, rank: int | None, world_size: int | None) -> None:
+        """Set this process's place (by default from ``torch.distributed``, else ``RANK`` / ``WORLD_SIZE``,
+        else 0 / 1) and start with no recorded positions."""
+        if rank is None or world_size is None:
+            if dist.is_available() and dist.is_initialized():
+                rank, world_size = dist.get_rank(), dist.get_world_size()
+            else:
+                rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        if not 0 <= rank < world_size:
+            raise ValueError(f"{type(self).__name__}: rank={rank} outside [0, world_size={world_size})")
+        self.rank, self.world_size = rank, world_size
         self._observed: dict[int, list[int]] = {}  # worker -> [num_workers, cycle, *reader, yielded]
         self._resume: dict[str, Any] | None = None
 
