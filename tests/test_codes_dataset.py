@@ -11,6 +11,7 @@ import torch
 from transcoder.codes import UnitWriter, write_header
 from transcoder.codes_tokens import codes_to_tokens, flatten_codes, tokens_to_codes, unflatten_tokens
 from transcoder.data import CodesDataset, collate_audio
+from transcoder.data.base import AudioSkipWarning
 
 BITS, NF, PT, HOP, SR = 18, 2, 16, 160, 16000
 PAD_CODE = (1 << BITS) - 1  # padded rows hold this value; valid rows never do
@@ -255,6 +256,21 @@ def test_a_missing_shard_is_skipped_named_and_the_rest_is_read(tmp_path: Path) -
         items = list(data.stream())
     assert_exact_cover(items, {k: v for k, v in valid.items() if k.startswith("u1/")}, None, False, False)
     assert data.num_skipped == 3 and sum(len(i["skipped"]) for i in items) == 3
+
+
+def test_a_skip_is_announced_once_per_dataset_and_kept_with_its_reason(tmp_path: Path) -> None:
+    make_codes(tmp_path, [3, 3])
+    (tmp_path / "shards" / "codes-000000.npy").unlink()
+    data = CodesDataset(tmp_path, seq_len=30, epochs=2)
+    with pytest.warns(AudioSkipWarning) as caught:
+        list(data.stream())
+    assert len(caught) == 3  # each utterance once, although both epochs meet it
+    assert list(data.skip_reasons) == data.skipped_files and len(data.skipped_files) == 3
+    assert all(name.startswith("shards/codes-000000.npy:") and reason for name, reason in data.skip_reasons.items())
+    # Another dataset over the same folder announces its own skips (the once-only ledger is per dataset).
+    with pytest.warns(AudioSkipWarning) as again:
+        list(CodesDataset(tmp_path, seq_len=30, epochs=1).stream())
+    assert len(again) == 3
 
 
 def test_bad_arguments_are_named(tmp_path: Path) -> None:
