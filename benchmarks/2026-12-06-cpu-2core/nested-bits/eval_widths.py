@@ -1,11 +1,14 @@
 """Held-out log-mel MAE and code statistics of tokenizer checkpoints at several code widths (nested bits)."""
-import json, math, sys
+import json
+import sys
 from collections import Counter
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset, collate_audio
 from transcoder.evaluation.metrics import spectrogram_mae_db
-from transcoder.models.quantizer.nested import truncate_indices
 
 torch.set_num_threads(1)
 heldout, out = sys.argv[1], sys.argv[2]
