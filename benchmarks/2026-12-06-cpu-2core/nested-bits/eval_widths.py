@@ -19,13 +19,15 @@ for name, widths in runs.items():
     spec = {"target": "transcoder.data.AudioFolderDataset", "params": {"root": heldout}}
     data = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     loader = torch.utils.data.DataLoader(data, batch_size=16, collate_fn=collate_audio)
-    sums = {k: [0.0, 0] for k in widths}; counts = {k: Counter() for k in widths}
+    sums = {k: [0.0, 0] for k in widths}
+    counts = {k: Counter() for k in widths}
     model = tok.model.eval()
     with torch.inference_mode():
         for batch in loader:
             valid = batch["num_valid"]
             keep = valid > 0
-            wave = batch["audio"][keep]; valid = valid[keep]
+            wave = batch["audio"][keep]
+            valid = valid[keep]
             mel = tok.frontend(wave)
             mel_db = tok.frontend.model_to_db(mel)
             for k in widths:
@@ -39,7 +41,8 @@ for name, widths in runs.items():
                     rows = -(-frames // model.patch_size[0])
                     counts[k].update(info["indices"][b, :rows].flatten().tolist())
     for k in widths:
-        total = sum(counts[k].values()); p = np.array(list(counts[k].values())) / total
+        total = sum(counts[k].values())
+        p = np.array(list(counts[k].values())) / total
         results.append({"model": name, "bits": k, "bit_per_s": k * tok.tokens_per_second,
                         "mae_db": sums[k][0] / sums[k][1], "distinct_codes": len(counts[k]),
                         "code_entropy_bits": float(-(p * np.log2(p)).sum()), "tokens": total,
