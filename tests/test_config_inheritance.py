@@ -176,7 +176,8 @@ def test_print_config_prints_the_resolved_yaml_and_exits_0(tmp_path: Path,
 
 def test_code_default_inv_temperature_is_the_recipe_and_old_checkpoints_keep_their_codes(tmp_path: Path) -> None:
     recipe = yaml.safe_load((REPO / "configs" / "base" / "tokenizer.yaml").read_text())["model"]["params"]
-    assert inspect.signature(BinarySphericalQuantizer).parameters["inv_temperature"].default == recipe["inv_temperature"]
+    default = inspect.signature(BinarySphericalQuantizer).parameters["inv_temperature"].default
+    assert default == recipe["inv_temperature"]
     assert AudioBSQModel(audioconfig={"width": 32, "layers": 1, "heads": 2, "input_size": 32, "input_length": 32,
                                       "use_conv_module": False}).quantizer.inv_temperature == recipe["inv_temperature"]
     # A checkpoint trained under the old default (1.0) whose config does not state it, loaded today.
