@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "QUICKSTART_AUDIO.md", "AUDIO_README.md")
 #: documents that are read, not run: the design notes, the changelog and the measurement reports
 OTHER_DOCS = ("AUDIO_ARCHITECTURE.md", "CHANGELOG_AUDIO.md",
-              *sorted(str(p.relative_to(REPO)) for p in REPO.glob("benchmarks/*/REPORT.md")))
+              *sorted(str(p.relative_to(REPO)) for p in REPO.glob("benchmarks/**/REPORT.md")))
 TRAIN_SCRIPT = "scripts/main_audio_tokenizer.py"
 TRAIN_SCRIPTS = (TRAIN_SCRIPT, "scripts/train_vocoder.py")
 TRAIN_OVERRIDES = "training.max_steps=20"
