@@ -241,3 +241,48 @@ def test_streaming_at_a_reduced_width_equals_offline() -> None:
     with pytest.raises(ValueError, match="nested_bits"):
         StreamEncoder(AudioBSQModel(**CAUSAL_PARAMS).eval(), frontend, bits=6)
     assert WINDOW_FRAMES == 64  # the tiny checkpoint's window (shared constants stay in step)
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_scores_every_width_as_its_own_row(nested_ckpt: Path, ntok: AudioTokenizer, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from test_tokenize import evaluate_script
+
+    from transcoder.data import build_dataset
+    from transcoder.evaluation.evaluate import evaluate_tokenizer
+
+    root = tmp_path / "audio"
+    root.mkdir()
+    sf.write(root / "a.wav", _speechlike(2 * WINDOW_SAMPLES / SR, seed=5), SR)
+    out = tmp_path / "eval"
+    rc = evaluate_script.main([str(nested_ckpt), "--output", str(out), "--audio-dir", str(root), "--bits", "6,12",
+                               "--no-audio-metrics", "--num-audio", "0", "--num-workers", "0", "--quiet",
+                               "--device", "cpu"])
+    assert rc == 0
+    assert "| 6 | 75 |" in capsys.readouterr().out  # 12.5 tokens/s x 6 bits
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["bits"] == [6, 12] and [r["bitrate"] for r in summary["rows"]] == [75.0, 150.0]
+    six = json.loads((out / "bits-6" / "metrics.json").read_text())
+    assert six["rates"]["bits_per_token"] == 6 and six["rates"]["model_bits"] == 12
+    assert len(six["codebook"]["bit_balance"]) == 6 and six["codebook"]["distinct_codes"] <= 2**6
+    # The 6-bit score is the model's decode of the 6-bit codes.
+    dataset = build_dataset({"target": "transcoder.data.AudioFolderDataset", "params": {"root": str(root)}},
+                            sample_rate=SR, clip_samples=WINDOW_SAMPLES, mode="eval")
+    direct = evaluate_tokenizer(ntok, dataset, audio_metrics=False, num_audio=0, bits=6)
+    assert direct["spectrogram"]["mae_db"] == pytest.approx(six["spectrogram"]["mae_db"])
+    assert direct["spectrogram"]["mae_db"] != pytest.approx(summary["rows"][1]["mae_db"])
+    with pytest.raises(ValueError, match="nested_bits"):
+        evaluate_tokenizer(load_tokenizer(_plain(tmp_path), device="cpu"), dataset, bits=6)
+    assert evaluate_script.main([str(nested_ckpt), "--output", str(out), "--audio-dir", str(root), "--bits", "6,13",
+                                 "--quiet", "--device", "cpu"]) == 2
+    assert "bits=13" in capsys.readouterr().err
+
+
+def _plain(tmp_path: Path) -> Path:
+    from test_tokenize import _checkpoint
+
+    return _checkpoint(tmp_path / "plain.pt")
