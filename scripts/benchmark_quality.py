@@ -27,6 +27,10 @@ on PATH) are rows of the same table, on the same windows (:mod:`transcoder.evalu
 ``--perceptual`` (the ``eval`` extra) adds DNSMOS and, on English sets, dWER to every row; ``--report``
 writes ``report.html`` per evaluation set (listening page: original, every rendering and anchor).
 
+Nested bits: ``--bits 9,12,15,18`` scores every (variant, weights, evaluation set) at each width, one row per
+width with its bit/s (a variant trained with ``model.params.nested_bits``; fixed-width variants are scored at
+their own width, e.g. ``--bits 18`` for an 18-bit one). The anchors stay at the full width's bitrate.
+
 Presets (model size and batch; the recipe itself comes from ``--config`` and the variants):
 
 * ``cpu``: width 192, 3 + 3 layers, 16x16 patches, batch 8 (about 10 minutes for 600 steps of 256-frame crops
@@ -54,7 +58,7 @@ import torch
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
 from transcoder.evaluation.anchors import evaluate_anchors
-from transcoder.evaluation.evaluate import evaluate_tokenizer, write_metrics_json
+from transcoder.evaluation.evaluate import evaluate_tokenizer, parse_bits, write_metrics_json
 from transcoder.evaluation.perceptual import MissingExtraError, PerceptualScorer, require_eval_extra
 from transcoder.evaluation.seams import seam_scores
 from transcoder.training.config import load_config
@@ -207,23 +211,24 @@ def dataset_spec_for(root: str) -> dict[str, Any]:
 
 
 def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bool, out_dir: Path,
-          language: str | None = None) -> dict[str, Any]:
+          language: str | None = None, bits: int | None = None) -> dict[str, Any]:
     """Evaluate one set of weights: spectrogram and code metrics on every val window, audio metrics (and with
-    ``--perceptual`` DNSMOS / dWER) on the first ``args.audio_batches`` batches."""
+    ``--perceptual`` DNSMOS / dWER) on the first ``args.audio_batches`` batches; ``bits``: at that width (a
+    nested-bits model; default: full width)."""
     tok = load_scored_tokenizer(checkpoint, args.device, use_ema, args.vocoder)
     spec = dataset_spec_for(val_root)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     full = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.eval_max_batches,
-                              audio_metrics=False, dataset_spec=spec)
+                              audio_metrics=False, dataset_spec=spec, bits=bits)
     result = {"weights": "ema" if use_ema else "raw", "loaded_weights": tok.weights, "windows": full["windows"],
-              "spectrogram": full["spectrogram"],
+              "bits": full["rates"]["bits_per_token"], "spectrogram": full["spectrogram"],
               "codebook": {k: full["codebook"][k] for k in ("distinct_codes", "usage", "entropy_bits", "perplexity")},
               "rates": full["rates"], "seams": seam_scores(tok, dataset, args.eval_batch_size,
-                                                                      min(8, args.eval_max_batches or 8))}
+                                                           min(8, args.eval_max_batches or 8), bits)}
     if args.audio_batches > 0:
         audio = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.audio_batches,
                                    audio_metrics=True, num_audio=args.num_audio, output_dir=out_dir,
-                                   dataset_spec=spec, perceptual=args.perceptual, language=language)
+                                   dataset_spec=spec, perceptual=args.perceptual, language=language, bits=bits)
         result["audio"] = audio["audio"]
         result["audio_windows"] = audio["windows"]
         result["vocoder"] = audio["vocoder"]
@@ -265,6 +270,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
     all_overrides = [*preset["overrides"], "data.train.target=transcoder.data.AudioFolderDataset",
                      f"data.train.params={{root: {plan['train']}}}", *RUN_OVERRIDES, *limits, *args.set, *overrides]
     config = load_config(args.config, all_overrides)
+    check_widths(config, args.bits, name)
     started = time.perf_counter()
     trainer = Trainer(config, run_dir, init_distributed(args.device))
     built = time.perf_counter()
@@ -285,22 +291,41 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
         for set_name, (root, language) in plan["sets"].items():
             eval_started = time.perf_counter()
             suffix = "" if set_name == "seen" else f"_{set_name}"
-            scored = score(checkpoint, root, args, use_ema, run_dir / f"eval_{label}{suffix}", language)
-            rows.append({**common, "eval_set": set_name, "eval_root": root, **scored,
-                         "eval_seconds": time.perf_counter() - eval_started})
+            for bits in args.bits or [None]:
+                width = "" if bits is None else f"_b{bits}"
+                scored = score(checkpoint, root, args, use_ema, run_dir / f"eval_{label}{suffix}{width}", language,
+                               bits)
+                rows.append({**common, "eval_set": set_name, "eval_root": root, **scored,
+                             "eval_seconds": time.perf_counter() - eval_started})
+                eval_started = time.perf_counter()
     return rows
+
+
+def check_widths(config: dict[str, Any], widths: list[int] | None, variant: str) -> None:
+    """Refuse ``--bits`` a variant's model cannot score, before training it: a width above its ``embed_dim``, or
+    fewer bits without ``model.params.nested_bits``."""
+    params = config["model"].get("params") or {}
+    embed_dim = int(params.get("embed_dim", 18))
+    for bits in widths or []:
+        if not 1 <= bits <= embed_dim:
+            raise ValueError(f"--bits {bits}: variant {variant!r} makes {embed_dim}-bit codes "
+                             f"(expected 1..{embed_dim})")
+        if bits < embed_dim and not params.get("nested_bits"):
+            raise ValueError(f"--bits {bits}: variant {variant!r} is trained without model.params.nested_bits, so it "
+                             f"decodes {embed_dim}-bit codes only")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table, one row per (variant, weights, evaluation set)."""
-    head = ("| variant | weights | eval set | steps | train s | steps/s | MAE dB | MSE dB² | distinct codes "
+    head = ("| variant | weights | eval set | bits | steps | train s | steps/s | MAE dB | MSE dB² | distinct codes "
             "| code entropy bits | bit/s | PESQ-WB | STOI | DNSMOS OVRL | dWER | seams f/t |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         audio = row.get("audio", {}).get("recon", {})
         perceptual = row.get("perceptual", {}).get("recon", {})
         lines.append(
-            f"| {row['variant']} | {row['weights']} | {row.get('eval_set', 'seen')} | {row['steps']} | "
+            f"| {row['variant']} | {row['weights']} | {row.get('eval_set', 'seen')} | "
+            f"{row.get('bits', row['rates']['bits_per_token'])} | {row['steps']} | "
             f"{row['train_seconds']:.0f} | "
             f"{row['steps_per_second']:.2f} | {row['spectrogram']['mae_db']:.3f} | "
             f"{row['spectrogram']['mse_db']:.2f} | "
@@ -363,6 +388,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also score English speech no training source shares (audio folder or LibriSpeech "
                              "layout, e.g. data/librivox-mini); dWER is computed there")
     parser.add_argument("--language", default=None, help="language of --val ('en' enables dWER on it)")
+    parser.add_argument("--bits", type=parse_bits, default=None, metavar="K[,K...]",
+                        help="score every variant at each of these widths (9,12,15,18), one row each with its "
+                             "bit/s; widths below a variant's embed_dim need model.params.nested_bits")
     parser.add_argument("--anchors", action=argparse.BooleanOptionalAction, default=True,
                         help="score the trivial codec, Griffin-Lim ceiling, Opus and Codec 2 on the same windows")
     parser.add_argument("--perceptual", action="store_true",

@@ -3,6 +3,7 @@
     python scripts/evaluate_audio_tokenizer.py CKPT.pt --output outputs/eval            # data.val of the checkpoint
     python scripts/evaluate_audio_tokenizer.py CKPT.pt --audio-dir my_audio/test --output outputs/eval
     python scripts/evaluate_audio_tokenizer.py CKPT.pt --data-config configs/tokenizer/x.yaml --max-batches 20
+    python scripts/evaluate_audio_tokenizer.py CKPT.pt --bits 9,12,15,18 --output outputs/eval  # nested-bits model
 
 The data are cut into non-overlapping windows of the model's length (eval mode of the datasets, the
 last window of a file zero-padded). Per window: mel MSE / MAE in dB and L1 in model space over the
@@ -25,6 +26,11 @@ pooled-mel codec at the same bitrate, Opus and Codec 2 (when installed) on the s
 same table. ``--report`` writes ``report.html``: a self-contained listening page (players and spectrograms
 of the original, every rendering and the anchors for ``--report-examples`` windows, and the metrics table).
 
+``--bits K`` scores codes of their first ``K`` bits (a model trained with ``model.params.nested_bits``);
+a list ``--bits 9,12,15,18`` scores every width of the one model, each into ``--output/bits-K/`` (its
+``metrics.json`` and examples), prints one summary row per width with its bit/s, and writes the rows to
+``--output/metrics.json`` (``{"checkpoint", "bits": [...], "rows": [...]}``).
+
 The logic lives in :func:`transcoder.evaluation.evaluate.evaluate_tokenizer` (usable from Python);
 this script parses the flags, loads the checkpoint and the dataset and prints the table.
 metrics.json is strict JSON: NaN scores (e.g. PESQ of a silent window) are written as null.
@@ -43,7 +49,15 @@ from typing import Any
 
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
-from transcoder.evaluation.evaluate import dataset_spec, evaluate_tokenizer, format_table, write_metrics_json
+from transcoder.evaluation.evaluate import (
+    bits_row,
+    dataset_spec,
+    evaluate_tokenizer,
+    format_bits_table,
+    format_table,
+    parse_bits,
+    write_metrics_json,
+)
 from transcoder.evaluation.perceptual import require_eval_extra
 
 __all__ = ["evaluate", "format_table", "main", "parse_args"]
@@ -51,41 +65,55 @@ __all__ = ["evaluate", "format_table", "main", "parse_args"]
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Load the checkpoint and the dataset the flags name and run :func:`evaluate_tokenizer` (and the anchors
-    and the report when asked)."""
+    and the report when asked); with several ``--bits``, once per width (see the module doc)."""
     tok = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema, batch_size=args.batch_size,
                          vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder)
+    widths = [tok.check_bits(k) for k in (args.bits or [None])]  # every width refused up front
     spec = dataset_spec(tok.checkpoint_config, args.audio_dir, args.data_config, args.split)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     print(f"{tok!r}, weights={tok.weights}, single process; dataset {spec['target']} "
           f"({len(dataset)} windows of {tok.window_samples / tok.sample_rate:.2f} s)", flush=True)
-    results = evaluate_tokenizer(tok, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                                 max_batches=args.max_batches, num_audio=args.num_audio,
-                                 audio_metrics=args.audio_metrics, seed=args.seed, metric_workers=args.metric_workers,
-                                 output_dir=args.output, dataset_spec=spec, quiet=args.quiet,
-                                 perceptual=args.perceptual, language=args.language)
+
+    def run(bits: int, output: Path) -> dict[str, Any]:
+        return evaluate_tokenizer(tok, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                                  max_batches=args.max_batches, num_audio=args.num_audio,
+                                  audio_metrics=args.audio_metrics, seed=args.seed,
+                                  metric_workers=args.metric_workers, output_dir=output, dataset_spec=spec,
+                                  quiet=args.quiet, perceptual=args.perceptual, language=args.language, bits=bits)
+
+    if len(widths) > 1:
+        by_bits = {k: run(k, Path(args.output) / f"bits-{k}") for k in widths}
+        summary = {"checkpoint": next(iter(by_bits.values()))["checkpoint"], "bits": widths,
+                   "rows": [bits_row(r) for r in by_bits.values()], "by_bits": by_bits}
+        write_metrics_json(Path(args.output) / "metrics.json", {k: v for k, v in summary.items() if k != "by_bits"})
+        return summary
+    bits = widths[0]
+    results = run(bits, Path(args.output))
     anchors = None
     if args.anchors or args.report:
         from transcoder.evaluation.anchors import evaluate_anchors
         from transcoder.evaluation.perceptual import PerceptualScorer
 
         scorer = PerceptualScorer(tok.sample_rate, language=args.language) if args.perceptual else None
-        anchors = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=args.batch_size,
+        anchors = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.rates_at(bits).bits_per_second,
+                                   batch_size=args.batch_size,
                                    max_batches=args.max_batches, seed=args.seed, perceptual=scorer,
                                    examples=args.report_examples if args.report else 0)
         examples = anchors.pop("examples")
         results["anchors"] = anchors
         write_metrics_json(Path(args.output) / "metrics.json", results)
         if args.report:
-            write_listening_page(tok, results, anchors, examples, args)
+            write_listening_page(tok, results, anchors, examples, args, bits)
     return results
 
 
 def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, Any],
-                         anchor_examples: list[dict[str, Any]], args: argparse.Namespace) -> Path:
+                         anchor_examples: list[dict[str, Any]], args: argparse.Namespace,
+                         bits: int | None = None) -> Path:
     """``--output/report.html`` for the first ``--report-examples`` windows (the anchors' examples)."""
     import torch
 
-    from transcoder.evaluation.evaluate import render_pair
+    from transcoder.evaluation.evaluate import reconstruct, render_pair
     from transcoder.evaluation.report_html import QUALITY_COLUMNS, ReportExample, quality_table, write_report
 
     def mel_db(audio: Any) -> Any:
@@ -100,7 +128,7 @@ def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, A
         padded = torch.nn.functional.pad(wave, (0, tok.window_samples - n_valid))
         with torch.inference_mode():
             mel = tok.frontend(padded)
-            recon = tok.model(mel)[0].float()
+            recon = reconstruct(tok, mel, bits)[0]
             gl_input, gl_recon = render_pair(tok.griffin_lim, mel, recon, [args.seed + example["index"]],
                                              padded.shape[-1])
         renderings = {"original": example["original"], "tokenizer + Griffin-Lim": gl_recon[0, :n_valid].numpy(),
@@ -160,7 +188,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also score the trivial codec at the same bitrate, Opus and Codec 2 on the same windows")
     parser.add_argument("--report", action="store_true", help="write report.html (listening page, implies --anchors)")
     parser.add_argument("--report-examples", type=int, default=3, help="example windows on the report page")
+    parser.add_argument("--bits", type=parse_bits, default=None, metavar="K[,K...]",
+                        help="score codes of their first K bits (a model trained with model.params.nested_bits); "
+                             "several widths (9,12,15,18) are scored one after the other, one row each "
+                             "(default: the model's full width)")
     args = parser.parse_args(argv)
+    if args.bits is not None and len(args.bits) > 1 and (args.anchors or args.report):
+        parser.error("--anchors / --report score one width: give one --bits value with them")
     for name in ("batch_size", "metric_workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -182,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointError, MissingExtraError: RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if "by_bits" in results:
+        for bits, one in results["by_bits"].items():
+            print(f"\n== {bits} bits per token ({Path(args.output) / f'bits-{bits}'}) ==")
+            print(format_table(one))
+        print("\n" + format_bits_table(results["rows"]))
+        print(f"wrote {Path(args.output) / 'metrics.json'} (one row per width) and bits-K/metrics.json")
+        return 0
     print(format_table(results))
     if "anchors" in results:
         from transcoder.evaluation.report_html import markdown_table, quality_table

@@ -3,14 +3,16 @@
 Encode a folder (searched recursively), one file, a Lhotse CutSet or RecordingSet manifest, or a shard
 folder from scripts/prepare_shards.py into a codes folder (format: transcoder/codes.py)::
 
-    python scripts/tokenize_audio.py encode -c CKPT.pt INPUT OUTPUT_DIR [--layout packed|files]
+    python scripts/tokenize_audio.py encode -c CKPT.pt INPUT OUTPUT_DIR [--layout packed|files] [--bits K]
     torchrun --nproc_per_node 4 scripts/tokenize_audio.py encode -c CKPT.pt cuts.jsonl.gz OUTPUT_DIR
 
 ``--layout packed`` (the default for manifests and shards) writes one shard of codes per work unit
 plus its index; ``files`` (the default for folders) writes ``<id>.npy`` per utterance. Files are
 streamed window by window (memory does not grow with their length); ranks split the work units and
 never wait for each other; rerunning the same command resumes, skipping finished units. A file that
-fails is recorded in the index with its reason and counted in the summary.
+fails is recorded in the index with its reason and counted in the summary. ``--bits K`` keeps the first
+``K`` bits of every token (a model trained with ``model.params.nested_bits``); the folder records the width
+and decoding reads it from there.
 
 Decode a codes folder (either layout, or an older manifest.json folder), some utterances of it
 (``--id``), or one ``.npy`` / ``.npz`` to WAV (``<id>.wav``) via Griffin-Lim or ``--vocoder``, or to mel
@@ -94,7 +96,7 @@ def encode(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size)
     summary = encode_corpus(tokenizer, source, args.output, layout=layout, unit_size=args.unit_size, rank=rank,
                             world_size=world_size, num_workers=args.num_workers,
-                            progress=not args.quiet and rank == 0,
+                            progress=not args.quiet and rank == 0, bits=args.bits,
                             warn=lambda text: warnings.warn(text, FileSkipWarning, stacklevel=1))
     for line in summary.lines():
         print(line)
@@ -143,15 +145,22 @@ def _decode_jobs(source: Path, ids: list[str] | None) -> tuple[CodesIndex | None
     return index, [(uid, uid) for uid in chosen]
 
 
-def _codes(job: CodesFile | str, index: CodesIndex | None, tokenizer: AudioTokenizer) -> tuple[np.ndarray, int | None]:
-    """Checked int64 codes of one utterance and its ``num_samples`` (``None`` for a bare ``.npy``)."""
+def _codes(job: CodesFile | str, index: CodesIndex | None, tokenizer: AudioTokenizer,
+           bits: int | None) -> tuple[np.ndarray, int | None, int]:
+    """Checked int64 codes of one utterance, its ``num_samples`` (``None`` for a bare ``.npy``) and their width
+    (the file's or folder's; ``bits`` or the model's for a bare ``.npy``)."""
+    recorded = job.bits if isinstance(job, CodesFile) else int(index.header["bits"]) if index is not None else None
+    if bits is not None and recorded is not None and bits != recorded:
+        raise CodesFormatError(f"--bits {bits}, but the codes record {recorded} bits per token (leave --bits out: "
+                               "the width is read from the codes)")
     if isinstance(job, CodesFile):
-        return job.checked(tokenizer.codes_spec, job.source or "codes"), job.num_samples
+        return job.checked(tokenizer.codes_spec, job.source or "codes"), job.num_samples, job.bits
     if index is None:
-        return check_codes(np.load(job, allow_pickle=False), tokenizer.codes_spec, job), None
+        spec = tokenizer.codes_spec.at_bits(tokenizer.check_bits(bits), job)
+        return check_codes(np.load(job, allow_pickle=False), spec, job), None, spec.bits
     codes = index.codes_file(job)
     where = index.folder / (index[job].shard or str(index[job].file))
-    return codes.checked(tokenizer.codes_spec, f"{where} ({job})"), codes.num_samples
+    return codes.checked(tokenizer.codes_spec, f"{where} ({job})"), codes.num_samples, codes.bits
 
 
 def decode(args: argparse.Namespace) -> int:
@@ -170,19 +179,23 @@ def decode(args: argparse.Namespace) -> int:
             raise ValueError(other + " (pass --force to decode anyway)")
         if other:
             warnings.warn(other, stacklevel=2)
+        if args.bits is not None and args.bits != int(index.header["bits"]):
+            raise CodesFormatError(f"--bits {args.bits}, but the codes in {index.folder} record {index.header['bits']} "
+                                   "bits per token (leave --bits out: the width is read from the codes)")
     failed: dict[str, str] = {}
     done = 0
     for uid, job in tqdm(jobs, unit="file", desc="decode", disable=args.quiet):
         try:
-            codes, num_samples = _codes(job, index, tokenizer)
+            codes, num_samples, bits = _codes(job, index, tokenizer, args.bits)
             if args.mel:
-                mel = tokenizer.decode_to_mel(codes, space=args.mel_space).cpu()
+                mel = tokenizer.decode_to_mel(codes, space=args.mel_space, bits=bits).cpu()
                 if num_samples is not None:
                     mel = mel[: -(-int(num_samples) // tokenizer.hop_length)]
                 array = mel.numpy().astype(np.float32)
                 atomic_write(out_dir / f"{uid}.mel.npy", lambda handle, a=array: np.save(handle, a))
             else:
-                tokenizer.decode_to_file(codes, out_dir / f"{uid}.wav", num_samples=num_samples, seed=args.seed)
+                tokenizer.decode_to_file(codes, out_dir / f"{uid}.wav", num_samples=num_samples, seed=args.seed,
+                                         bits=bits)
             done += 1
         except DiskFullError:
             raise
@@ -228,6 +241,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help=f"audio file endings to look for (default: {' '.join(AUDIO_EXTENSIONS)})")
     enc.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                      help="processes decoding audio per rank (0: decode in the main process)")
+    enc.add_argument("--bits", type=int, default=None, metavar="K",
+                     help="bits per token kept: the first K bits of every token, for a model trained with "
+                          "model.params.nested_bits (default: all of the model's bits)")
     common(enc)
 
     dec = sub.add_parser("decode", help="codes -> WAV (Griffin-Lim or --vocoder) or mel .npy")
@@ -244,6 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           "settings as the tokenizer) instead of Griffin-Lim")
     dec.add_argument("--seed", type=int, default=0, help="Griffin-Lim initial phase seed")
     dec.add_argument("--force", action="store_true", help="decode codes made by a different checkpoint file")
+    dec.add_argument("--bits", type=int, default=None, metavar="K",
+                     help="width of a bare .npy of codes (a codes folder or .npz records its own; default: the "
+                          "model's bits)")
     common(dec)
     args = parser.parse_args(argv)
     if args.batch_size < 1:

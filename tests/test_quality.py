@@ -261,8 +261,20 @@ def test_benchmark_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     rows = [line for line in out.splitlines() if line.startswith("| plain") or line.startswith("| ema")]
     assert [row.split("|")[2].strip() for row in rows] == ["raw", "raw", "ema"]
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
-    assert float(rows[0].split("|")[7]) > 0  # MAE in dB
+    assert float(rows[0].split("|")[8]) > 0  # MAE in dB
     assert "| seen |" in rows[0] and "trivial pooled-mel" in out  # the evaluation set, the anchors
+
+
+def test_benchmark_scores_every_width_of_a_nested_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark()
+    args = ["--config", str(DEMO), "--preset", "tiny", "--steps", "1", "--train", str(DATA_ROOT), "--val",
+            str(DATA_ROOT), "--output", str(tmp_path), "--audio-batches", "0", "--eval-max-batches", "1",
+            "--set", "data.target_length=64", "--bits", "9,18"]
+    assert bench.main([*args, "--variant", "fixed:"]) == 2  # refused before training: no nested bits
+    assert "nested_bits" in capsys.readouterr().err and not (tmp_path / "fixed").exists()
+    assert bench.main([*args, "--variant", "nested:model.params.nested_bits={widths: [9, 18]}"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| nested")]
+    assert [(int(r[4]), float(r[12])) for r in rows] == [(9, 900.0), (18, 1800.0)]  # 100 tokens/s x bits
 
 
 def test_benchmark_budget_mode_ends_the_cosine_at_the_budget(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ Example::
     codes = tok.encode_file("speech.flac")                                # (n_time_tokens, n_freq_patches) int64
     wave = tok.decode_codes(codes, num_samples=tok.last_num_samples)     # (S,) float32 at tok.sample_rate
     print(tok.tokens_per_second, tok.bits_per_token, tok.bitrate)         # e.g. 50.0, 18, 900.0
+    coarse = tok.encode_file("speech.flac", bits=9)                       # nested-bits models: first 9 bits
+    wave9 = tok.decode_codes(coarse, tok.last_num_samples, bits=9)
 
 Audio of any length is cut into windows of the model's ``input_length`` frames (the signal zero-padded
 to whole windows). Each window's log-mel is computed from its context segment
@@ -49,6 +51,7 @@ from transcoder.audio.windows import WindowSegmenter, segments_of
 from transcoder.codes import CodesFile, CodesIndex, CodesSpec, codes_dtype
 from transcoder.data.audio_io import AudioFile, load_audio, resample
 from transcoder.models.build import checkpoint_mel_settings, load_checkpoint_model
+from transcoder.models.quantizer.nested import truncate_indices
 from transcoder.streaming import StreamDecoder, StreamEncoder
 from transcoder.utils.rates import TokenRates, token_rates
 
@@ -91,6 +94,7 @@ class EncodedAudio:
     indices: Tensor  # (n_time_tokens, n_freq_patches) int64, on the CPU
     num_samples: int  # samples at the tokenizer's sample rate before padding
     num_frames: int  # mel frames covering the unpadded signal, ceil(num_samples / hop_length)
+    bits: int | None = None  # bits per token of ``indices`` (the model's width, or fewer for nested bits)
 
 
 class AudioTokenizer:
@@ -202,10 +206,38 @@ class AudioTokenizer:
         return int(self.model.embed_dim)
 
     @property
+    def nested_widths(self) -> list[int]:
+        """The widths the model was trained to decode (``model.params.nested_bits.widths``), or just
+        :attr:`bits_per_token` for a model trained without nested bits."""
+        nested = getattr(self.model, "nested_bits", None)
+        return list(nested.widths) if nested is not None else [self.bits_per_token]
+
+    def check_bits(self, bits: int | None) -> int:
+        """The code width ``bits`` asked for (default :attr:`bits_per_token`), checked.
+
+        Raises ``ValueError`` for a width outside ``1..bits_per_token``, or fewer bits than
+        :attr:`bits_per_token` on a model trained without ``model.params.nested_bits``. A nested model
+        decodes any prefix; the widths it was trained at are :attr:`nested_widths`.
+        """
+        if bits is None:
+            return self.bits_per_token
+        if isinstance(bits, bool) or not isinstance(bits, int | np.integer) or not 1 <= bits <= self.bits_per_token:
+            raise ValueError(f"bits={bits!r}: expected an integer in 1..{self.bits_per_token} (this checkpoint "
+                             f"makes {self.bits_per_token}-bit codes)")
+        if bits < self.bits_per_token and getattr(self.model, "nested_bits", None) is None:
+            raise ValueError(f"bits={bits}: this checkpoint was trained for {self.bits_per_token}-bit codes only; "
+                             "fewer bits need a model trained with model.params.nested_bits")
+        return int(bits)
+
+    @property
     def rates(self) -> TokenRates:
-        """Tokens and bits per second of audio (:func:`transcoder.utils.rates.token_rates`)."""
+        """Tokens and bits per second of audio at full width (:func:`transcoder.utils.rates.token_rates`)."""
+        return self.rates_at(None)
+
+    def rates_at(self, bits: int | None) -> TokenRates:
+        """Tokens and bits per second of audio for codes of ``bits`` bits (default: full width)."""
         return token_rates(self.patch_size, self.mel_config.n_mels, self.hop_length, self.sample_rate,
-                           self.bits_per_token)
+                           self.check_bits(bits))
 
     @property
     def tokens_per_second(self) -> float:
@@ -219,9 +251,11 @@ class AudioTokenizer:
 
     @property
     def codes_spec(self) -> CodesSpec:
-        """What this model's codes look like (for :mod:`transcoder.codes` checks)."""
+        """What this model's full-width codes look like (for :mod:`transcoder.codes` checks);
+        ``codes_spec.at_bits(k)`` for ``k``-bit codes of a nested model."""
         return CodesSpec(self.sample_rate, self.hop_length, self.mel_config.n_mels, self.bits_per_token,
-                         self.patch_size, self.time_rows_per_window, self.n_freq_patches, self.window_samples)
+                         self.patch_size, self.time_rows_per_window, self.n_freq_patches, self.window_samples,
+                         nested=getattr(self.model, "nested_bits", None) is not None)
 
     @property
     def checkpoint_sha256(self) -> str | None:
@@ -269,55 +303,63 @@ class AudioTokenizer:
         return self._segments_to_mels(list(segments_of([wave.cpu().numpy()], segmenter)))
 
     @torch.inference_mode()
-    def encode_segments(self, segments: Sequence[np.ndarray] | np.ndarray) -> Tensor:
+    def encode_segments(self, segments: Sequence[np.ndarray] | np.ndarray, bits: int | None = None) -> Tensor:
         """Window context segments ``(n, L)`` (from :class:`~transcoder.audio.windows.WindowSegmenter`) ->
-        indices ``(n, time_rows_per_window, Nf)`` on the CPU. Windows are independent: a window's codes do
-        not depend on the other windows of the batch (windows of many files can share a batch)."""
-        return self.encode_mel(self._segments_to_mels(list(segments))).cpu()
+        indices ``(n, time_rows_per_window, Nf)`` of ``bits`` bits (default: full width) on the CPU. Windows
+        are independent: a window's codes do not depend on the other windows of the batch (windows of many
+        files can share a batch)."""
+        bits = self.check_bits(bits)
+        return self.encode_mel(self._segments_to_mels(list(segments)), bits).cpu()
 
     @torch.inference_mode()
-    def encode_mel(self, mel: Tensor) -> Tensor:
+    def encode_mel(self, mel: Tensor, bits: int | None = None) -> Tensor:
         """Model-space mels ``(B, T, n_mels)`` (T a multiple of ``patch_t``) -> indices ``(B, T/pt, Nf)``
-        on the device, run in chunks of ``batch_size``."""
+        on the device, run in chunks of ``batch_size``; ``bits`` keeps the first ``k`` bits of every token
+        (default: all, :meth:`check_bits`)."""
+        bits = self.check_bits(bits)
         outs = []
         for chunk in mel.to(self.device).split(self.batch_size):
-            _, _, info = self.model.encode(chunk)
+            _, _, info = self.model.encode(chunk, bits=bits)
             outs.append(info["indices"])
         return torch.cat(outs)
 
     # -- encoding ----------------------------------------------------------------------------
     def encode_waves(
-        self, waves: Sequence[Tensor | np.ndarray], sample_rate: int | None = None
+        self, waves: Sequence[Tensor | np.ndarray], sample_rate: int | None = None, bits: int | None = None
     ) -> list[EncodedAudio]:
         """Encode several signals, batching the windows of all of them together.
 
         Args:
             waves: mono ``(S_i,)`` signals (or ``(channels, S_i)``, averaged).
             sample_rate: their sample rate (default: the tokenizer's).
+            bits: bits per token kept (default: the model's; fewer for a nested-bits model, :meth:`check_bits`).
 
         Returns:
             One :class:`EncodedAudio` per signal; ``indices`` ``(n_windows_i * time_rows_per_window, Nf)``.
         """
+        bits = self.check_bits(bits)
         prepared = [self._as_wave(w, sample_rate) for w in waves]
         if not prepared:
             return []
         windows = torch.cat([self._mel_windows(w) for w in prepared])
-        indices = self.encode_mel(windows).cpu()  # (total_windows, time_rows_per_window, Nf)
+        indices = self.encode_mel(windows, bits).cpu()  # (total_windows, time_rows_per_window, Nf)
         out, start = [], 0
         for w in prepared:
             n = self.num_windows(w.numel())
             codes = indices[start:start + n].reshape(n * self.time_rows_per_window, self.n_freq_patches)
-            out.append(EncodedAudio(codes, int(w.numel()), -(-int(w.numel()) // self.hop_length)))
+            out.append(EncodedAudio(codes, int(w.numel()), -(-int(w.numel()) // self.hop_length), bits))
             start += n
         return out
 
-    def encode_wave(self, wave: Tensor | np.ndarray, sample_rate: int | None = None) -> Tensor:
-        """Mono ``(S,)`` signal at ``sample_rate`` -> indices ``(n_time_tokens, n_freq_patches)`` int64.
+    def encode_wave(self, wave: Tensor | np.ndarray, sample_rate: int | None = None,
+                    bits: int | None = None) -> Tensor:
+        """Mono ``(S,)`` signal at ``sample_rate`` -> indices ``(n_time_tokens, n_freq_patches)`` int64 of
+        ``bits`` bits (default: the model's, :meth:`check_bits`).
 
         ``n_time_tokens = ceil(S' / window_samples) * time_rows_per_window`` with ``S'`` the length at the
         tokenizer's rate (stored in :attr:`last_num_samples` for :meth:`decode_codes`).
         """
-        encoded = self.encode_waves([wave], sample_rate)[0]
+        encoded = self.encode_waves([wave], sample_rate, bits)[0]
         self.last_num_samples = encoded.num_samples
         return encoded.indices
 
@@ -326,14 +368,17 @@ class AudioTokenizer:
         return load_audio(str(path), self.sample_rate)
 
     @torch.inference_mode()
-    def encode_file_streamed(self, path: str | Path, block_frames: int = 1 << 16) -> EncodedAudio:
+    def encode_file_streamed(self, path: str | Path, block_frames: int = 1 << 16,
+                             bits: int | None = None) -> EncodedAudio:
         """Audio file -> :class:`EncodedAudio`, read in blocks of ``block_frames`` source frames and encoded
         ``batch_size`` windows at a time: memory does not grow with the file's length.
 
         The codes equal ``encode_waves([load(path)])[0]`` exactly (same window boundaries, same STFT
         context at window edges, same resampled samples). Raises
-        :class:`~transcoder.data.audio_io.AudioDecodeError` for an unusable file.
+        :class:`~transcoder.data.audio_io.AudioDecodeError` for an unusable file. ``bits``: as in
+        :meth:`encode_waves`.
         """
+        bits = self.check_bits(bits)
         segmenter = self._segmenter()
         codes: list[Tensor] = []
         pending: list[np.ndarray] = []
@@ -341,26 +386,26 @@ class AudioTokenizer:
             for segment in segments_of(audio.blocks(self.sample_rate, block_frames), segmenter):
                 pending.append(segment)
                 if len(pending) == self.batch_size:
-                    codes.append(self.encode_mel(self._segments_to_mels(pending)).cpu())
+                    codes.append(self.encode_mel(self._segments_to_mels(pending), bits).cpu())
                     pending = []
         if pending:
-            codes.append(self.encode_mel(self._segments_to_mels(pending)).cpu())
+            codes.append(self.encode_mel(self._segments_to_mels(pending), bits).cpu())
         num_samples = segmenter.num_samples
         if num_samples == 0:
             raise ValueError(f"{path}: no audio samples at {self.sample_rate} Hz")
         indices = torch.cat(codes).reshape(-1, self.n_freq_patches)
-        return EncodedAudio(indices, num_samples, -(-num_samples // self.hop_length))
+        return EncodedAudio(indices, num_samples, -(-num_samples // self.hop_length), bits)
 
-    def encode_file(self, path: str | Path) -> Tensor:
-        """Audio file -> indices ``(n_time_tokens, n_freq_patches)``, streamed in constant memory (see
-        :meth:`encode_file_streamed`); equals :meth:`encode_wave` of the decoded file. The length at the
-        tokenizer's rate is stored in :attr:`last_num_samples`."""
-        encoded = self.encode_file_streamed(path)
+    def encode_file(self, path: str | Path, bits: int | None = None) -> Tensor:
+        """Audio file -> indices ``(n_time_tokens, n_freq_patches)`` of ``bits`` bits (default: the model's),
+        streamed in constant memory (see :meth:`encode_file_streamed`); equals :meth:`encode_wave` of the
+        decoded file. The length at the tokenizer's rate is stored in :attr:`last_num_samples`."""
+        encoded = self.encode_file_streamed(path, bits=bits)
         self.last_num_samples = encoded.num_samples
         return encoded.indices
 
     # -- decoding ----------------------------------------------------------------------------
-    def _check_indices(self, indices: Tensor | np.ndarray) -> Tensor:
+    def _check_indices(self, indices: Tensor | np.ndarray, bits: int) -> Tensor:
         if isinstance(indices, np.ndarray):
             if indices.dtype.kind not in "iu":
                 raise TypeError(f"indices must be integers, got numpy {indices.dtype}")
@@ -373,8 +418,8 @@ class AudioTokenizer:
         if x.shape[0] == 0:
             raise ValueError("indices are empty")
         x = x.long()
-        if int(x.min()) < 0 or int(x.max()) >= 2**self.bits_per_token:
-            raise ValueError(f"indices must lie in [0, 2^{self.bits_per_token}), got min {int(x.min())} "
+        if int(x.min()) < 0 or int(x.max()) >= 2**bits:
+            raise ValueError(f"{bits}-bit indices must lie in [0, 2^{bits}), got min {int(x.min())} "
                              f"max {int(x.max())}")
         return x
 
@@ -387,34 +432,39 @@ class AudioTokenizer:
         return self._silence
 
     @torch.inference_mode()
-    def _decode_windows(self, windows: Tensor) -> Tensor:
-        """Indices ``(B, time_rows_per_window, Nf)`` on the device -> model-space mel ``(B, window_frames, n_mels)``."""
-        return torch.cat([self.model.decode_indices(chunk).float() for chunk in windows.split(self.batch_size)])
+    def _decode_windows(self, windows: Tensor, bits: int) -> Tensor:
+        """``bits``-bit indices ``(B, time_rows_per_window, Nf)`` on the device -> model-space mel
+        ``(B, window_frames, n_mels)``."""
+        return torch.cat([self.model.decode_indices(chunk, bits=bits).float()
+                          for chunk in windows.split(self.batch_size)])
 
-    def _full_windows(self, x: Tensor) -> tuple[Tensor, int]:
+    def _full_windows(self, x: Tensor, bits: int) -> tuple[Tensor, int]:
         """``(rows, Nf)`` -> ``(n_windows, time_rows_per_window, Nf)``, a partial last window completed with the
-        silent window's codes at the same positions (so every token is decoded where it was encoded);
-        also returns the number of real rows."""
+        silent window's codes (their first ``bits`` bits) at the same positions (so every token is decoded
+        where it was encoded); also returns the number of real rows."""
         rows, tpw = x.shape[0], self.time_rows_per_window
         short = -rows % tpw
         if short:
-            x = torch.cat([x, self.silence_codes().to(x.device)[tpw - short:]])
+            silence = truncate_indices(self.silence_codes(), bits)
+            x = torch.cat([x, silence.to(x.device)[tpw - short:]])
         return x.reshape(-1, tpw, self.n_freq_patches), rows
 
     @torch.inference_mode()
-    def decode_to_mel(self, indices: Tensor | np.ndarray, space: str = "model") -> Tensor:
+    def decode_to_mel(self, indices: Tensor | np.ndarray, space: str = "model", bits: int | None = None) -> Tensor:
         """Indices ``(n_time_tokens, n_freq_patches)`` -> mel ``(n_time_tokens * patch_t, n_mels)``.
 
         Decoded window by window (``time_rows_per_window`` rows each). A partial last window is completed
         with the codes of a silent window (:meth:`silence_codes`, what the encoder saw as zero padding)
         and decoded at full length, so its tokens get the position embeddings they were encoded with;
         the frames of the completion are dropped. ``space``: ``model`` ([-1, 1], the model's output),
-        ``db`` or ``power`` (the vocoder's input). Returned on the device.
+        ``db`` or ``power`` (the vocoder's input). ``bits``: bits per token of ``indices`` (default: the
+        model's; fewer for codes encoded with ``bits=k`` by a nested-bits model). Returned on the device.
         """
         if space not in ("model", "db", "power"):
             raise ValueError(f"space must be 'model', 'db' or 'power', got {space!r}")
-        windows, rows = self._full_windows(self._check_indices(indices).to(self.device))
-        mel = self._decode_windows(windows).flatten(0, 1)[: rows * self.patch_size[0]]
+        bits = self.check_bits(bits)
+        windows, rows = self._full_windows(self._check_indices(indices, bits).to(self.device), bits)
+        mel = self._decode_windows(windows, bits).flatten(0, 1)[: rows * self.patch_size[0]]
         if space == "db":
             return self.frontend.model_to_db(mel)
         if space == "power":
@@ -459,7 +509,8 @@ class AudioTokenizer:
                              f"(expected 1..{covered})")
 
     def decode_codes(
-        self, indices: Tensor | np.ndarray, num_samples: int | None = None, seed: int | None = 0
+        self, indices: Tensor | np.ndarray, num_samples: int | None = None, seed: int | None = 0,
+        bits: int | None = None,
     ) -> Tensor:
         """Indices ``(n_time_tokens, n_freq_patches)`` -> waveform ``(S,)`` float32 on the CPU.
 
@@ -468,31 +519,35 @@ class AudioTokenizer:
             num_samples: original length to trim to (default: the full padded length); at most the
                 samples the codes cover (``ValueError`` otherwise: the codes cannot make a longer signal).
             seed: Griffin-Lim phase seed (``None`` for a random start).
+            bits: bits per token of ``indices`` (default: the model's; see :meth:`decode_to_mel`).
         """
-        x = self._check_indices(indices)
+        bits = self.check_bits(bits)
+        x = self._check_indices(indices, bits)
         self._check_num_samples(num_samples, x.shape[0])
-        return self.mel_to_wave(self.decode_to_mel(x), num_samples, seed)
+        return self.mel_to_wave(self.decode_to_mel(x, bits=bits), num_samples, seed)
 
     @torch.inference_mode()
     def decode_to_file(self, indices: Tensor | np.ndarray, path: str | Path, num_samples: int | None = None,
-                       seed: int | None = 0, subtype: str = "PCM_16", margin_frames: int = 16) -> Path:
+                       seed: int | None = 0, subtype: str = "PCM_16", margin_frames: int = 16,
+                       bits: int | None = None) -> Path:
         """Decode codes to a WAV (any soundfile format by suffix), window by window in constant memory.
 
         Each window is rendered by :attr:`renderer` with ``margin_frames`` of context on both sides and
         crossfaded into its neighbours (:class:`~transcoder.audio.render.ChunkedRenderer` with one
         window per block); window ``k`` uses phase seed ``seed + k``. ``num_samples`` trims the output as
-        in :meth:`decode_codes`.
+        in :meth:`decode_codes`; ``bits``: bits per token of ``indices`` (default: the model's).
         """
         import soundfile as sf
 
-        x = self._check_indices(indices)
+        bits = self.check_bits(bits)
+        x = self._check_indices(indices, bits)
         self._check_num_samples(num_samples, x.shape[0])
-        windows, rows = self._full_windows(x)
+        windows, rows = self._full_windows(x, bits)
         total = rows * self.patch_size[0] * self.hop_length if num_samples is None else num_samples
 
         def model_windows() -> Iterator[Tensor]:
             for chunk in windows.split(self.batch_size):
-                yield from self._decode_windows(chunk.to(self.device))
+                yield from self._decode_windows(chunk.to(self.device), bits)
 
         renderer = ChunkedRenderer(self.renderer, self.window_frames, margin=margin_frames, seed=seed)
         path = Path(path)
@@ -515,7 +570,8 @@ class AudioTokenizer:
 
         Raises :class:`~transcoder.codes.CodesFormatError` naming the file for codes of another model,
         a non-integer dtype, wrong shape or row count, values out of range, or a ``num_samples`` the
-        codes do not cover. ``indices`` of the result are int64.
+        codes do not cover. ``indices`` of the result are int64; its ``bits`` is the codes' width (fewer
+        than the model's for codes encoded with ``bits=k`` by a nested-bits model).
         """
         if utterance is not None:
             codes = CodesIndex.open(path).codes_file(utterance)
@@ -531,22 +587,25 @@ class AudioTokenizer:
         """Codes (see :meth:`load_codes`; ``utterance`` picks one of a codes folder) -> audio file at its
         original length, streamed."""
         codes = self.load_codes(codes_path, manifest_path, utterance)
-        return self.decode_to_file(codes.indices, out_path, num_samples=codes.num_samples, seed=seed)
+        return self.decode_to_file(codes.indices, out_path, num_samples=codes.num_samples, seed=seed, bits=codes.bits)
 
     # -- streaming (causal models, see transcoder/streaming.py) ---------------------------------
-    def stream_encoder(self) -> StreamEncoder:
+    def stream_encoder(self, bits: int | None = None) -> StreamEncoder:
         """A :class:`~transcoder.streaming.StreamEncoder`: push audio chunks (any size, the tokenizer's sample
-        rate), get code rows ``(R, n_freq_patches)`` as soon as they are determined. Needs a causal model."""
-        return StreamEncoder(self.model, self.frontend)
+        rate), get code rows ``(R, n_freq_patches)`` of ``bits`` bits (default: the model's) as soon as they
+        are determined. Needs a causal model."""
+        return StreamEncoder(self.model, self.frontend, bits=self.check_bits(bits))
 
     def stream_decoder(self, audio: bool = False, margin_frames: int = 8, min_frames: int = 16,
-                       seed: int = 0) -> StreamDecoder:
+                       seed: int = 0, bits: int | None = None) -> StreamDecoder:
         """A :class:`~transcoder.streaming.StreamDecoder`: push code rows, get mel frames (exact) and, with
         ``audio=True``, audio rendered by :attr:`renderer` (the neural vocoder when one is loaded, else
         Griffin-Lim) in blocks of ``min_frames`` frames with ``margin_frames`` of context and crossfade
-        on each side (:class:`~transcoder.audio.render.ChunkedRenderer`, approximate). Needs a causal model."""
+        on each side (:class:`~transcoder.audio.render.ChunkedRenderer`, approximate). ``bits``: bits per
+        token of the rows pushed (default: the model's). Needs a causal model."""
+        bits = self.check_bits(bits)
         renderer = ChunkedRenderer(self.renderer, min_frames, margin=margin_frames, seed=seed) if audio else None
-        return StreamDecoder(self.model, renderer)
+        return StreamDecoder(self.model, renderer, bits=bits)
 
     def __repr__(self) -> str:
         return (f"AudioTokenizer(sample_rate={self.sample_rate}, window={self.window_frames} frames, "

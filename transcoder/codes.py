@@ -11,9 +11,15 @@ Header ``codes.json``::
 
     {"format": "audio-bsq-vit-codes", "format_version": 3, "layout": "packed" | "files",
      "sample_rate", "hop_length", "n_mels", "window_frames", "patch_size": [pt, pf],
-     "grid_per_window": [rows per window, Nf], "bits", "codes_dtype", "tokens_per_second", "bitrate",
+     "grid_per_window": [rows per window, Nf], "bits", "model_bits", "codes_dtype", "tokens_per_second", "bitrate",
      "checkpoint", "checkpoint_sha256", "weights",
      "input": {"kind": "folder" | "cuts" | "recordings" | "shards", ...}, "num_units", "unit_size"}
+
+``bits`` is the width of the stored codes (values in ``[0, 2^bits)``, an LM's vocabulary ``2^bits``);
+``model_bits`` is the checkpoint's bits per token. They differ for codes encoded with ``--bits k`` by a
+model trained with nested bits (the first ``k`` bits of every token; that checkpoint decodes them);
+``tokens_per_second`` and ``bitrate`` are those of the stored codes. A folder without ``model_bits``
+(written before it existed) holds full-width codes.
 
 Index ``index/unit-NNNNNN.json`` (one JSON object)::
 
@@ -39,8 +45,9 @@ same :class:`CodesIndex`. A single self-describing file is a ``.npz`` with the a
 JSON string ``meta`` (:meth:`CodesFile.save` / :meth:`CodesFile.load`, readable without pickle).
 
 Codes are never trusted: :func:`check_codes` rejects float or bool arrays before any integer cast,
-a row count other than the index's, values outside ``[0, 2^bits)``, and a ``num_samples`` longer
-than the codes cover. Errors name the file, the key or dtype, and what was expected.
+a row count other than the index's, values outside ``[0, 2^bits)``, a width the checkpoint cannot
+decode (:meth:`CodesSpec.at_bits`), and a ``num_samples`` longer than the codes cover. Errors name
+the file, the key or dtype, and what was expected.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -81,6 +88,8 @@ __all__ = [
     "codes_dtype",
     "find_codes_root",
     "find_manifest",
+    "manifest_model_bits",
+    "manifest_spec",
     "read_header",
     "read_manifest",
     "unit_index_path",
@@ -115,7 +124,12 @@ def codes_dtype(bits: int) -> np.dtype:
 
 @dataclass(frozen=True)
 class CodesSpec:
-    """What a model's codes look like (from :attr:`transcoder.api.AudioTokenizer.codes_spec`)."""
+    """What a model's codes look like (from :attr:`transcoder.api.AudioTokenizer.codes_spec`).
+
+    ``bits`` is the width of the codes checked (values in ``[0, 2^bits)``); ``model_bits`` the checkpoint's
+    width when the codes keep fewer bits (``None``: the same as ``bits``); ``nested``: the checkpoint was
+    trained with nested bits, so it decodes codes of any ``1..model_bits`` bits (:meth:`at_bits`).
+    """
 
     sample_rate: int
     hop_length: int
@@ -125,6 +139,28 @@ class CodesSpec:
     time_rows_per_window: int  # time rows of tokens per model window
     n_freq_patches: int
     window_samples: int  # samples per model window
+    model_bits: int | None = None
+    nested: bool = False
+
+    @property
+    def full_bits(self) -> int:
+        """The checkpoint's bits per token."""
+        return self.bits if self.model_bits is None else self.model_bits
+
+    def at_bits(self, bits: Any, where: str | Path = "codes") -> CodesSpec:
+        """This model's spec for codes of their first ``bits`` bits.
+
+        Raises :class:`CodesFormatError` naming ``where`` for a width outside ``1..full_bits``, or fewer
+        bits than the checkpoint's on a model trained without nested bits.
+        """
+        full = self.full_bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= full:
+            raise CodesFormatError(f"{where}: codes of bits={bits!r}, but the checkpoint makes {full}-bit codes "
+                                   f"(expected 1..{full})")
+        if bits < full and not self.nested:
+            raise CodesFormatError(f"{where}: {bits}-bit codes, but the checkpoint was trained for {full}-bit codes "
+                                   "only; fewer bits need a model trained with model.params.nested_bits")
+        return replace(self, bits=bits, model_bits=None if bits == full else full)
 
     def covered_samples(self, rows: int) -> int:
         """Samples covered by ``rows`` time rows of tokens (whole windows)."""
@@ -139,10 +175,12 @@ class CodesFile:
         indices: ``(n_time_tokens, n_freq_patches)`` integer codes.
         num_samples: length of the original signal at ``sample_rate`` (decoding trims to it).
         sample_rate: the tokenizer's sample rate.
-        bits: bits per token.
+        bits: bits per token of ``indices`` (values in ``[0, 2^bits)``).
         source: where the audio came from (informative).
         format_version: version of the format the file was read from.
         extra: other metadata (manifest entry fields, checkpoint hash ...).
+        model_bits: the checkpoint's bits per token when the codes keep only the first ``bits``
+            (nested bits); ``None``: the same as ``bits``.
     """
 
     indices: np.ndarray
@@ -152,6 +190,12 @@ class CodesFile:
     source: str | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    model_bits: int | None = None
+
+    @property
+    def full_bits(self) -> int:
+        """Bits per token of the checkpoint that made the codes."""
+        return self.bits if self.model_bits is None else self.model_bits
 
     def save(self, path: str | Path) -> Path:
         """Write a self-describing ``.npz`` (``indices`` in the smallest dtype, ``meta`` as JSON)."""
@@ -160,7 +204,8 @@ class CodesFile:
             raise CodesFormatError(f"{path}: a codes file is written as .npz, got suffix {path.suffix!r}")
         indices = _integer_codes(self.indices, path)
         meta = {"format": CODES_FORMAT, "format_version": FORMAT_VERSION, "num_samples": int(self.num_samples),
-                "sample_rate": int(self.sample_rate), "bits": int(self.bits), "source": self.source,
+                "sample_rate": int(self.sample_rate), "bits": int(self.bits), "model_bits": int(self.full_bits),
+                "source": self.source,
                 "shape": list(indices.shape), **self.extra}
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, indices=indices.astype(codes_dtype(self.bits)), meta=np.array(json.dumps(meta)))
@@ -228,23 +273,29 @@ class CodesFile:
         if not isinstance(version, int) or not 2 <= version <= FORMAT_VERSION:
             raise CodesFormatError(f"{path}: format_version {version!r} is not supported "
                                    f"(this reader: 2..{FORMAT_VERSION})")
-        known = {"format", "format_version", "num_samples", "sample_rate", "bits", "source", "shape"}
+        known = {"format", "format_version", "num_samples", "sample_rate", "bits", "model_bits", "source", "shape"}
         shape = meta.get("shape")
         if shape is not None and list(indices.shape) != shape:
             raise CodesFormatError(f"{path}: indices have shape {list(indices.shape)} but meta.shape is {shape}")
+        bits = _positive_int(meta.get("bits"), f"{path}: meta.bits")
+        model_bits = meta.get("model_bits", bits)
+        if _positive_int(model_bits, f"{path}: meta.model_bits") < bits:
+            raise CodesFormatError(f"{path}: meta.bits={bits} exceeds meta.model_bits={model_bits}")
         return cls(indices, _positive_int(meta.get("num_samples"), f"{path}: meta.num_samples"),
                    _positive_int(meta.get("sample_rate"), f"{path}: meta.sample_rate"),
-                   _positive_int(meta.get("bits"), f"{path}: meta.bits"), meta.get("source"), version,
-                   {k: v for k, v in meta.items() if k not in known})
+                   bits, meta.get("source"), version,
+                   {k: v for k, v in meta.items() if k not in known}, None if model_bits == bits else model_bits)
 
     def checked(self, spec: CodesSpec, where: str | Path) -> np.ndarray:
-        """The indices as int64 ``(rows, n_freq_patches)`` after :func:`check_codes` against ``spec``."""
-        if self.sample_rate != spec.sample_rate or self.bits != spec.bits:
-            raise CodesFormatError(f"{where}: codes of a {self.bits}-bit model at {self.sample_rate} Hz, but the "
-                                   f"checkpoint makes {spec.bits}-bit codes at {spec.sample_rate} Hz")
+        """The indices as int64 ``(rows, n_freq_patches)`` after :func:`check_codes` against ``spec`` at this
+        file's width (``spec`` is the model's, any width: :meth:`CodesSpec.at_bits`)."""
+        if self.sample_rate != spec.sample_rate or self.full_bits != spec.full_bits:
+            raise CodesFormatError(f"{where}: codes of a {self.full_bits}-bit model at {self.sample_rate} Hz, but "
+                                   f"the checkpoint makes {spec.full_bits}-bit codes at {spec.sample_rate} Hz")
         shape = self.extra.get("shape")
         rows = int(shape[0]) if isinstance(shape, list) and shape else None
-        return check_codes(self.indices, spec, where, num_samples=self.num_samples, expected_rows=rows)
+        return check_codes(self.indices, spec.at_bits(self.bits, where), where, num_samples=self.num_samples,
+                           expected_rows=rows)
 
 
 def check_codes(indices: np.ndarray, spec: CodesSpec, where: str | Path, num_samples: int | None = None,
@@ -367,13 +418,17 @@ def check_manifest_model(manifest: dict[str, Any], spec: CodesSpec, where: str |
     Returns a warning text when the codes were made with another checkpoint file of the same
     architecture (``checkpoint_sha256`` differs), naming both checkpoint paths (the manifest's
     ``checkpoint`` and ``checkpoint_path``), else ``None``; the caller decides whether to refuse.
+    The codes' width (``bits``) may be fewer than the checkpoint's (``model_bits``) for a model trained
+    with nested bits (:meth:`CodesSpec.at_bits`; use :func:`manifest_spec` for the spec to check them with).
     """
-    checks = {"sample_rate": spec.sample_rate, "bits": spec.bits, "patch_size": list(spec.patch_size),
+    checks = {"sample_rate": spec.sample_rate, "model_bits": spec.full_bits, "patch_size": list(spec.patch_size),
               "n_mels": spec.n_mels, "hop_length": spec.hop_length}
     for key, value in checks.items():
-        if manifest.get(key) != value:
-            raise CodesFormatError(f"manifest {where}: {key}={manifest.get(key)!r} but the checkpoint has "
+        found = manifest_model_bits(manifest) if key == "model_bits" else manifest.get(key)
+        if found != value:
+            raise CodesFormatError(f"manifest {where}: {key}={found!r} but the checkpoint has "
                                    f"{value!r}: these codes come from another model")
+    spec.at_bits(manifest.get("bits"), f"manifest {where}")
     sha = manifest.get("checkpoint_sha256")
     if sha and checkpoint_sha256 and sha != checkpoint_sha256:
         made_with = manifest.get("checkpoint") or "an unnamed checkpoint"
@@ -381,6 +436,19 @@ def check_manifest_model(manifest: dict[str, Any], spec: CodesSpec, where: str |
         return (f"the codes in {where} were made with {made_with} (sha256 {sha[:12]}...), not with this "
                 f"checkpoint {this}(sha256 {checkpoint_sha256[:12]}...)")
     return None
+
+
+def manifest_model_bits(manifest: dict[str, Any]) -> Any:
+    """The checkpoint's bits per token of a header / manifest: ``model_bits``, or ``bits`` for folders
+    written before the key existed (full-width codes)."""
+    return manifest.get("model_bits", manifest.get("bits"))
+
+
+def manifest_spec(manifest: dict[str, Any], spec: CodesSpec, where: str | Path) -> CodesSpec:
+    """``spec`` (the checkpoint's) at the width of a folder's codes (its header's ``bits``), after
+    :func:`check_manifest_model`'s model checks."""
+    check_manifest_model(manifest, spec, where)
+    return spec.at_bits(manifest.get("bits"), f"manifest {where}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,8 +522,8 @@ def unit_shard_name(unit: int) -> str:
 
 
 #: Header keys that must agree between runs writing into the same folder.
-_RUN_KEYS = ("layout", "sample_rate", "hop_length", "n_mels", "patch_size", "bits", "codes_dtype", "window_frames",
-             "input", "num_units", "unit_size", "weights")
+_RUN_KEYS = ("layout", "sample_rate", "hop_length", "n_mels", "patch_size", "bits", "model_bits", "codes_dtype",
+             "window_frames", "input", "num_units", "unit_size", "weights")
 
 
 def read_header(folder: str | Path) -> dict[str, Any]:
@@ -480,6 +548,10 @@ def read_header(folder: str | Path) -> dict[str, Any]:
                                    f"got {data[key]!r:.60}")
     if data["layout"] not in LAYOUTS:
         raise CodesFormatError(f"codes header {path}: layout {data['layout']!r}, expected one of {LAYOUTS}")
+    model_bits = manifest_model_bits(data)
+    if isinstance(model_bits, bool) or not isinstance(model_bits, int) or not 1 <= data["bits"] <= model_bits:
+        raise CodesFormatError(f"codes header {path}: bits={data['bits']!r} and model_bits={model_bits!r}: expected "
+                               "integers with 1 <= bits <= model_bits")
     return data
 
 
@@ -496,9 +568,11 @@ def check_header(existing: dict[str, Any], wanted: dict[str, Any], where: str | 
             f"this run uses {wanted.get('checkpoint')} (sha256 {str(new_sha)[:12]}...): codes of two checkpoints "
             "must not mix in one folder; use another output folder")
     for key in _RUN_KEYS:
-        if json.dumps(existing.get(key), sort_keys=True) != json.dumps(wanted.get(key), sort_keys=True):
-            raise CodesFormatError(f"{where} was written with {key}={existing.get(key)!r:.200}, this run has "
-                                   f"{key}={wanted.get(key)!r:.200}: rerun with the same settings to resume, or use "
+        old, new = ((manifest_model_bits(existing), manifest_model_bits(wanted)) if key == "model_bits"
+                    else (existing.get(key), wanted.get(key)))
+        if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+            raise CodesFormatError(f"{where} was written with {key}={old!r:.200}, this run has "
+                                   f"{key}={new!r:.200}: rerun with the same settings to resume, or use "
                                    "another output folder")
 
 
@@ -762,9 +836,11 @@ class CodesIndex:
         """One utterance as a :class:`CodesFile` (all rows; ``extra["shape"]`` holds the indexed shape)."""
         utt = self[utterance] if isinstance(utterance, str) else utterance
         indices = self.codes(utt)
-        return CodesFile(indices, utt.num_samples, utt.sample_rate, int(self.header["bits"]), utt.source,
+        bits, model_bits = int(self.header["bits"]), int(manifest_model_bits(self.header))
+        return CodesFile(indices, utt.num_samples, utt.sample_rate, bits, utt.source,
                          int(self.header.get("format_version", FORMAT_VERSION)),
-                         {**utt.extra, "id": utt.id, "shape": [utt.rows, int(indices.shape[1])]})
+                         {**utt.extra, "id": utt.id, "shape": [utt.rows, int(indices.shape[1])]},
+                         None if model_bits == bits else model_bits)
 
 
 def find_codes_root(start: str | Path) -> Path | None:

@@ -85,9 +85,13 @@ class EncodeSummary:
         return out
 
 
-def codes_header(tokenizer: AudioTokenizer, source: CorpusSource, layout: str, unit_size: int) -> dict[str, Any]:
-    """The ``codes.json`` content of a run (format fields are added by :func:`~transcoder.codes.write_header`)."""
+def codes_header(tokenizer: AudioTokenizer, source: CorpusSource, layout: str, unit_size: int,
+                 bits: int | None = None) -> dict[str, Any]:
+    """The ``codes.json`` content of a run (format fields are added by :func:`~transcoder.codes.write_header`);
+    ``bits``: the width of the codes (default: the model's)."""
     pt, pf = tokenizer.patch_size
+    bits = tokenizer.check_bits(bits)
+    rates = tokenizer.rates_at(bits)
     return {
         "layout": layout,
         "checkpoint": str(tokenizer.checkpoint_path.resolve()) if tokenizer.checkpoint_path else None,
@@ -99,10 +103,11 @@ def codes_header(tokenizer: AudioTokenizer, source: CorpusSource, layout: str, u
         "window_frames": tokenizer.window_frames,
         "patch_size": [pt, pf],
         "grid_per_window": [tokenizer.time_rows_per_window, tokenizer.n_freq_patches],
-        "bits": tokenizer.bits_per_token,
-        "codes_dtype": codes_dtype(tokenizer.bits_per_token).name,
-        "tokens_per_second": tokenizer.tokens_per_second,
-        "bitrate": tokenizer.bitrate,
+        "bits": bits,
+        "model_bits": tokenizer.bits_per_token,
+        "codes_dtype": codes_dtype(bits).name,
+        "tokens_per_second": rates.tokens_per_second,
+        "bitrate": rates.bits_per_second,
         "input": source.description,
         "num_units": source.num_units(unit_size),
         "unit_size": unit_size,
@@ -153,7 +158,7 @@ class _Unit:
 
 def encode_corpus(tokenizer: AudioTokenizer, source: CorpusSource, output: str | Path, *, layout: str = "packed",
                   unit_size: int = 256, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                  progress: bool = True, block_frames: int = 1 << 16,
+                  progress: bool = True, block_frames: int = 1 << 16, bits: int | None = None,
                   on_unit: Callable[[int], None] | None = None,
                   warn: Callable[[str], None] | None = None) -> EncodeSummary:
     """Encode this rank's unfinished units of ``source`` into ``output`` (see the module doc).
@@ -169,6 +174,9 @@ def encode_corpus(tokenizer: AudioTokenizer, source: CorpusSource, output: str |
         progress: show a progress bar in hours of audio.
         on_unit: called with each unit number once it is written (tests, logging).
         warn: called with ``"skipping <source>: <reason>"`` for each failed utterance, as it happens.
+        bits: bits per token written (default: the model's; fewer keep the first ``k`` bits of every token
+            of a nested-bits model, :meth:`~transcoder.api.AudioTokenizer.check_bits`). Part of the folder's
+            settings: a rerun at another width is refused.
 
     Raises:
         FolderLockedError: another job works in ``output``.
@@ -179,20 +187,21 @@ def encode_corpus(tokenizer: AudioTokenizer, source: CorpusSource, output: str |
         raise ValueError(f"unit_size must be >= 1, got {unit_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside [0, {world_size})")
+    bits = tokenizer.check_bits(bits)
     output = Path(output)
     started = time.perf_counter()
     summary = EncodeSummary(str(output), rank, world_size, num_units=source.num_units(unit_size))
     summary.n_freq_patches = tokenizer.n_freq_patches
     lock = lock_output(output, rank, world_size)
     try:
-        write_header(output, codes_header(tokenizer, source, layout, unit_size))
+        write_header(output, codes_header(tokenizer, source, layout, unit_size, bits))
         mine = list(range(rank, summary.num_units, world_size))
         todo = [u for u in mine if not unit_index_path(output, u).is_file()]
         summary.skipped = len(mine) - len(todo)
         _remove_stale_temporaries(output, todo)
         if todo:
             _encode_units(tokenizer, source, output, todo, layout, unit_size, rank, world_size, num_workers,
-                          progress, block_frames, summary, on_unit, warn)
+                          progress, block_frames, summary, on_unit, warn, bits)
     finally:
         lock.release()
     summary.elapsed = time.perf_counter() - started
@@ -203,7 +212,7 @@ def encode_corpus(tokenizer: AudioTokenizer, source: CorpusSource, output: str |
 def _encode_units(tokenizer: AudioTokenizer, source: CorpusSource, output: Path, todo: list[int], layout: str,
                   unit_size: int, rank: int, world_size: int, num_workers: int, progress: bool, block_frames: int,
                   summary: EncodeSummary, on_unit: Callable[[int], None] | None,
-                  warn: Callable[[str], None] | None) -> None:
+                  warn: Callable[[str], None] | None, bits: int) -> None:
     mel = tokenizer.mel_config
     windows = CorpusWindows(source, todo, unit_size, tokenizer.sample_rate, tokenizer.window_samples,
                             tokenizer.hop_length, mel.n_fft, mel.pad_mode, block_frames)
@@ -218,7 +227,7 @@ def _encode_units(tokenizer: AudioTokenizer, source: CorpusSource, output: Path,
     def run_batch() -> None:
         if not pending:
             return
-        codes = tokenizer.encode_segments([segment for _, _, segment in pending])
+        codes = tokenizer.encode_segments([segment for _, _, segment in pending], bits)
         for (unit, item, _), window_codes in zip(pending, codes, strict=True):
             state = units[unit]
             if item in state.windows:  # not dropped by an error
@@ -228,7 +237,7 @@ def _encode_units(tokenizer: AudioTokenizer, source: CorpusSource, output: Path,
     def finish(unit: int) -> None:
         run_batch()
         state = units.pop(unit)
-        writer = UnitWriter(output, unit, layout=layout, bits=tokenizer.bits_per_token,
+        writer = UnitWriter(output, unit, layout=layout, bits=bits,
                             hop_length=tokenizer.hop_length, patch_t=tokenizer.patch_size[0],
                             sample_rate=tokenizer.sample_rate, rank=rank, world_size=world_size)
         for item in windows.unit_items(unit):

@@ -19,10 +19,13 @@ crossfade) plus up to one render block. See :func:`algorithmic_latency`.
 Exactness: :class:`StreamEncoder` gives the same codes as :func:`encode_offline` (the model's
 offline forward on the whole, row-padded signal) for any chunking, and :class:`StreamDecoder` the same
 mel as :func:`decode_offline` up to float rounding (attention over a cache instead of a masked full
-sequence sums in another order). Audio is rendered by a :class:`~transcoder.audio.render.ChunkedRenderer`
-over any :class:`~transcoder.audio.render.Renderer` and is approximate: Griffin-Lim is iterative over the
-whole spectrogram and cannot be streamed exactly, and a neural vocoder equals its whole-signal render
-only away from the block borders (see :mod:`transcoder.audio.render`).
+sequence sums in another order). Both take ``bits=k`` for a model trained with nested bits: the encoder
+emits the first ``k`` bits of every token, the decoder decodes ``k``-bit rows (the missing bits get the
+model's fill), equal to the offline paths at the same width. Audio is rendered by a
+:class:`~transcoder.audio.render.ChunkedRenderer` over any :class:`~transcoder.audio.render.Renderer`
+and is approximate: Griffin-Lim is iterative over the whole spectrogram and cannot be streamed exactly,
+and a neural vocoder equals its whole-signal render only away from the block borders (see
+:mod:`transcoder.audio.render`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from transcoder.audio.pcm import pcm_to_float32
 from transcoder.audio.render import ChunkedRenderer
 from transcoder.models.causal import BlockState
 from transcoder.models.patching import patchify, unpatchify
+from transcoder.models.quantizer.nested import truncate_indices
 
 __all__ = ["causal_mel", "pad_to_rows", "encode_offline", "decode_offline", "algorithmic_latency",
            "CausalFrontendStream", "StreamEncoder", "StreamDecoder", "DecodedChunk"]
@@ -50,6 +54,11 @@ def _check_causal(model: nn.Module) -> None:
     if not getattr(config, "causal", False):
         raise ValueError("streaming needs a causal model (audioconfig.causal: true); this checkpoint's model "
                          "attends over whole windows in both directions")
+
+
+def _width(model: nn.Module, bits: int | None) -> int:
+    """The code width asked for, checked by the model (``ValueError`` for fewer bits without nested bits)."""
+    return int(model._check_bits(bits))
 
 
 def _row_samples(model: nn.Module, frontend: LogMelFrontend) -> int:
@@ -69,21 +78,22 @@ def pad_to_rows(wave: Tensor, row_samples: int) -> Tensor:
 
 
 @torch.inference_mode()
-def encode_offline(model: nn.Module, frontend: LogMelFrontend, wave: Tensor) -> Tensor:
-    """Reference for :class:`StreamEncoder`: (S,) mono samples → indices (ceil(S / row_samples), Nf) int64,
-    the model's offline forward on the whole causal mel of the row-padded signal."""
+def encode_offline(model: nn.Module, frontend: LogMelFrontend, wave: Tensor, bits: int | None = None) -> Tensor:
+    """Reference for :class:`StreamEncoder`: (S,) mono samples → indices (ceil(S / row_samples), Nf) int64 of
+    ``bits`` bits (default: the model's), the model's offline forward on the whole causal mel of the
+    row-padded signal."""
     _check_causal(model)
     dtype = model.encoder.patch_embed.weight.dtype
     mel = causal_mel(frontend, pad_to_rows(wave.reshape(1, -1), _row_samples(model, frontend)))
-    _, _, info = model.encode(mel.to(dtype))
+    _, _, info = model.encode(mel.to(dtype), bits=bits)
     return info["indices"][0]
 
 
 @torch.inference_mode()
-def decode_offline(model: nn.Module, indices: Tensor) -> Tensor:
-    """Reference for :class:`StreamDecoder`: indices (R, Nf) → model-space mel (R * pt, n_mels)."""
+def decode_offline(model: nn.Module, indices: Tensor, bits: int | None = None) -> Tensor:
+    """Reference for :class:`StreamDecoder`: ``bits``-bit indices (R, Nf) → model-space mel (R * pt, n_mels)."""
     _check_causal(model)
-    return model.decode_indices(indices[None])[0]
+    return model.decode_indices(indices[None], bits=bits)[0]
 
 
 def algorithmic_latency(model: nn.Module, frontend: LogMelFrontend) -> dict[str, float]:
@@ -150,6 +160,8 @@ class StreamEncoder:
     Args:
         model: a causal ``AudioBSQModel`` in eval mode.
         frontend: the front end the model was trained with (its device is used).
+        bits: bits per token emitted (default: the model's; fewer keep the first ``bits`` of every token of
+            a model trained with nested bits).
 
     :meth:`push` takes mono samples at the front end's sample rate and returns indices (R, Nf) int64 on
     the CPU (R may be 0); :meth:`finish` zero-pads the stream to a whole row and returns the rest. The
@@ -157,11 +169,12 @@ class StreamEncoder:
     values of ``context - 1 + lookahead`` rows, ``K - 1`` conv rows, ``lookahead`` pending rows.
     """
 
-    def __init__(self, model: nn.Module, frontend: LogMelFrontend) -> None:
+    def __init__(self, model: nn.Module, frontend: LogMelFrontend, bits: int | None = None) -> None:
         _check_causal(model)
         if model.training:
             raise ValueError("StreamEncoder needs the model in eval mode (BatchNorm running statistics)")
         self.model = model
+        self.bits = _width(model, bits)
         self.frontend_stream = CausalFrontendStream(frontend)
         self.encoder = _StackStream(model.encoder)
         self.row_samples = _row_samples(model, frontend)
@@ -218,7 +231,7 @@ class StreamEncoder:
             return torch.zeros(0, model.config.grid[1], dtype=torch.long)
         _, _, info = model.quantizer(model.quant_embed(features))
         self.rows_emitted += features.shape[1]
-        return info["indices"][0].cpu()
+        return truncate_indices(info["indices"][0], self.bits).cpu()
 
     def state_elements(self) -> int:
         """Numbers held between pushes (bounded for an unbounded stream)."""
@@ -242,13 +255,16 @@ class StreamDecoder:
         model: a causal ``AudioBSQModel`` in eval mode.
         renderer: a :class:`~transcoder.audio.render.ChunkedRenderer` to also produce audio (any
             renderer: Griffin-Lim or a neural vocoder), or ``None`` for mel only.
+        bits: bits per token of the rows pushed (default: the model's; fewer for a model trained with
+            nested bits, the missing bits replaced by its fill).
     """
 
-    def __init__(self, model: nn.Module, renderer: ChunkedRenderer | None = None) -> None:
+    def __init__(self, model: nn.Module, renderer: ChunkedRenderer | None = None, bits: int | None = None) -> None:
         _check_causal(model)
         if model.training:
             raise ValueError("StreamDecoder needs the model in eval mode (BatchNorm running statistics)")
         self.model = model
+        self.bits = _width(model, bits)
         self.decoder = _StackStream(model.decoder)
         self.renderer = renderer
         self._finished = False
@@ -262,6 +278,9 @@ class StreamDecoder:
         nf = self.model.config.grid[1]
         if x.ndim != 2 or x.shape[1] != nf or x.dtype.is_floating_point:
             raise ValueError(f"expected integer indices (R, {nf}), got {x.dtype} {tuple(x.shape)}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= 1 << self.bits):
+            raise ValueError(f"{self.bits}-bit indices must lie in [0, 2^{self.bits}), got min {int(x.min())} "
+                             f"max {int(x.max())}")
         return self._decode(x, final=False)
 
     @torch.inference_mode()
@@ -277,7 +296,9 @@ class StreamDecoder:
         decoder = model.decoder
         dtype = model.post_quant_embed.weight.dtype
         device = model.post_quant_embed.weight.device
-        codes = model.indices_to_codes(indices.to(device)[None])
+        codes = model.indices_to_codes(indices.to(device)[None], bits=self.bits)
+        if self.bits < model.embed_dim:
+            codes = model.nested_bits.pad(codes)  # the dropped bits as the model fills them
         nf = model.config.grid[1]
         x = model.post_quant_embed(codes.to(dtype)).reshape(1, indices.shape[0], nf, model.config.width)
         x = x + decoder.pos_embed[:, None].to(dtype)

@@ -33,6 +33,7 @@ A window that fails to decode is left out of every metric and count and listed u
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -54,9 +55,11 @@ from transcoder.evaluation.metrics import mel_l1, si_snr, spectrogram_mae_db, sp
 from transcoder.evaluation.protocol import EvaluatedTokenizer
 from transcoder.evaluation.reconstruction import ReconstructionMetrics
 from transcoder.utils.config_files import read_config_file
+from transcoder.utils.rates import token_rates
 
 __all__ = ["MeanAccumulator", "dataset_spec", "evaluate_tokenizer", "format_table", "render_pair",
-           "example_name", "example_windows", "save_examples", "write_metrics_json"]
+           "example_name", "example_windows", "reconstruct", "save_examples", "scored_bits", "write_metrics_json",
+           "bits_row", "format_bits_table", "parse_bits"]
 
 
 def dataset_spec(checkpoint_config: dict[str, Any], audio_dir: str | None = None, data_config: str | None = None,
@@ -208,6 +211,34 @@ def render_pair(renderer: Renderer, mel: Tensor, recon: Tensor, seeds: list[int]
     return each(mel), each(recon)
 
 
+def scored_bits(tok: EvaluatedTokenizer, bits: int | None) -> int:
+    """The width to score at: ``bits`` (checked) or the model's ``bits_per_token``.
+
+    ``ValueError`` for a width outside ``1..bits_per_token``, or fewer bits on a model trained without
+    ``model.params.nested_bits``.
+    """
+    full = tok.bits_per_token
+    if bits is None:
+        return full
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= full:
+        raise ValueError(f"bits={bits!r}: expected an integer in 1..{full} (the checkpoint makes {full}-bit codes)")
+    if bits < full and getattr(tok.model, "nested_bits", None) is None:
+        raise ValueError(f"bits={bits}: this checkpoint was trained for {full}-bit codes only; fewer bits need a "
+                         "model trained with model.params.nested_bits")
+    return bits
+
+
+@torch.inference_mode()
+def reconstruct(tok: EvaluatedTokenizer, mel: Tensor, bits: int | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Model-space mel ``(B, T, F)`` -> ``(reconstruction (B, T, F) float32, quant_loss, info)`` through codes of
+    ``bits`` bits (default: the model's full width; ``info["indices"]`` are ``bits``-bit)."""
+    if bits is None or bits == tok.bits_per_token:
+        recon, quant_loss, info = tok.model(mel)
+        return recon.float(), quant_loss, info
+    codes, quant_loss, info = tok.model.encode(mel, bits=bits)
+    return tok.model.decode(codes, info["grid"]).float(), quant_loss, info
+
+
 def _clip_key(side: str, metric: str) -> str:
     """Per-clip key of a side's metric: ``pesq`` / ``ceiling_pesq`` / ``vocoder_pesq`` / ``vocoder_ceiling_pesq``."""
     return metric if side == "recon" else f"{side.removesuffix('_recon')}_{metric}"
@@ -230,6 +261,7 @@ def evaluate_tokenizer(
     quiet: bool = True,
     perceptual: bool = False,
     language: str | None = None,
+    bits: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a tokenizer on an eval-mode dataset of model windows (see the module docstring).
 
@@ -253,10 +285,14 @@ def evaluate_tokenizer(
             ``eval`` extra and ``audio_metrics``; :class:`~transcoder.evaluation.perceptual.MissingExtraError`
             without the extra).
         language: the material's language (``"en"`` enables dWER / WER).
+        bits: score codes of their first ``bits`` bits (a model trained with ``model.params.nested_bits``;
+            default: the model's full width). The rates, code usage and entropy are those of ``bits``-bit
+            codes (``quant_loss`` is the quantizer's, at full width).
 
     Returns:
         The results dict (also written to ``output_dir/metrics.json`` with NaN as ``null``).
     """
+    width = scored_bits(tok, bits)
     scorer = None
     if perceptual:
         if not audio_metrics:
@@ -272,7 +308,7 @@ def evaluate_tokenizer(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_audio)
     pt = tok.patch_size[0]
-    totals = ReconstructionMetrics(tok.frontend, tok.bits_per_token, pt, "cpu")
+    totals = ReconstructionMetrics(tok.frontend, width, pt, "cpu")
     # Sides: Griffin-Lim of the reconstruction / of the input mel (its ceiling); with another renderer also
     # its two renderings.
     other = tok.renderer if renderer is None else renderer
@@ -313,8 +349,7 @@ def evaluate_tokenizer(
             wave = ref.to(tok.device)
             with torch.inference_mode():
                 mel = tok.frontend(wave)  # (B', T, F) model space
-                recon, quant_loss, info = tok.model(mel)
-                recon = recon.float()
+                recon, quant_loss, info = reconstruct(tok, mel, width)
                 input_db, recon_db = tok.frontend.model_to_db(mel), tok.frontend.model_to_db(recon)
             totals.update(recon, mel, float(quant_loss), info["indices"], torch.tensor(valid_samples))
             first_clip = len(per_clip)
@@ -388,6 +423,7 @@ def evaluate_tokenizer(
         raise RuntimeError(f"no windows were evaluated ({len(skipped_windows)} failed to decode, e.g. "
                            f"{skipped_windows[:3]}; skipped files: {sorted(set(skipped))[:3]})")
     summary = totals.compute()
+    rates = token_rates(tok.patch_size, tok.mel_config.n_mels, tok.hop_length, tok.sample_rate, width)
     results: dict[str, Any] = {
         "checkpoint": str(tok.checkpoint_path.resolve()) if tok.checkpoint_path is not None else None,
         "checkpoint_sha256": tok.checkpoint_sha256,
@@ -405,8 +441,9 @@ def evaluate_tokenizer(
         "skipped_windows": skipped_windows,
         "audio_seconds": sum(c["seconds"] for c in per_clip),
         "elapsed_seconds": time.perf_counter() - started,
-        "rates": {"tokens_per_second": tok.tokens_per_second, "bits_per_token": tok.bits_per_token,
-                  "bitrate": tok.bitrate, "patch_size": list(tok.patch_size),
+        "rates": {"tokens_per_second": rates.tokens_per_second, "bits_per_token": width,
+                  "bitrate": rates.bits_per_second, "model_bits": tok.bits_per_token,
+                  "patch_size": list(tok.patch_size),
                   "grid_per_window": [tok.time_rows_per_window, tok.n_freq_patches]},
         "spectrogram": {"mse_db": summary.mse_db, "mae_db": summary.mae_db, "l1_model": summary.l1,
                         "quant_loss": summary.quant_loss},
@@ -429,6 +466,40 @@ def evaluate_tokenizer(
     if out_dir is not None:
         write_metrics_json(out_dir / "metrics.json", results)
     return results
+
+
+def parse_bits(text: str) -> list[int]:
+    """``"9,12,15,18"`` -> ``[9, 12, 15, 18]``: the widths a ``--bits`` flag names (an argparse ``type``)."""
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        widths = []
+    if not widths or len(set(widths)) != len(widths) or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct positive integers separated by commas, "
+                                         "e.g. 9,12,15,18")
+    return widths
+
+
+def bits_row(results: dict[str, Any]) -> dict[str, Any]:
+    """One summary row of :func:`evaluate_tokenizer`'s results: width, bit/s, spectrogram errors, code use,
+    Griffin-Lim PESQ / STOI (``None`` without audio metrics)."""
+    audio = (results.get("audio") or {}).get("recon") or {}
+    return {"bits": results["rates"]["bits_per_token"], "bitrate": results["rates"]["bitrate"],
+            "mae_db": results["spectrogram"]["mae_db"], "mse_db": results["spectrogram"]["mse_db"],
+            "distinct_codes": results["codebook"]["distinct_codes"],
+            "entropy_bits": results["codebook"]["entropy_bits"], "pesq": audio.get("pesq"), "stoi": audio.get("stoi")}
+
+
+def format_bits_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of :func:`bits_row` (one per width of a nested-bits model) as a markdown table."""
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+    lines = ["| bits | bit/s | mel MAE (dB) | mel MSE (dB^2) | distinct codes | entropy (bits) | PESQ-WB | STOI |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['bits']} | {r['bitrate']:g} | {fmt(r['mae_db'])} | {fmt(r['mse_db'])} | {r['distinct_codes']} | "
+              f"{fmt(r['entropy_bits'])} | {fmt(r['pesq'])} | {fmt(r['stoi'])} |" for r in rows]
+    return "\n".join(lines)
 
 
 def format_table(results: dict[str, Any]) -> str:

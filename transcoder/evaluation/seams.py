@@ -41,16 +41,20 @@ def seam_ratio(recon: Tensor, target: Tensor, patch: int, dim: int) -> float:
 
 
 @torch.inference_mode()
-def seam_scores(tok: Any, dataset: Any, batch_size: int = 8, max_batches: int | None = 8) -> dict[str, float]:
+def seam_scores(tok: Any, dataset: Any, batch_size: int = 8, max_batches: int | None = 8,
+                bits: int | None = None) -> dict[str, float]:
     """Frequency and time seam ratios of ``tok``'s reconstructions of the first windows of ``dataset``
-    (eval-mode windows of ``tok.window_samples``), pooled over the windows."""
+    (eval-mode windows of ``tok.window_samples``), pooled over the windows; ``bits``: reconstruct from codes of
+    that many bits (a nested-bits model; default: full width)."""
+    from transcoder.evaluation.evaluate import reconstruct
+
     recons, targets = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_audio)
     for index, batch in enumerate(loader):
         if max_batches is not None and index >= max_batches:
             break
         mel = tok.frontend(batch["audio"].to(tok.device))
-        recon, _, _ = tok.model(mel)
+        recon, _, _ = reconstruct(tok, mel, bits)
         recons.append(recon.float().cpu())
         targets.append(mel.float().cpu())
     recon, target = torch.cat(recons), torch.cat(targets)
