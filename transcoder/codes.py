@@ -419,7 +419,7 @@ def check_manifest_model(manifest: dict[str, Any], spec: CodesSpec, where: str |
     architecture (``checkpoint_sha256`` differs), naming both checkpoint paths (the manifest's
     ``checkpoint`` and ``checkpoint_path``), else ``None``; the caller decides whether to refuse.
     The codes' width (``bits``) may be fewer than the checkpoint's (``model_bits``) for a model trained
-    with nested bits (:meth:`CodesSpec.at_bits`; use :func:`manifest_spec` for the spec to check them with).
+    with nested bits (:meth:`CodesSpec.at_bits`; :func:`manifest_spec` gives the CodesSpec to check them with).
     """
     checks = {"sample_rate": spec.sample_rate, "model_bits": spec.full_bits, "patch_size": list(spec.patch_size),
               "n_mels": spec.n_mels, "hop_length": spec.hop_length}
