@@ -3,6 +3,7 @@ cause instead of hanging forever."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def test_a_stalled_worker_stops_training_with_the_cause(tmp_path: Path, monkeypa
                                                  r"\(data.loader_timeout; .*/dev/shm\).*full /dev/shm"):
         trainer.fit()
     assert time.monotonic() - start < 30
+    assert multiprocessing.active_children() == []  # the stalled worker is gone, not left to block the exit
     shutdown_loaders(timeout=0.5)
     assert live_worker_pids() == []
     assert isinstance(LoaderStalledError("x"), OSError)  # the training CLI reports it in one line, exit 1

@@ -68,8 +68,19 @@ class _WatchedIterator(_MultiProcessingDataLoaderIter):
             return super()._get_data()
         except RuntimeError as err:
             if self._timeout > 0 and "timed out" in str(err):
+                self._shutdown_workers()
                 raise LoaderStalledError(_stall_message(self._num_workers, self._timeout)) from None
             raise
+
+    def _shutdown_workers(self) -> None:
+        workers = list(getattr(self, "_workers", []))
+        super()._shutdown_workers()
+        # Workers ignore SIGTERM (the trainer owns the signals), so torch's terminate() cannot end a stalled
+        # one; without the kill it outlives the run and the interpreter's exit waits for it forever.
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5.0)
 
 
 class _TrackedDataLoader(DataLoader):
