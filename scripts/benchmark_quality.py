@@ -38,6 +38,13 @@ Presets (model size and batch; the recipe itself comes from ``--config`` and the
 * ``gpu``: the standard model (width 768, 12 + 12 layers), batch 32, bf16, 8 minutes (480 s) of training time.
 * ``tiny``: a smoke test (width 32, 1 + 1 layers).
 
+Resumable grids: ``--grid FILE`` reads one ``NAME:KEY=VALUE,...`` variant per line (``#`` comments) and ``--seeds
+0,1`` trains each variant once per seed (``training.seed``; run folder ``NAME`` for the first seed, ``NAME_s<seed>``
+for others). Every finished (variant, seed) appends its rows to ``--results`` (JSON lines, default
+``--output/results.jsonl``) at once, and a rerun skips the (variant, seed) pairs already there, so a stopped grid
+loses at most the variant in flight; a name reused with other overrides is refused. The anchors are computed once
+and kept in ``--output/anchors.json``. ``--eval-sets unseen,english`` scores only those sets.
+
 Use a step budget (``--steps``) to compare variants on a shared machine, and the reported steps/s to derive
 equal-wall-time comparisons; ``--budget-seconds`` trains each variant for that many seconds instead (with
 ``optimizer.schedule=budget`` the cosine ends at the budget; see transcoder/training/optim.py).
@@ -46,6 +53,7 @@ equal-wall-time comparisons; ``--budget-seconds`` trains each variant for that m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -58,7 +66,7 @@ import torch
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
 from transcoder.evaluation.anchors import evaluate_anchors
-from transcoder.evaluation.evaluate import evaluate_tokenizer, parse_bits, write_metrics_json
+from transcoder.evaluation.evaluate import evaluate_tokenizer, finite_or_none, parse_bits, write_metrics_json
 from transcoder.evaluation.perceptual import MissingExtraError, PerceptualScorer, require_eval_extra
 from transcoder.evaluation.seams import seam_scores
 from transcoder.training.config import load_config
@@ -252,8 +260,10 @@ def score_anchors(checkpoint: Path, val_root: str, args: argparse.Namespace, lan
     return anchors
 
 
-def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Train one variant and score its weights; one result dict per weights (raw, and EMA when kept)."""
+def run_variant(name: str, overrides: list[str], args: argparse.Namespace, seed: int | None = None
+                ) -> list[dict[str, Any]]:
+    """Train one variant (with ``training.seed=seed`` when given) and score its weights; one result dict per
+    weights (raw, and EMA when kept)."""
     preset = PRESETS[args.preset]
     steps = args.steps if args.steps is not None else preset["steps"]
     budget = args.budget_seconds if args.budget_seconds is not None else preset["budget_seconds"]
@@ -265,10 +275,12 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
     limits = ([f"training.max_steps={steps}"] if budget is None else
               [f"training.max_steps={steps or 10**9}", f"training.budget_seconds={budget}",
                "optimizer.schedule=budget"])
-    run_dir = Path(args.output) / name
+    run_dir = Path(args.output) / run_folder_name(name, seed, args.seeds)
     plan = args.holdout_plan
+    seeding = [] if seed is None else [f"training.seed={seed}"]
     all_overrides = [*preset["overrides"], "data.train.target=transcoder.data.AudioFolderDataset",
-                     f"data.train.params={{root: {plan['train']}}}", *RUN_OVERRIDES, *limits, *args.set, *overrides]
+                     f"data.train.params={{root: {plan['train']}}}", *RUN_OVERRIDES, *limits, *args.set, *seeding,
+                     *overrides]
     config = load_config(args.config, all_overrides)
     check_widths(config, args.bits, name)
     started = time.perf_counter()
@@ -278,7 +290,9 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
     train_seconds = time.perf_counter() - built
     steps_done = trainer.state.step
     checkpoint = run_dir / "checkpoints" / "latest.pt"
-    common = {"variant": name, "overrides": overrides, "preset": args.preset, "steps": steps_done,
+    common = {"variant": name, "overrides": overrides, "seed": int(config["training"].get("seed") or 0),
+              "preset": args.preset, "steps": steps_done,
+              "samples_seen": steps_done * int(config["data"]["batch_size"]),
               "train_seconds": train_seconds, "setup_seconds": built - started,
               "steps_per_second": steps_done / max(train_seconds, 1e-9),
               "device": device_name(trainer.device), "threads": torch.get_num_threads(),
@@ -289,6 +303,8 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
     for use_ema in weights:
         label = "ema" if use_ema else "raw"
         for set_name, (root, language) in plan["sets"].items():
+            if args.eval_sets and set_name not in args.eval_sets:
+                continue
             eval_started = time.perf_counter()
             suffix = "" if set_name == "seen" else f"_{set_name}"
             for bits in args.bits or [None]:
@@ -299,6 +315,67 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> li
                              "eval_seconds": time.perf_counter() - eval_started})
                 eval_started = time.perf_counter()
     return rows
+
+
+def run_folder_name(name: str, seed: int | None, seeds: list[int] | None) -> str:
+    """``NAME`` for the first (or only) seed, ``NAME_s<seed>`` for the others."""
+    return name if seed is None or not seeds or seed == seeds[0] else f"{name}_s{seed}"
+
+
+def read_grid_file(path: str) -> list[str]:
+    """The ``NAME:KEY=VALUE,...`` lines of a grid file (blank lines and ``#`` comments skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise ValueError(f"--grid {path}: cannot read it ({err.strerror or err})") from err
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results file (JSON lines); a torn last line (a run killed mid-write) is dropped with a warning."""
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                print(f"warning: {path}:{number}: incomplete last line dropped ({err.msg})", file=sys.stderr)
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON row ({err.msg}); fix or remove the line") from err
+    return rows
+
+
+def append_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` as JSON lines and fsync, so a finished variant survives a crash of the next one."""
+    text = "".join(json.dumps(finite_or_none(row), allow_nan=False, default=float) + "\n" for row in rows)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def pending_runs(variants: list[tuple[str, list[str]]], seeds: list[int] | None,
+                 done: list[dict[str, Any]]) -> list[tuple[str, list[str], int | None]]:
+    """The (name, overrides, seed) runs without rows in ``done``; a name whose rows have other overrides raises."""
+    finished: dict[tuple[str, int], list[str]] = {}
+    for row in done:
+        finished[(row["variant"], int(row.get("seed") or 0))] = list(row.get("overrides") or [])
+    runs = []
+    for name, overrides in variants:
+        for seed in seeds or [None]:
+            key = (name, 0 if seed is None else seed)
+            if key in finished:
+                if finished[key] != overrides:
+                    raise ValueError(f"variant {name!r} (seed {key[1]}) is in the results file with overrides "
+                                     f"{finished[key]}, not {overrides}: give the new variant another name")
+                continue
+            runs.append((name, overrides, seed))
+    return runs
 
 
 def check_widths(config: dict[str, Any], widths: list[int] | None, variant: str) -> None:
@@ -361,6 +438,17 @@ def _fmt(value: Any) -> str:
     return "-"
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1"`` → ``[0, 1]`` (argparse type; distinct integers)."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas") from err
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct integers separated by commas")
+    return seeds
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="base training config (YAML)")
@@ -370,6 +458,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="output folder (run folders, results.json, results.md)")
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME:KEY=VALUE,KEY=VALUE (repeatable; default: one variant 'base' without overrides)")
+    parser.add_argument("--grid", default=None, metavar="FILE",
+                        help="variants, one NAME:KEY=VALUE,... per line ('#' comments), run before any --variant")
+    parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="S[,S...]",
+                        help="train every variant once per seed (training.seed); default: the config's seed")
+    parser.add_argument("--results", default=None, metavar="FILE",
+                        help="results file (JSON lines) rows are appended to as each variant finishes, and "
+                             "read to skip finished (variant, seed) runs (default: --output/results.jsonl)")
+    parser.add_argument("--eval-sets", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
+                        metavar="SET[,SET...]", help="score only these evaluation sets (seen, unseen, english)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override for every variant")
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--steps", type=int, default=None, help="training steps per variant (default: the preset's)")
@@ -481,28 +578,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.perceptual:
             require_eval_extra()
-        variants = [parse_variant(text) for text in args.variant] or [("base", [])]
+        texts = [*(read_grid_file(args.grid) if args.grid else []), *args.variant]
+        variants = [parse_variant(text) for text in texts] or [("base", [])]
         names = [name for name, _ in variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
         output = Path(args.output)
         output.mkdir(parents=True, exist_ok=True)
+        results_path = Path(args.results) if args.results else output / "results.jsonl"
+        results_path.parent.mkdir(parents=True, exist_ok=True)
         args.holdout_plan = plan_holdout(args)
         print(f"voices: {args.holdout_plan['note']}", flush=True)
-        rows: list[dict[str, Any]] = []
-        anchors: dict[str, dict[str, Any]] = {}
-        for name, overrides in variants:
-            rows += run_variant(name, overrides, args)
+        rows = read_results(results_path)
+        runs = pending_runs(variants, args.seeds, rows)
+        skipped = len(variants) * len(args.seeds or [None]) - len(runs)
+        if skipped:
+            print(f"{skipped} (variant, seed) run(s) already in {results_path}: skipped", flush=True)
+        anchors_path = output / "anchors.json"
+        anchors: dict[str, dict[str, Any]] = json.loads(anchors_path.read_text()) if anchors_path.exists() else {}
+        for index, (name, overrides, seed) in enumerate(runs, 1):
+            print(f"[{index}/{len(runs)}] variant {name}" + ("" if seed is None else f" seed {seed}"), flush=True)
+            new_rows = run_variant(name, overrides, args, seed)
+            append_results(results_path, new_rows)
+            rows += new_rows
             if args.anchors and not anchors and args.audio_batches > 0:
-                checkpoint = output / name / "checkpoints" / "latest.pt"
+                checkpoint = output / run_folder_name(name, seed, args.seeds) / "checkpoints" / "latest.pt"
                 anchors = {set_name: score_anchors(checkpoint, root, args, language)
-                           for set_name, (root, language) in args.holdout_plan["sets"].items()}
+                           for set_name, (root, language) in args.holdout_plan["sets"].items()
+                           if not args.eval_sets or set_name in args.eval_sets}
                 for result in anchors.values():
                     result.pop("examples", None)
+                write_metrics_json(anchors_path, anchors)
             summary = {"command": sys.argv, "voices": {k: v for k, v in args.holdout_plan.items() if k != "sets"},
                        "eval_sets": args.holdout_plan["sets"], "rows": rows, "anchors": anchors}
             write_metrics_json(output / "results.json", summary)
             (output / "results.md").write_text(table(rows) + "\n\n" + (anchor_table(anchors) + "\n" if anchors else ""))
+        if not rows:
+            raise ValueError("no variant was run and the results file holds none")
         if args.report:
             write_reports(rows, anchors, args)
     except (ConfigError, ValueError, FileNotFoundError, NotImplementedError, MissingExtraError) as err:
@@ -512,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     if anchors:
         print(anchor_table(anchors))
     print(f"voices: {args.holdout_plan['note']}")
-    print(f"device: {rows[0]['device']}, {rows[0]['threads']} torch threads; wrote {output / 'results.json'}")
+    print(f"device: {rows[0]['device']}, {rows[0]['threads']} torch threads; wrote {output / 'results.json'} and "
+          f"{results_path}")
     return 0
 
 

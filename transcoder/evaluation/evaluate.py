@@ -86,14 +86,14 @@ def dataset_spec(checkpoint_config: dict[str, Any], audio_dir: str | None = None
     return spec
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """Non-finite floats (anywhere in nested dicts / lists) -> ``None``."""
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -106,7 +106,7 @@ def write_metrics_json(path: str | Path, results: dict[str, Any]) -> Path:
     converted to ``null`` and ``allow_nan=False`` guarantees nothing non-standard slips through.
     """
     path = Path(path)
-    path.write_text(json.dumps(_finite_or_none(results), indent=2, allow_nan=False, default=float))
+    path.write_text(json.dumps(finite_or_none(results), indent=2, allow_nan=False, default=float))
     return path
 
 
