@@ -149,9 +149,11 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
-def load_scored_tokenizer(checkpoint: Path, device: str | None, use_ema: bool, vocoder: str | None) -> Any:
-    """:func:`load_tokenizer` rendering through the neural vocoder checkpoint ``vocoder`` (Griffin-Lim if None)."""
-    return load_tokenizer(checkpoint, device=device, use_ema=use_ema, vocoder=vocoder)
+def load_scored_tokenizer(checkpoint: Path, device: str | None, use_ema: bool, vocoder: str | None,
+                          trust_config: bool = False) -> Any:
+    """:func:`load_tokenizer` rendering through the neural vocoder checkpoint ``vocoder`` (Griffin-Lim if None);
+    ``trust_config``: the runs' config names classes outside the project (``--trust-config``)."""
+    return load_tokenizer(checkpoint, device=device, use_ema=use_ema, vocoder=vocoder, trust_config=trust_config)
 
 
 def source_folders(root: str) -> list[str]:
@@ -223,7 +225,7 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
     """Evaluate one set of weights: spectrogram and code metrics on every val window, audio metrics (and with
     ``--perceptual`` DNSMOS / dWER) on the first ``args.audio_batches`` batches; ``bits``: at that width (a
     nested-bits model; default: full width)."""
-    tok = load_scored_tokenizer(checkpoint, args.device, use_ema, args.vocoder)
+    tok = load_scored_tokenizer(checkpoint, args.device, use_ema, args.vocoder, args.trust_config)
     spec = dataset_spec_for(val_root)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     full = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.eval_max_batches,
@@ -249,7 +251,7 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
 def score_anchors(checkpoint: Path, val_root: str, args: argparse.Namespace, language: str | None,
                   examples: int = 0) -> dict[str, Any]:
     """The anchors on the windows :func:`score` renders (the first ``--audio-batches`` batches)."""
-    tok = load_scored_tokenizer(checkpoint, args.device, False, None)
+    tok = load_scored_tokenizer(checkpoint, args.device, False, None, args.trust_config)
     spec = dataset_spec_for(val_root)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     scorer = PerceptualScorer(tok.sample_rate, language=language) if args.perceptual else None
@@ -468,6 +470,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-sets", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
                         metavar="SET[,SET...]", help="score only these evaluation sets (seen, unseen, english)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override for every variant")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="the --config names classes outside this project: let its checkpoints load them")
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--steps", type=int, default=None, help="training steps per variant (default: the preset's)")
     limit.add_argument("--budget-seconds", type=float, default=None, help="training seconds per variant instead")
@@ -510,7 +514,7 @@ def write_reports(rows: list[dict[str, Any]], anchors: dict[str, dict[str, Any]]
     last = rows[-1]
     run_dir = Path(args.output) / last["variant"]
     checkpoint = run_dir / "checkpoints" / "latest.pt"
-    tok = load_scored_tokenizer(checkpoint, args.device, last["weights"] == "ema", args.vocoder)
+    tok = load_scored_tokenizer(checkpoint, args.device, last["weights"] == "ema", args.vocoder, args.trust_config)
     for set_name, (root, language) in args.holdout_plan["sets"].items():
         row = next(r for r in rows if r["variant"] == last["variant"] and r["weights"] == last["weights"]
                    and r["eval_set"] == set_name)

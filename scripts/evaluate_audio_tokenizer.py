@@ -67,9 +67,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Load the checkpoint and the dataset the flags name and run :func:`evaluate_tokenizer` (and the anchors
     and the report when asked); with several ``--bits``, once per width (see the module doc)."""
     tok = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema, batch_size=args.batch_size,
-                         vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder)
+                         vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder, trust_config=args.trust_config)
     widths = [tok.check_bits(k) for k in (args.bits or [None])]  # every width refused up front
-    spec = dataset_spec(tok.checkpoint_config, args.audio_dir, args.data_config, args.split)
+    spec = dataset_spec(tok.checkpoint_config, args.audio_dir, args.data_config, args.split,
+                        trust_config=args.trust_config)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     print(f"{tok!r}, weights={tok.weights}, single process; dataset {spec['target']} "
           f"({len(dataset)} windows of {tok.window_samples / tok.sample_rate:.2f} s)", flush=True)
@@ -177,6 +178,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "it beside Griffin-Lim, each with its true-mel ceiling")
     parser.add_argument("--seed", type=int, default=0, help="Griffin-Lim initial phase seed")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="let the checkpoint's config name classes outside this project "
+                             "(only for a checkpoint of your own code)")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding audio")
     parser.add_argument("--metric-workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes computing PESQ / STOI (1 = in this process)")
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.perceptual:
             require_eval_extra()
         results = evaluate(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointError, MissingExtraError: RuntimeError
+    except (FileNotFoundError, ValueError, RuntimeError, FloatingPointError) as err:  # CheckpointError: RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2
     if "by_bits" in results:

@@ -71,7 +71,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 
 def score_checkpoint(path: Path, sets: dict[str, tuple[dict[str, Any], str | None]],
                      args: argparse.Namespace, audio: bool = True) -> dict[str, Any]:
-    tok = load_tokenizer(path, device=args.device, use_ema=True, vocoder_kwargs={"n_iter": args.gl_iters})
+    tok = load_tokenizer(path, device=args.device, use_ema=True, vocoder_kwargs={"n_iter": args.gl_iters},
+                         trust_config=args.trust_config)
     out: dict[str, Any] = {"step": tok.checkpoint_step, "weights": tok.weights, "bitrate": tok.bitrate}
     for name, (spec, language) in sets.items():
         dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
@@ -86,7 +87,8 @@ def score_anchors(path: Path, sets: dict[str, tuple[dict[str, Any], str | None]]
                   args: argparse.Namespace) -> dict[str, Any]:
     from transcoder.evaluation.perceptual import PerceptualScorer
 
-    tok = load_tokenizer(path, device=args.device, use_ema=True, vocoder_kwargs={"n_iter": args.gl_iters})
+    tok = load_tokenizer(path, device=args.device, use_ema=True, vocoder_kwargs={"n_iter": args.gl_iters},
+                         trust_config=args.trust_config)
     out = {}
     for name, (spec, language) in sets.items():
         dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
@@ -210,6 +212,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batches", type=int, default=None, help="limit the windows of each set")
     parser.add_argument("--gl-iters", type=int, default=32, help="Griffin-Lim iterations")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="let the checkpoint's config name classes outside this project "
+                             "(only for a checkpoint of your own code)")
     return parser.parse_args(argv)
 
 

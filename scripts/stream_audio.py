@@ -33,7 +33,7 @@ DEFAULT_FILE = "data/librivox-mini/LibriSpeech/dev-clean/9001/1/9001-1-0001.flac
 
 def _tokenizer(args: argparse.Namespace) -> AudioTokenizer:
     if args.checkpoint:
-        return load_tokenizer(args.checkpoint, device=args.device)
+        return load_tokenizer(args.checkpoint, device=args.device, trust_config=args.trust_config)
     config = load_config(args.config)
     mel = MelConfig.from_dict(config["data"], strict=False)
     return AudioTokenizer(build_model(config["model"], mel).eval(), mel, device=args.device)
@@ -50,10 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the streamed audio here (needs --audio)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="let the checkpoint's config name classes outside this project "
+                             "(only for a checkpoint of your own code)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    tok = _tokenizer(args)
+    try:
+        tok = _tokenizer(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # CheckpointError, ConfigError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not getattr(tok.model.config, "causal", False):
         print("error: the model is not causal (audioconfig.causal: true is needed to stream)", file=sys.stderr)
         return 2

@@ -93,7 +93,7 @@ def encode(args: argparse.Namespace) -> int:
     layout = args.layout or ("files" if source.kind in ("folder", "file") else "packed")
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     tokenizer = load_tokenizer(args.checkpoint, device=_device(args.device), use_ema=args.use_ema,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, trust_config=args.trust_config)
     summary = encode_corpus(tokenizer, source, args.output, layout=layout, unit_size=args.unit_size, rank=rank,
                             world_size=world_size, num_workers=args.num_workers,
                             progress=not args.quiet and rank == 0, bits=args.bits,
@@ -171,7 +171,8 @@ def decode(args: argparse.Namespace) -> int:
         return 2
     tokenizer = load_tokenizer(args.checkpoint, device=args.device, use_ema=args.use_ema,
                                batch_size=args.batch_size,
-                               vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder)
+                               vocoder_kwargs={"n_iter": args.gl_iters}, vocoder=args.vocoder,
+                               trust_config=args.trust_config)
     if index is not None:
         other = check_manifest_model(index.header, tokenizer.codes_spec, index.folder, tokenizer.checkpoint_sha256,
                                      args.checkpoint)
@@ -222,6 +223,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
                        help="use the EMA weights when the checkpoint has them (default: yes)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--trust-config", action="store_true",
+                       help="let the checkpoint's config name classes outside this project "
+                             "(only for a checkpoint of your own code)")
 
     enc = sub.add_parser("encode", help="audio folder / file / Lhotse manifest / shards -> codes folder")
     enc.add_argument("input", help="a folder (searched recursively), an audio file, a Lhotse CutSet or RecordingSet "
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         except DiskFullError as err:
             print(f"error: {err.strerror}", file=sys.stderr)
             return 1
-        except (FileNotFoundError, ValueError, RuntimeError, CodesFormatError, FolderLockedError) as err:
+        except (FileNotFoundError, ValueError, RuntimeError, CodesFormatError, FolderLockedError,
+                FloatingPointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         finally:

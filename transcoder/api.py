@@ -69,19 +69,23 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
 
 
 def load_model_from_checkpoint(
-    checkpoint: str | Path | dict[str, Any], use_ema: bool = True
+    checkpoint: str | Path | dict[str, Any], use_ema: bool = True, trust_config: bool = False,
+    allow_nonfinite: bool = False,
 ) -> tuple[nn.Module, MelConfig, dict[str, Any]]:
     """Build the model of a checkpoint and load its weights (EMA weights if asked and present).
 
     :func:`transcoder.models.build.load_checkpoint_model` plus the checkpoint's front-end settings.
     Returns ``(model on CPU in eval mode, mel config, checkpoint dict)``; ``state["weights"]`` is set to
-    ``"ema"`` or ``"model"`` (which weights were loaded).
+    ``"ema"`` or ``"model"`` (which weights were loaded). ``trust_config`` / ``allow_nonfinite``: see
+    :func:`load_tokenizer`.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: unreadable, unsafe (pickled objects), or weights / config that do not fit.
+        CheckpointError: unreadable, unsafe (pickled objects or a config naming a class outside the
+            project), or weights / config that do not fit (shape, dtype, NaN / Inf values).
     """
-    model, state = load_checkpoint_model(checkpoint, use_ema=use_ema)
+    model, state = load_checkpoint_model(checkpoint, use_ema=use_ema, trust_config=trust_config,
+                                         allow_nonfinite=allow_nonfinite)
     settings = checkpoint_mel_settings(state)
     mel_config = MelConfig.from_dict(settings, strict=settings is state.get("mel"))
     return model, mel_config, state
@@ -116,6 +120,8 @@ class AudioTokenizer:
         neural_vocoder: a :class:`~transcoder.audio.neural_vocoder.NeuralVocoder` or a vocoder checkpoint
             path; renders waveforms instead of Griffin-Lim when given (its mel settings must equal
             ``mel_config``'s, else ``ValueError`` naming the differing settings).
+        trust_config: let a vocoder checkpoint's config name classes outside the project (see
+            :func:`load_tokenizer`).
 
     Attributes:
         renderer: the :class:`~transcoder.audio.render.Renderer` every decode path uses
@@ -136,6 +142,7 @@ class AudioTokenizer:
         checkpoint_config: dict[str, Any] | None = None,
         checkpoint_step: int | None = None,
         neural_vocoder: NeuralVocoder | str | Path | None = None,
+        trust_config: bool = False,
     ) -> None:
         self.weights = weights
         self.checkpoint_config = checkpoint_config or {}
@@ -146,7 +153,8 @@ class AudioTokenizer:
         self.frontend = LogMelFrontend(mel_config).to(self.device)
         self.renderer: Renderer = build_renderer(mel_config, neural_vocoder, device=self.device,
                                                  griffin_lim=vocoder_kwargs,
-                                                 target_name=f"the tokenizer {checkpoint_path or '<module>'}")
+                                                 target_name=f"the tokenizer {checkpoint_path or '<module>'}",
+                                                 trust_config=trust_config)
         self.griffin_lim = (self.renderer if isinstance(self.renderer, GriffinLimRenderer)
                             else GriffinLimRenderer(self.frontend, **(vocoder_kwargs or {})).to(self.device))
         if batch_size < 1:
@@ -315,11 +323,18 @@ class AudioTokenizer:
     def encode_mel(self, mel: Tensor, bits: int | None = None) -> Tensor:
         """Model-space mels ``(B, T, n_mels)`` (T a multiple of ``patch_t``) -> indices ``(B, T/pt, Nf)``
         on the device, run in chunks of ``batch_size``; ``bits`` keeps the first ``k`` bits of every token
-        (default: all, :meth:`check_bits`)."""
+        (default: all, :meth:`check_bits`).
+
+        Raises ``FloatingPointError`` when the encoder's activations hold NaN or Inf (a damaged model, or
+        weights loaded with ``allow_nonfinite``): such codes would be meaningless, so none are returned.
+        """
         bits = self.check_bits(bits)
         outs = []
         for chunk in mel.to(self.device).split(self.batch_size):
-            _, _, info = self.model.encode(chunk, bits=bits)
+            codes, loss, info = self.model.encode(chunk, bits=bits)
+            if not (bool(torch.isfinite(codes).all()) and bool(torch.isfinite(loss).all())):
+                raise FloatingPointError(f"the model {self.checkpoint_path or '<module>'} produced NaN or Inf "
+                                         "activations while encoding: no codes returned (damaged weights?)")
             outs.append(info["indices"])
         return torch.cat(outs)
 
@@ -640,6 +655,8 @@ def load_tokenizer(
     batch_size: int = 16,
     vocoder_kwargs: dict[str, Any] | None = None,
     vocoder: str | Path | NeuralVocoder | None = None,
+    trust_config: bool = False,
+    allow_nonfinite: bool = False,
 ) -> AudioTokenizer:
     """Load a trainer checkpoint as an :class:`AudioTokenizer` (model in eval mode on ``device``,
     CUDA when available by default), with the front end built from the checkpoint's mel settings.
@@ -650,9 +667,20 @@ def load_tokenizer(
     :class:`~transcoder.audio.neural_vocoder.NeuralVocoder` renders waveforms instead of Griffin-Lim
     (:func:`~transcoder.audio.render.build_renderer`); ``ValueError`` naming the settings if its mel
     settings differ from the tokenizer's.
+
+    A checkpoint is data: the config stored in it (and in a vocoder checkpoint) may name only the
+    project's own classes, checked before anything is imported, so loading a shared checkpoint runs no
+    code. ``trust_config=True`` lifts that for a checkpoint of your own extension classes. Weights must be
+    finite and of the model's dtype; ``allow_nonfinite=True`` loads NaN / Inf weights with a warning
+    (encoding still refuses non-finite activations).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: one line naming the file and the key, parameter or value that is refused.
     """
-    model, mel_config, state = load_model_from_checkpoint(checkpoint, use_ema=use_ema)
+    model, mel_config, state = load_model_from_checkpoint(checkpoint, use_ema=use_ema, trust_config=trust_config,
+                                                          allow_nonfinite=allow_nonfinite)
     return AudioTokenizer(model, mel_config, device=device, batch_size=batch_size,
                           vocoder_kwargs=vocoder_kwargs, checkpoint_path=checkpoint, weights=state["weights"],
                           checkpoint_config=state["config"], checkpoint_step=state.get("step"),
-                          neural_vocoder=vocoder)
+                          neural_vocoder=vocoder, trust_config=trust_config)

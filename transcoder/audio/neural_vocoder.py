@@ -104,15 +104,16 @@ class NeuralVocoder(nn.Module):
 
 
 def load_vocoder(checkpoint: str | Path | dict[str, Any], device: str | torch.device | None = "cpu",
-                 use_ema: bool = True) -> NeuralVocoder:
+                 use_ema: bool = True, trust_config: bool = False) -> NeuralVocoder:
     """Load a vocoder-task checkpoint (trainer format 2) as a :class:`NeuralVocoder` in eval mode.
 
     Raises ``FileNotFoundError`` for a missing file and
     :class:`~transcoder.utils.checkpoint.CheckpointError` for a checkpoint of another task or weights
-    that do not fit the generator its config describes.
+    that do not fit the generator its config describes, or a config naming a class outside the project
+    (unless ``trust_config``; :func:`~transcoder.models.build.build_checkpoint_spec`).
     """
+    from transcoder.models.build import build_checkpoint_spec
     from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, load_weights_strict, model_weights
-    from transcoder.utils.targets import ConfigError, instantiate
 
     name = str(checkpoint) if not isinstance(checkpoint, dict) else "<dict>"
     state = dict(checkpoint) if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
@@ -122,10 +123,7 @@ def load_vocoder(checkpoint: str | Path | dict[str, Any], device: str | torch.de
     config, mel = state.get("config") or {}, state.get("mel")
     if not isinstance(mel, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{name}: a vocoder checkpoint needs 'mel' and config['model']")
-    try:
-        generator = instantiate(config["model"])
-    except ConfigError as err:
-        raise CheckpointError(f"{name}: {err}") from err
+    generator = build_checkpoint_spec(config["model"], name, "config.model", trust_config)
     weights, source = model_weights(state, "model", use_ema=use_ema)
     load_weights_strict(generator, weights, f"vocoder {name} ({source} weights)")
     vocoder = NeuralVocoder(generator, MelConfig.from_dict(mel), name=name)

@@ -75,6 +75,7 @@ def build_renderer(
     device: str | torch.device | None = None,
     griffin_lim: dict[str, Any] | None = None,
     target_name: str = "the tokenizer",
+    trust_config: bool = False,
 ) -> Renderer:
     """The renderer for mels of ``mel_config``: the neural vocoder when one is given, else Griffin-Lim.
 
@@ -86,6 +87,8 @@ def build_renderer(
         griffin_lim: :meth:`GriffinLimVocoder.from_frontend` arguments (``n_iter``, ``nnls_iter``, ...); used
             only without a vocoder.
         target_name: what the mels belong to, for the mismatch error.
+        trust_config: let a vocoder checkpoint's config name classes outside the project
+            (:func:`~transcoder.audio.neural_vocoder.load_vocoder`).
 
     Raises:
         TypeError: ``vocoder`` is neither a path nor a ``NeuralVocoder``.
@@ -96,7 +99,7 @@ def build_renderer(
         renderer: Any = GriffinLimRenderer(LogMelFrontend(mel_config), **(griffin_lim or {}))
     else:
         if isinstance(vocoder, str | Path):
-            vocoder = load_vocoder(vocoder, device=None)
+            vocoder = load_vocoder(vocoder, device=None, trust_config=trust_config)
         if not isinstance(vocoder, NeuralVocoder):
             raise TypeError(f"vocoder must be a checkpoint path or a transcoder.audio.neural_vocoder.NeuralVocoder "
                             f"(wrap a generator as NeuralVocoder(generator, mel_config)), got {type(vocoder)}")

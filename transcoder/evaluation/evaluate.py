@@ -56,6 +56,7 @@ from transcoder.evaluation.protocol import EvaluatedTokenizer
 from transcoder.evaluation.reconstruction import ReconstructionMetrics
 from transcoder.utils.config_files import read_config_file
 from transcoder.utils.rates import token_rates
+from transcoder.utils.targets import check_trusted_spec
 
 __all__ = ["MeanAccumulator", "dataset_spec", "evaluate_tokenizer", "format_table", "render_pair",
            "example_name", "example_windows", "reconstruct", "save_examples", "scored_bits", "write_metrics_json",
@@ -63,9 +64,13 @@ __all__ = ["MeanAccumulator", "dataset_spec", "evaluate_tokenizer", "format_tabl
 
 
 def dataset_spec(checkpoint_config: dict[str, Any], audio_dir: str | None = None, data_config: str | None = None,
-                 split: str = "val") -> dict[str, Any]:
+                 split: str = "val", trust_config: bool = False) -> dict[str, Any]:
     """The eval dataset ``{target, params}``: ``audio_dir``, a YAML ``data_config`` (a full config, whose
-    ``data.<split>`` is used, or a bare spec), or the checkpoint config's ``data.<split>``."""
+    ``data.<split>`` is used, or a bare spec), or the checkpoint config's ``data.<split>``.
+
+    A spec taken from the checkpoint must name one of the project's datasets unless ``trust_config``
+    (:func:`~transcoder.utils.targets.check_trusted_spec`; a bare name means one of ``transcoder.data``).
+    """
     if audio_dir is not None:
         return {"target": "transcoder.data.AudioFolderDataset", "params": {"root": audio_dir}}
     if data_config is not None:
@@ -83,6 +88,10 @@ def dataset_spec(checkpoint_config: dict[str, Any], audio_dir: str | None = None
     spec = (checkpoint_config.get("data") or {}).get(split)
     if not spec:
         raise ValueError(f"the checkpoint's config has no data.{split}; pass --audio-dir or --data-config")
+    target = spec.get("target") if isinstance(spec, dict) else None
+    if isinstance(target, str) and "." not in target:
+        spec = {**spec, "target": f"transcoder.data.{target}"}
+    check_trusted_spec(spec, f"checkpoint config data.{split}", trust_config)
     return spec
 
 

@@ -15,9 +15,10 @@ from typing import Any, Protocol
 from torch import nn
 
 from transcoder.utils.checkpoint import CheckpointError, load_checkpoint, load_weights_strict, model_weights
-from transcoder.utils.targets import ConfigError, instantiate
+from transcoder.utils.targets import ConfigError, check_trusted_spec, instantiate
 
-__all__ = ["InputGrid", "build_model", "checkpoint_mel_settings", "derive_input_grid", "load_checkpoint_model"]
+__all__ = ["InputGrid", "build_model", "checkpoint_mel_settings", "derive_input_grid", "load_checkpoint_model",
+           "build_checkpoint_spec"]
 
 
 class InputGrid(Protocol):
@@ -74,8 +75,25 @@ class _Grid:
                                   f"({err})") from None
 
 
+def build_checkpoint_spec(spec: dict[str, Any], where: str | Path, key: str, trust_config: bool = False,
+                          grid: InputGrid | None = None) -> nn.Module:
+    """Build an object from a spec stored in a checkpoint (data, not code): every ``target`` in ``spec``
+    (nested ones included) must be one of the project's classes unless ``trust_config``
+    (:func:`~transcoder.utils.targets.check_trusted_spec`), checked before anything is imported.
+
+    ``grid``: build a tokenizer model whose input grid comes from it (:func:`build_model`). Any refusal or
+    config problem raises :class:`CheckpointError` naming ``where`` and the key.
+    """
+    try:
+        check_trusted_spec(spec, key, trust_config)
+        return build_model(spec, grid) if grid is not None else instantiate(spec)
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {where}: {err}") from err
+
+
 def load_checkpoint_model(
-    checkpoint: str | Path | dict[str, Any], use_ema: bool = True
+    checkpoint: str | Path | dict[str, Any], use_ema: bool = True, trust_config: bool = False,
+    allow_nonfinite: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the tokenizer model of a checkpoint and load its weights (EMA weights if asked and present).
 
@@ -85,6 +103,11 @@ def load_checkpoint_model(
 
     Returns ``(model on CPU in eval mode, checkpoint dict)``; ``state["weights"]`` is set to ``"ema"`` or
     ``"model"`` (which weights were loaded); :func:`checkpoint_mel_settings` gives its front end.
+
+    The config stored in the checkpoint may name only the project's own classes (the model and its nested
+    quantizer) unless ``trust_config`` (:func:`build_checkpoint_spec`): a shared checkpoint runs no code.
+    Weights must be finite and of the model's dtype (:func:`~transcoder.utils.checkpoint.check_weights`);
+    ``allow_nonfinite`` loads non-finite weights anyway with a warning naming how many.
 
     Raises:
         FileNotFoundError: no such file.
@@ -98,11 +121,9 @@ def load_checkpoint_model(
         raise CheckpointError(f"checkpoint {path}: config['model'] must be {{'target': ..., 'params': ...}}, "
                               f"got {model_spec!r}")
     grid = _Grid(checkpoint_mel_settings(state, path), path)
-    try:
-        model = build_model(model_spec, grid)
-    except ConfigError as err:
-        raise CheckpointError(f"checkpoint {path}: {err}") from err
+    model = build_checkpoint_spec(model_spec, path, "config.model", trust_config, grid)
     weights, source = model_weights(state, "model", use_ema=use_ema)
     state["weights"] = "ema" if source == "ema" else "model"
-    load_weights_strict(model, weights, f"checkpoint {path} ({model_spec['target']}, {source} weights)")
+    load_weights_strict(model, weights, f"checkpoint {path} ({model_spec['target']}, {source} weights)",
+                        allow_nonfinite=allow_nonfinite)
     return model.eval(), state

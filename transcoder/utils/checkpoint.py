@@ -23,6 +23,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,40 @@ def model_weights(checkpoint: dict[str, Any], part: str = "model", use_ema: bool
     return checkpoint["model"], "raw"
 
 
-def load_weights_strict(module: torch.nn.Module, weights: dict[str, Any], where: str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching parameter."""
+def check_weights(expected: dict[str, torch.Tensor], weights: dict[str, Any], where: str,
+                  allow_nonfinite: bool = False) -> None:
+    """Weights that fit a model's state dict ``expected`` by dtype and hold only finite values.
+
+    A tensor whose dtype differs from the model's (a float weight stored as int64 loads silently cast and
+    gives other codes) raises :class:`CheckpointError` naming it. One NaN or Inf makes every code
+    meaningless, so non-finite values raise too, naming the first such parameter; ``allow_nonfinite`` (an
+    explicit override) loads them with a ``RuntimeWarning`` naming how many parameters hold them.
+    """
+    nonfinite: list[str] = []
+    for key, tensor in expected.items():
+        given = weights[key]
+        if not isinstance(given, torch.Tensor):
+            raise CheckpointError(f"{where}: parameter {key} is a {type(given).__name__}, expected a tensor")
+        if given.dtype != tensor.dtype:
+            raise CheckpointError(f"{where}: parameter {key} is {given.dtype} in the checkpoint but {tensor.dtype} "
+                                  "in the model built from the config (a damaged or converted checkpoint)")
+        if given.is_floating_point() or given.is_complex():
+            if not bool(torch.isfinite(given).all()):
+                nonfinite.append(key)
+    if nonfinite and not allow_nonfinite:
+        raise CheckpointError(f"{where}: parameter {nonfinite[0]} holds NaN or Inf values ({len(nonfinite)} "
+                              "parameter(s) do): the codes of such a model are meaningless")
+    if nonfinite:
+        warnings.warn(f"{where}: loading {len(nonfinite)} parameter(s) with NaN or Inf values (first: "
+                      f"{nonfinite[0]}) because non-finite weights were explicitly allowed", RuntimeWarning,
+                      stacklevel=2)
+
+
+def load_weights_strict(module: torch.nn.Module, weights: dict[str, Any], where: str,
+                        allow_nonfinite: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching parameter:
+    missing or unexpected names, another shape or dtype, or (unless ``allow_nonfinite``) non-finite values
+    (:func:`check_weights`)."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
@@ -162,4 +195,5 @@ def load_weights_strict(module: torch.nn.Module, weights: dict[str, Any], where:
         if tuple(weights[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{where}: parameter {key} has shape {tuple(weights[key].shape)} in the checkpoint "
                                   f"but {tuple(tensor.shape)} in the model built from the config")
+    check_weights(expected, weights, where, allow_nonfinite)
     module.load_state_dict(weights)
