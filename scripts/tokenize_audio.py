@@ -20,6 +20,10 @@ Decode a codes folder (either layout, or an older manifest.json folder), some ut
 
     python scripts/tokenize_audio.py decode -c CKPT.pt CODES_DIR OUTPUT_DIR [--id spk1/a] [--mel]
 
+Check a codes folder (header, every unit index, every array and its SHA-256) and list every problem::
+
+    python scripts/tokenize_audio.py --verify CODES_DIR
+
 Exit status: 0 when something was encoded / decoded (failures are listed), 1 when every file failed or
 the disk is full, 2 for a usage error, a busy output folder, or codes of another checkpoint.
 """
@@ -46,6 +50,7 @@ from transcoder.codes import (
     check_manifest_model,
     find_codes_root,
 )
+from transcoder.codes_verify import verify_folder
 from transcoder.data.audio_io import AUDIO_EXTENSIONS
 from transcoder.data.corpus import open_corpus
 from transcoder.encode_corpus import encode_corpus
@@ -135,6 +140,10 @@ def _decode_jobs(source: Path, ids: list[str] | None) -> tuple[CodesIndex | None
     if root is None:
         raise CodesFormatError(f"{source}: no codes.json (or manifest.json) here or above: not a codes folder")
     index = CodesIndex.open(root)
+    if index.missing_units:
+        warnings.warn(f"{root / 'index'} lacks {len(index.missing_units)} of the header's num_units={index.num_units} "
+                      f"unit indexes (first: unit-{index.missing_units[0]:06d}.json): decoding the "
+                      f"{len(index)} utterances of the others", FileSkipWarning, stacklevel=1)
     prefix = source.resolve().relative_to(root.resolve()).as_posix()
     chosen = [u.id for u in index if prefix == "." or u.id.startswith(prefix + "/")]
     if ids:
@@ -206,6 +215,18 @@ def decode(args: argparse.Namespace) -> int:
     return _summary("decoded", done, failed, len(jobs))
 
 
+def verify(folder: Path) -> int:
+    """``--verify``: re-read a whole codes folder and print every problem (:func:`verify_folder`); 0 if none."""
+    problems = verify_folder(folder)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        print(f"error: {folder}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{folder}: ok")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
@@ -213,7 +234,10 @@ def decode(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--verify", type=Path, default=None, metavar="DIR",
+                        help="re-read the codes folder DIR (header, every unit index, every array and its checksum) "
+                             "and report every problem; exit 1 if there is any")
+    sub = parser.add_subparsers(dest="command")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", "-c", required=True, help="trainer checkpoint (.pt)")
@@ -269,6 +293,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           "model's bits)")
     common(dec)
     args = parser.parse_args(argv)
+    if args.verify is not None:
+        if args.command is not None:
+            parser.error("--verify DIR takes no command")
+        return args
+    if args.command is None:
+        parser.error("a command is required: encode or decode (or --verify DIR)")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.command == "encode" and args.unit_size < 1:
@@ -282,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("always", FileSkipWarning)
         warnings.formatwarning = _format_warning
         try:
+            if args.verify is not None:
+                return verify(args.verify)
             return encode(args) if args.command == "encode" else decode(args)
         except DiskFullError as err:
             print(f"error: {err.strerror}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """On-disk format of token codes: packed shards with an index, a folder of ``.npy`` files, or one ``.npz``.
 
-Corpus layout, format version 3 (written by ``scripts/tokenize_audio.py encode``)::
+Corpus layout, format version 4 (written by ``scripts/tokenize_audio.py encode``)::
 
     out/codes.json                  header (one per folder, written first, identical for every rank)
     out/index/unit-000000.json      index of one finished work unit (its presence marks the unit done)
@@ -24,9 +24,16 @@ model trained with nested bits (the first ``k`` bits of every token; that checkp
 Index ``index/unit-NNNNNN.json`` (one JSON object)::
 
     {"unit": N, "rank": r, "world_size": W, "shard": "shards/codes-NNNNNN.npy" | null, "rows": total rows,
+     "sha256": {"<array file>": hex SHA-256, ...},
      "utterances": [{"id", "source", "shard" | "file", "offset", "rows", "valid_rows", "num_samples",
                      "sample_rate", "source_sample_rate", ...}],
      "failed": [{"id", "source", "reason"}], "seconds": audio seconds encoded}
+
+Folders are self-checking (:mod:`transcoder.codes_check`): readers check the header's geometry and widths,
+every index's unit number, rows (the ceil rule from ``num_samples``), offsets (no overlap, no gap) and,
+on first use of each array, its dtype, shape and SHA-256; :attr:`CodesIndex.missing_units` names units
+without an index (``num_units`` in the header says how many exist). Format 3 folders (no ``sha256``)
+still read, with every check but the checksums.
 
 A packed shard is a plain ``.npy`` ``(rows, Nf)`` in the smallest unsigned dtype holding ``bits``
 (``np.load(path, mmap_mode="r")`` reads it without loading it). Utterance ``u`` is rows
@@ -63,6 +70,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from transcoder.codes_check import array_problems, header_problems, sha256_of_file, unit_problems
 from transcoder.utils.files import free_space, replace_atomically
 
 __all__ = [
@@ -99,7 +107,9 @@ __all__ = [
 ]
 
 CODES_FORMAT = "audio-bsq-vit-codes"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: Oldest corpus-layout header this reader reads (version 3 has no array checksums).
+OLDEST_HEADER_VERSION = 3
 MANIFEST_VERSION = 2  # the per-file manifest.json layout: versions 1 and 2
 MANIFEST_NAME = "manifest.json"
 HEADER_NAME = "codes.json"
@@ -536,9 +546,10 @@ def read_header(folder: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != CODES_FORMAT:
         raise CodesFormatError(f"codes header {path}: format must be {CODES_FORMAT!r}, got {data!r:.80}")
     version = data.get("format_version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or not OLDEST_HEADER_VERSION <= version <= FORMAT_VERSION:
         raise CodesFormatError(f"codes header {path}: format_version {version!r} is not supported "
-                               f"(this reader: {FORMAT_VERSION})")
+                               f"(this reader: {OLDEST_HEADER_VERSION}..{FORMAT_VERSION})")
     for key, kind in {**{k: v for k, v in _REQUIRED.items() if k != "files"}, "layout": str,
                       "num_units": int, "grid_per_window": list}.items():
         if key not in data:
@@ -552,6 +563,9 @@ def read_header(folder: str | Path) -> dict[str, Any]:
     if isinstance(model_bits, bool) or not isinstance(model_bits, int) or not 1 <= data["bits"] <= model_bits:
         raise CodesFormatError(f"codes header {path}: bits={data['bits']!r} and model_bits={model_bits!r}: expected "
                                "integers with 1 <= bits <= model_bits")
+    problems = header_problems(data, path)
+    if problems:
+        raise CodesFormatError(problems[0])
     return data
 
 
@@ -622,6 +636,7 @@ class UnitWriter:
         self._arrays: list[np.ndarray] = []
         self._rows = 0
         self.seconds = 0.0
+        self.checksums: dict[str, str] = {}
 
     def add(self, utterance_id: str, codes: np.ndarray, num_samples: int, source: str, **extra: Any) -> None:
         """Add one utterance's codes ``(rows, Nf)`` (all rows, the padded ones of the last window included)."""
@@ -633,7 +648,7 @@ class UnitWriter:
             self._arrays.append(array)
         else:
             entry["file"], entry["offset"] = f"{utterance_id}.npy", 0
-            _write_npy(self.folder / entry["file"], array)
+            self.checksums[entry["file"]] = sha256_of_file(_write_npy(self.folder / entry["file"], array))
         entry.update(rows=int(array.shape[0]), valid_rows=valid_rows(num_samples, self.hop_length, self.patch_t),
                      num_samples=int(num_samples), sample_rate=self.sample_rate, **extra)
         self._rows += int(array.shape[0])
@@ -645,13 +660,14 @@ class UnitWriter:
         self.failed.append({"id": utterance_id, "source": source, "reason": reason})
 
     def close(self, elapsed: float | None = None) -> Path:
-        """Write the shard (packed), then the index: the unit is done once this returns."""
+        """Write the shard (packed), then the index with the SHA-256 of every array written: the unit is done
+        once this returns."""
         shard = None
         if self.layout == "packed" and self._arrays:
             shard = unit_shard_name(self.unit)
-            _write_npy(self.folder / shard, np.concatenate(self._arrays))
+            self.checksums[shard] = sha256_of_file(_write_npy(self.folder / shard, np.concatenate(self._arrays)))
         index = {"unit": self.unit, "rank": self.rank, "world_size": self.world_size, "shard": shard,
-                 "rows": self._rows, "seconds": round(self.seconds, 3),
+                 "rows": self._rows, "sha256": self.checksums, "seconds": round(self.seconds, 3),
                  "elapsed": None if elapsed is None else round(elapsed, 3),
                  "utterances": self.utterances, "failed": self.failed}
         return _write_json(unit_index_path(self.folder, self.unit), index)
@@ -696,65 +712,98 @@ class CodesIndex:
     _KNOWN = {"id", "source", "rows", "valid_rows", "num_samples", "sample_rate", "offset", "shard", "file"}
 
     def __init__(self, folder: Path, header: dict[str, Any], utterances: list[Utterance],
-                 failed: list[dict[str, Any]], units_done: list[int], num_units: int) -> None:
+                 failed: list[dict[str, Any]], units_done: list[int], num_units: int,
+                 array_rows: dict[str, int] | None = None, checksums: dict[str, str] | None = None) -> None:
         self.folder, self.header, self.utterances, self.failed = folder, header, utterances, failed
         self.units_done, self.num_units = units_done, num_units
         self._by_id = {u.id: u for u in utterances}
         self._arrays: dict[str, np.ndarray] = {}
+        self.array_rows = array_rows or {}  # array file -> rows its index covers
+        self.checksums = checksums or {}  # array file -> SHA-256 its index recorded
 
     @classmethod
-    def open(cls, folder: str | Path) -> CodesIndex:
-        """Read the header and every finished unit's index (or a ``manifest.json``); ids are checked."""
+    def open(cls, folder: str | Path, problems: list[str] | None = None) -> CodesIndex:
+        """Read the header and every finished unit's index (or a ``manifest.json``); ids, units, rows and
+        offsets are checked (:mod:`transcoder.codes_check`).
+
+        The first problem raises :class:`CodesFormatError` naming the file and field; with a ``problems``
+        list every problem of the indexes is appended there instead and a unit with problems is left out.
+        """
         folder = Path(folder)
         if (folder / HEADER_NAME).is_file():
-            return cls._open_v3(folder)
+            return cls._open_v3(folder, problems)
         if (folder / MANIFEST_NAME).is_file():
             return cls._open_manifest(folder)
         raise CodesFormatError(f"{folder}: no {HEADER_NAME} (or older {MANIFEST_NAME}): not a codes folder written "
                                "by scripts/tokenize_audio.py encode")
 
     @classmethod
-    def _open_v3(cls, folder: Path) -> CodesIndex:
+    def _open_v3(cls, folder: Path, problems: list[str] | None = None) -> CodesIndex:
         header = read_header(folder)
-        pt = int(header["patch_size"][0])
         utterances: list[Utterance] = []
         failed: list[dict[str, Any]] = []
         done: list[int] = []
         seen: dict[str, str] = {}
+        array_rows: dict[str, int] = {}
+        checksums: dict[str, str] = {}
         for path in sorted((folder / INDEX_DIR).glob("unit-*.json")):
             try:
-                data = json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise CodesFormatError(f"index {path} cannot be read ({type(err).__name__}: {err})") from err
-            if not isinstance(data, dict) or not isinstance(data.get("utterances"), list):
-                raise CodesFormatError(f"index {path}: expected an object with a list 'utterances'")
-            unit = data.get("unit")
-            done.append(unit)
-            for i, entry in enumerate(data["utterances"]):
-                where = f"index {path}: utterances[{i}]"
-                if not isinstance(entry, dict):
-                    raise CodesFormatError(f"{where} must be an object, got {entry!r:.60}")
-                uid = check_id(entry.get("id"), where)
-                if uid in seen:
-                    raise CodesFormatError(f"{where}: id {uid!r} also in {seen[uid]}")
-                seen[uid] = path.name
-                location = entry.get("shard") if header["layout"] == "packed" else entry.get("file")
-                if header["layout"] == "files" and location != f"{uid}.npy":
-                    raise CodesFormatError(f"{where}: file {location!r} must be the id's path {uid + '.npy'!r}")
-                if header["layout"] == "packed" and location != unit_shard_name(unit):
-                    raise CodesFormatError(f"{where}: shard {location!r}, expected {unit_shard_name(unit)!r}")
-                rows = _positive_int(entry.get("rows"), f"{where}.rows")
-                num_samples = _positive_int(entry.get("num_samples"), f"{where}.num_samples")
-                offset = entry.get("offset")
-                if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-                    raise CodesFormatError(f"{where}.offset must be an integer >= 0, got {offset!r}")
-                utterances.append(Utterance(
-                    uid, entry.get("source"), rows,
-                    min(rows, valid_rows(num_samples, int(header["hop_length"]), pt)), num_samples,
-                    int(header["sample_rate"]), offset, entry.get("shard"), entry.get("file"), unit,
-                    {k: v for k, v in entry.items() if k not in cls._KNOWN}))
-            failed += [dict(f, unit=unit) for f in data.get("failed") or []]
-        return cls(folder, header, utterances, failed, done, int(header["num_units"]))
+                unit_utterances = cls._read_unit(path, header, seen)
+            except CodesFormatError as err:
+                if problems is None:
+                    raise
+                problems.append(str(err))
+                continue
+            data, unit_utterances = unit_utterances
+            for name in {u.shard or u.file for u in unit_utterances}:
+                array_rows[str(name)] = (int(data["rows"]) if header["layout"] == "packed"
+                                         else next(u.rows for u in unit_utterances if u.file == name))
+            checksums.update({k: v for k, v in (data.get("sha256") or {}).items() if isinstance(v, str)})
+            utterances += unit_utterances
+            done.append(int(data["unit"]))
+            failed += [dict(f, unit=data["unit"]) for f in data.get("failed") or []]
+        return cls(folder, header, utterances, failed, done, int(header["num_units"]), array_rows, checksums)
+
+    @classmethod
+    def _read_unit(cls, path: Path, header: dict[str, Any],
+                   seen: dict[str, str]) -> tuple[dict[str, Any], list[Utterance]]:
+        """One unit index, checked (:func:`~transcoder.codes_check.unit_problems` and the id / location rules);
+        ``seen``: ids of the units read before (an id in two units is refused). Raises the first problem."""
+        pt = int(header["patch_size"][0])
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CodesFormatError(f"index {path} cannot be read ({type(err).__name__}: {err})") from err
+        number = path.stem.removeprefix("unit-")
+        problems = unit_problems(data, path, header, int(number) if number.isdigit() else None)
+        if problems:
+            raise CodesFormatError(problems[0])
+        unit = data["unit"]
+        utterances: list[Utterance] = []
+        for i, entry in enumerate(data["utterances"]):
+            where = f"index {path}: utterances[{i}]"
+            if not isinstance(entry, dict):
+                raise CodesFormatError(f"{where} must be an object, got {entry!r:.60}")
+            uid = check_id(entry.get("id"), where)
+            if uid in seen:
+                raise CodesFormatError(f"{where}: id {uid!r} also in {seen[uid]}")
+            seen[uid] = path.name
+            location = entry.get("shard") if header["layout"] == "packed" else entry.get("file")
+            if header["layout"] == "files" and location != f"{uid}.npy":
+                raise CodesFormatError(f"{where}: file {location!r} must be the id's path {uid + '.npy'!r}")
+            if header["layout"] == "packed" and location != unit_shard_name(unit):
+                raise CodesFormatError(f"{where}: shard {location!r}, expected {unit_shard_name(unit)!r}")
+            rows = _positive_int(entry.get("rows"), f"{where}.rows")
+            num_samples = _positive_int(entry.get("num_samples"), f"{where}.num_samples")
+            offset = entry.get("offset")
+            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+                raise CodesFormatError(f"{where}.offset must be an integer >= 0, got {offset!r}")
+            utterances.append(Utterance(
+                uid, entry.get("source"), rows,
+                min(rows, valid_rows(num_samples, int(header["hop_length"]), pt)), num_samples,
+                int(header["sample_rate"]), offset, entry.get("shard"), entry.get("file"), unit,
+                {k: v for k, v in entry.items() if k not in cls._KNOWN}))
+        return data, utterances
 
     @classmethod
     def _open_manifest(cls, folder: Path) -> CodesIndex:
@@ -802,25 +851,56 @@ class CodesIndex:
         return len(self.units_done) >= self.num_units
 
     @property
+    def missing_units(self) -> list[int]:
+        """Units the header plans (``num_units``) without an index: unfinished, or deleted."""
+        done = set(self.units_done)
+        return [unit for unit in range(self.num_units) if unit not in done]
+
+    def check_arrays(self, units: set[int] | None = None) -> list[str]:
+        """Problems of the arrays of ``units`` (default: every unit read): missing or unreadable files,
+        dtype, shape, rows, and the SHA-256 recorded in the index. One line each, naming the file."""
+        names = {u.shard or str(u.file) for u in self.utterances if units is None or u.unit in units}
+        problems: list[str] = []
+        for name in sorted(names):
+            try:
+                self._load_checked(name)
+            except CodesFormatError as err:
+                problems.append(str(err))
+        return problems
+
+    @property
     def spec_fields(self) -> dict[str, Any]:
         """The header's model settings (for :func:`check_manifest_model`)."""
         return self.header
 
     def array(self, relative: str) -> np.ndarray:
-        """A shard or file of the folder as a read-only memory map ``(rows, Nf)`` (cached per shard)."""
+        """A shard or file of the folder as a read-only memory map ``(rows, Nf)`` (cached per shard), checked
+        on first use against its index: dtype, shape, rows and (format 4) its SHA-256."""
         if relative not in self._arrays:
-            path = self.folder / relative
-            if not path.is_file():
-                raise CodesFormatError(f"{path}: listed in the index of {self.folder} but missing")
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as err:
-                raise CodesFormatError(f"{path}: cannot be read as a .npy array ({err})") from err
+            array = self._load_checked(relative)
             if self.header["layout"] == "packed":
                 self._arrays[relative] = array
             else:
                 return array
         return self._arrays[relative]
+
+    def _load_checked(self, relative: str) -> np.ndarray:
+        path = self.folder / relative
+        if not path.is_file():
+            raise CodesFormatError(f"{path}: listed in the index of {self.folder} but missing")
+        expected = self.checksums.get(relative)
+        if expected is not None and sha256_of_file(path) != expected:
+            raise CodesFormatError(f"{path}: its SHA-256 differs from the one in its unit index (sha256): the array "
+                                   "was changed or damaged after it was written")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise CodesFormatError(f"{path}: cannot be read as a .npy array ({err})") from err
+        if "grid_per_window" in self.header:
+            problems = array_problems(array, path, self.header, self.array_rows.get(relative))
+            if problems:
+                raise CodesFormatError(problems[0])
+        return array
 
     def codes(self, utterance: Utterance | str, valid_only: bool = False) -> np.ndarray:
         """Raw codes ``(rows, Nf)`` of an utterance (``valid_rows`` of them with ``valid_only``), as stored."""

@@ -35,6 +35,7 @@ from transcoder.codes import (
     INDEX_DIR,
     SHARD_DIR,
     CodesFormatError,
+    CodesIndex,
     UnitWriter,
     codes_dtype,
     unit_index_path,
@@ -112,6 +113,17 @@ def codes_header(tokenizer: AudioTokenizer, source: CorpusSource, layout: str, u
         "num_units": source.num_units(unit_size),
         "unit_size": unit_size,
     }
+
+
+def check_finished_units(output: Path, units: set[int]) -> None:
+    """Before resuming: the finished ``units`` of ``output`` must be sound (indexes, rows, offsets, array
+    checksums; :class:`~transcoder.codes.CodesIndex`), else :class:`CodesFormatError` naming the file and
+    field, so a damaged unit is never counted as done."""
+    if not units:
+        return
+    problems = CodesIndex.open(output).check_arrays(units)
+    if problems:
+        raise CodesFormatError(f"{problems[0]} (delete that unit's index file to encode the unit again)")
 
 
 def job_label(rank: int, world_size: int) -> str:
@@ -197,6 +209,7 @@ def encode_corpus(tokenizer: AudioTokenizer, source: CorpusSource, output: str |
         write_header(output, codes_header(tokenizer, source, layout, unit_size, bits))
         mine = list(range(rank, summary.num_units, world_size))
         todo = [u for u in mine if not unit_index_path(output, u).is_file()]
+        check_finished_units(output, set(mine) - set(todo))
         summary.skipped = len(mine) - len(todo)
         _remove_stale_temporaries(output, todo)
         if todo:

@@ -25,9 +25,11 @@ Resume: every item carries its consumer's position after it (epoch, block, utter
 world size, ``num_workers``, folder or token layout, every consumer starts the next epoch (a warning
 says so).
 
-Bad data: an utterance whose shard is missing or unreadable, too short for its index, or holding codes
-outside ``[0, 2^bits)`` is skipped, warned about once (:class:`~transcoder.data.base.AudioSkipWarning`)
-and named in the next item's ``"skipped"`` list.
+Bad data: a folder whose header or unit indexes are inconsistent (:mod:`transcoder.codes_check`) is refused
+with one line naming the file and field, as is one that lacks unit indexes (unless ``allow_incomplete``). An
+utterance whose shard is missing or unreadable, of another dtype, shape or SHA-256 than its index records,
+too short for its index, or holding codes outside ``[0, 2^bits)`` is skipped, warned about once
+(:class:`~transcoder.data.base.AudioSkipWarning`) and named in the next item's ``"skipped"`` list.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class CodesDataset(StreamResume, SkipLedger, IterableDataset):
         select: keep only the utterances for which ``select(utterance)`` is true (e.g. hold out a voice).
         rank, world_size: this process's place; by default from ``torch.distributed`` (else ``RANK`` /
             ``WORLD_SIZE``, else 0 / 1).
+        allow_incomplete: read a folder some of whose units have no index (unfinished or deleted; the header
+            says how many exist). By default such a folder is refused, naming the missing index files.
 
     Item: ``{"tokens": (seq_len,) int64, "mask": (seq_len,) bool (real tokens), "start": (seq_len,) bool
     (first token of an utterance: its BOS when ``bos``), "slot": (seq_len,) int64 (place of a code token
@@ -85,7 +89,7 @@ class CodesDataset(StreamResume, SkipLedger, IterableDataset):
                  eos: bool = False, pad_id: int = 0, seed: int = 0, shuffle: bool = True, shuffle_units: int = 16,
                  epochs: int | None = None, drop_last: bool = False,
                  select: Callable[[Utterance], bool] | None = None, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, allow_incomplete: bool = False) -> None:
         super().__init__()
         name = type(self).__name__
         for key, value in (("seq_len", seq_len), ("shuffle_units", shuffle_units), ("epochs", epochs)):
@@ -95,6 +99,12 @@ class CodesDataset(StreamResume, SkipLedger, IterableDataset):
                 raise ValueError(f"{name}: {key}={value!r}, expected a positive integer")
         self.index = CodesIndex.open(codes)
         self.folder = self.index.folder
+        missing = self.index.missing_units
+        if missing and not allow_incomplete:
+            names = ", ".join(f"unit-{unit:06d}.json" for unit in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise ValueError(f"{name}: {self.folder / 'index'} lacks {len(missing)} of the header's "
+                             f"num_units={self.index.num_units} unit indexes ({names}): the folder is unfinished "
+                             "or damaged (finish the encode, or pass allow_incomplete=True)")
         self.bits = int(self.index.header["bits"])
         try:
             self.groups = groups_per_code(self.bits, group_bits)
@@ -255,7 +265,7 @@ class CodesDataset(StreamResume, SkipLedger, IterableDataset):
             if relative not in arrays:
                 if not where.is_file():
                     raise CodesFormatError("listed in the index but missing")
-                arrays[relative] = np.load(where, mmap_mode="r", allow_pickle=False)
+                arrays[relative] = self.index.array(relative)  # dtype, shape, rows and checksum checked
             array = arrays[relative]
             stop = utt.offset + utt.valid_rows
             if array.ndim != 2 or stop > array.shape[0] or array.dtype.kind not in "iu":
