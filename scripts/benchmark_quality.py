@@ -66,7 +66,13 @@ import torch
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
 from transcoder.evaluation.anchors import evaluate_anchors
-from transcoder.evaluation.evaluate import evaluate_tokenizer, finite_or_none, parse_bits, write_metrics_json
+from transcoder.evaluation.evaluate import (
+    evaluate_tokenizer,
+    example_title,
+    finite_or_none,
+    parse_bits,
+    write_metrics_json,
+)
 from transcoder.evaluation.perceptual import MissingExtraError, PerceptualScorer, require_eval_extra
 from transcoder.evaluation.seams import seam_scores
 from transcoder.training.config import load_config
@@ -571,7 +577,8 @@ def report_examples(tok: Any, root: str, args: argparse.Namespace, language: str
         for example in anchor_audio:
             if example["path"] == item["path"] and example["offset"] == int(item["offset"]):
                 renderings.update({k: v for k, v in example["audio"].items() if k != "griffin-lim ceiling"})
-        examples.append(ReportExample(f"{Path(item['path']).name} @ {int(item['offset']) / tok.sample_rate:.2f} s",
+        title = example_title(item["path"], item.get("root"), int(item["offset"]) / tok.sample_rate)
+        examples.append(ReportExample(title,
                                       renderings, {"tokenizer (decoded mel)": tok.frontend.model_to_db(recon)[0]
                                                    .cpu().numpy()[: -(-n_valid // tok.hop_length)]}))
     return examples

@@ -53,6 +53,7 @@ from transcoder.evaluation.evaluate import (
     bits_row,
     dataset_spec,
     evaluate_tokenizer,
+    example_title,
     format_bits_table,
     format_table,
     parse_bits,
@@ -140,7 +141,8 @@ def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, A
             renderings["tokenizer + neural vocoder"] = vocoded[0, :n_valid].cpu().numpy()
         renderings.update({k: v for k, v in example["audio"].items() if k != "griffin-lim ceiling"})
         frames = -(-n_valid // tok.hop_length)
-        examples.append(ReportExample(f"{Path(example['path']).name} @ {example['offset'] / tok.sample_rate:.2f} s",
+        examples.append(ReportExample(example_title(example["path"], example.get("root"),
+                                                    example["offset"] / tok.sample_rate),
                                       renderings, {"tokenizer + Griffin-Lim":
                                                    tok.frontend.model_to_db(recon)[0, :frames].cpu().numpy()}))
     notes = list(anchors["notes"])

@@ -55,6 +55,7 @@ from transcoder.data.audio_io import AUDIO_EXTENSIONS
 from transcoder.data.corpus import open_corpus
 from transcoder.encode_corpus import encode_corpus
 from transcoder.utils.locking import FolderLockedError
+from transcoder.utils.names import fit_relative
 
 
 class FileSkipWarning(UserWarning):
@@ -202,9 +203,11 @@ def decode(args: argparse.Namespace) -> int:
                 if num_samples is not None:
                     mel = mel[: -(-int(num_samples) // tokenizer.hop_length)]
                 array = mel.numpy().astype(np.float32)
-                atomic_write(out_dir / f"{uid}.mel.npy", lambda handle, a=array: np.save(handle, a))
+                name = fit_relative(uid, ".mel.npy")  # a long id is shortened with a hash, never fails the write
+                atomic_write(out_dir / f"{name}.mel.npy", lambda handle, a=array: np.save(handle, a))
             else:
-                tokenizer.decode_to_file(codes, out_dir / f"{uid}.wav", num_samples=num_samples, seed=args.seed,
+                tokenizer.decode_to_file(codes, out_dir / f"{fit_relative(uid, '.wav')}.wav", num_samples=num_samples,
+                                         seed=args.seed,
                                          bits=bits)
             done += 1
         except DiskFullError:

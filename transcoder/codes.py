@@ -72,6 +72,7 @@ import numpy as np
 
 from transcoder.codes_check import array_problems, header_problems, sha256_of_file, unit_problems
 from transcoder.utils.files import free_space, replace_atomically
+from transcoder.utils.names import NAME_MAX_BYTES, fit_name
 
 __all__ = [
     "CODES_FORMAT",
@@ -480,7 +481,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        replace_atomically(path, write, path.with_name(f".{path.name}.tmp-{os.getpid()}"))
+        marker = f".tmp-{os.getpid()}"
+        replace_atomically(path, write, path.with_name(fit_name(f".{path.name}", marker, NAME_MAX_BYTES) + marker))
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             try:

@@ -55,12 +55,13 @@ from transcoder.evaluation.metrics import mel_l1, si_snr, spectrogram_mae_db, sp
 from transcoder.evaluation.protocol import EvaluatedTokenizer
 from transcoder.evaluation.reconstruction import ReconstructionMetrics
 from transcoder.utils.config_files import read_config_file
+from transcoder.utils.names import display_name, fit_name
 from transcoder.utils.rates import token_rates
 from transcoder.utils.targets import check_trusted_spec
 
 __all__ = ["MeanAccumulator", "dataset_spec", "evaluate_tokenizer", "format_table", "render_pair",
-           "example_name", "example_windows", "reconstruct", "save_examples", "scored_bits", "write_metrics_json",
-           "bits_row", "format_bits_table", "parse_bits"]
+           "example_name", "example_title", "example_windows", "reconstruct", "save_examples", "scored_bits",
+           "write_metrics_json", "bits_row", "format_bits_table", "parse_bits"]
 
 
 def dataset_spec(checkpoint_config: dict[str, Any], audio_dir: str | None = None, data_config: str | None = None,
@@ -137,15 +138,30 @@ class MeanAccumulator:
         return self.total / self.count if self.count else float("nan")
 
 
-def example_name(path: str, root: str | None) -> str:
-    """A file's name for example outputs: its path under ``root`` with the folders kept (``/`` → ``__``) and
-    the suffix dropped, so files of the same base name in different folders (speakers) stay apart."""
+#: The longest ending :func:`save_examples` adds to an example's name.
+EXAMPLE_SUFFIX = "_vocoder_reconstruction.wav"
+
+
+def _relative(path: str, root: str | None) -> Path:
     relative = Path(path)
     if root is not None:
         with contextlib.suppress(ValueError):
             relative = Path(path).resolve().relative_to(Path(root).resolve())
-    parts = [part for part in relative.with_suffix("").parts if part not in ("/", "..")]
+    return relative
+
+
+def example_name(path: str, root: str | None) -> str:
+    """A file's name for example outputs: its path under ``root`` with the folders kept (``/`` → ``__``) and
+    the suffix dropped, so files of the same base name in different folders (speakers) stay apart."""
+    parts = [part for part in _relative(path, root).with_suffix("").parts if part not in ("/", "..")]
     return "__".join(parts).replace(" ", "_")
+
+
+def example_title(path: str, root: str | None, seconds: float) -> str:
+    """A page title of an example window: its file's path under ``root`` (the folders tell files of the same
+    name apart) with control and bidirectional characters escaped (:func:`~transcoder.utils.names.display_name`),
+    and the window's start."""
+    return f"{display_name(_relative(path, root).as_posix())} @ {seconds:.2f} s"
 
 
 def example_windows(dataset: Any, num_audio: int, evaluated: int) -> set[int]:
@@ -183,7 +199,7 @@ def save_examples(out_dir: Path, index: int, tok: EvaluatedTokenizer, item: dict
     import matplotlib.pyplot as plt
     import soundfile as sf
 
-    name = f"{index:03d}_{example_name(item['path'], item.get('root'))}_{item['offset']}"
+    name = fit_name(f"{index:03d}_{example_name(item['path'], item.get('root'))}_{item['offset']}", EXAMPLE_SUFFIX)
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True, constrained_layout=True)
     db_min, db_max = tok.mel_config.db_min, tok.mel_config.db_max
     panels = [(item["input_db"], "input (dB)", "magma", db_min, db_max),
@@ -196,7 +212,7 @@ def save_examples(out_dir: Path, index: int, tok: EvaluatedTokenizer, item: dict
         ax.set_ylabel("mel bin")
         fig.colorbar(image, ax=ax)
     axes[-1].set_xlabel("time (s)")
-    fig.suptitle(f"{item['path']} @ {item['offset'] / tok.sample_rate:.2f} s")
+    fig.suptitle(display_name(f"{item['path']} @ {item['offset'] / tok.sample_rate:.2f} s"))
     fig.savefig(out_dir / f"{name}.png", dpi=100)
     plt.close(fig)
     for suffix in ("original", "gl_input", "gl_reconstruction", "vocoder_input", "vocoder_reconstruction"):
