@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from transcoder.audio.mel import MelConfig
-from transcoder.utils.config_files import MergedConfig, read_config_file
-from transcoder.utils.targets import ConfigError, get_obj_from_str, instantiate
+from transcoder.utils.config_files import MergedConfig, check_expanded_size, read_config_file
+from transcoder.utils.targets import ConfigError, bounded_repr, get_obj_from_str, instantiate
 
 __all__ = ["ConfigError", "config_to_yaml", "get_obj_from_str", "instantiate", "load_config", "resolve_config",
            "save_config"]
@@ -151,6 +151,7 @@ def apply_override(config: dict[str, Any], override: str) -> tuple[tuple[str, ..
     except yaml.YAMLError as err:
         raise ConfigError(f"override {override!r}: the value is not valid YAML ({_one_line(err)}); quote "
                           "lists and mappings as one shell word, e.g. 'optimizer.betas=[0.9,0.95]'") from None
+    check_expanded_size(parsed, f"override {bounded_repr(override, 120)}")
     node[keys[-1]] = parsed
     return tuple(keys), parsed
 

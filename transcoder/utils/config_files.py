@@ -68,6 +68,28 @@ def _one_line(err: BaseException) -> str:
     return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
+#: Most values (scalars, list items, mapping entries) a config may hold once its YAML aliases are expanded.
+MAX_EXPANDED_VALUES = 100_000
+
+
+def check_expanded_size(value: Any, where: str, limit: int = MAX_EXPANDED_VALUES) -> None:
+    """Refuse YAML whose aliases expand to more than ``limit`` values (an alias bomb: a few lines that
+    expand to billions of items once copied, merged or printed). The count stops at ``limit``, so the
+    check itself is cheap; shared (aliased) nodes are counted at every place they appear."""
+    count = 0
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(f"{where}: its YAML aliases expand to more than {limit} values (an alias bomb?); "
+                              "refused")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """One YAML file as a mapping; a missing, unreadable, non-text or non-mapping file is a ConfigError."""
     if path.is_dir() or not path.exists():
@@ -82,6 +104,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
     raw = {} if raw is None else raw
+    check_expanded_size(raw, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections model/loss/data/optimizer/training")
     return raw

@@ -24,8 +24,17 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(bounded_message(message))
         self.key = key
+
+
+def bounded_message(message: str, limit: int = 3 * MAX_RENDERED_CHARS) -> str:
+    """``message`` cut in the middle to about ``limit`` characters (its start names the key, its end says
+    what was expected), so an error never prints an unbounded value."""
+    if len(message) <= limit:
+        return message
+    head, tail = message[: 2 * limit // 3], message[-limit // 3:]
+    return f"{head} ...({len(message) - len(head) - len(tail)} characters cut)... {tail}"
 
 
 class UntrustedTargetError(ConfigError):
