@@ -179,7 +179,9 @@ def test_switch_errors_name_the_key(tmp_path: Path) -> None:
     ["model.params.straight_through=scaled"], ["model.params.inv_temperature=10.0"],
     ["loss.params.codebook_ramp=down", "loss.params.codebook_warmup_steps=3"], ["loss.params.multiscale_weight=1.0"],
     ["model.params.audioconfig.use_conv_module=false"], ["training.ema_decay=0.99"],
-    ["model.params.audioconfig.output_conv_channels=4"],
+    ["model.params.audioconfig.output_conv_channels=4"], ["model.params.audioconfig.decoder_layers=2"],
+    ["model.params.audioconfig.input_norm=per_bin", "model.params.audioconfig.input_norm_batches=1"],
+    ["loss.params.silence_weight=0.25"],
 ])
 def test_each_switch_trains_with_finite_losses(tmp_path: Path, switch: list[str]) -> None:
     run = trainer(tmp_path, "training.max_steps=2", "training.log_every=1", *switch)
@@ -263,6 +265,84 @@ def test_benchmark_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()
     assert float(rows[0].split("|")[8]) > 0  # MAE in dB
     assert "| seen |" in rows[0] and "trivial pooled-mel" in out  # the evaluation set, the anchors
+
+
+def test_benchmark_grid_appends_each_run_and_skips_finished_ones(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark()
+    grid = tmp_path / "grid.txt"
+    grid.write_text("# two variants\nplain:\nlr:optimizer.lr=2e-3  # a comment\n")
+    output = tmp_path / "out"
+    args = ["--config", str(DEMO), "--preset", "tiny", "--steps", "1", "--train", str(DATA_ROOT), "--val",
+            str(DATA_ROOT), "--output", str(output), "--audio-batches", "0", "--eval-max-batches", "1",
+            "--set", "data.target_length=64", "--set", "training.ema_decay=null", "--grid", str(grid)]
+    assert bench.main([*args, "--seeds", "0"]) == 0
+    results = output / "results.jsonl"
+    first = bench.read_results(results)
+    assert [(r["variant"], r["seed"], r["samples_seen"]) for r in first] == [("plain", 0, 4), ("lr", 0, 4)]
+    assert first[1]["overrides"] == ["optimizer.lr=2e-3"]
+    capsys.readouterr()
+    assert bench.main([*args, "--seeds", "0,3"]) == 0  # seed 0 is done: only the seed-3 runs are trained
+    out = capsys.readouterr().out
+    assert "2 (variant, seed) run(s) already in" in out
+    rows = bench.read_results(results)
+    assert rows[:2] == first and [(r["variant"], r["seed"]) for r in rows[2:]] == [("plain", 3), ("lr", 3)]
+    assert (output / "plain_s3" / "checkpoints" / "latest.pt").is_file()
+    with results.open("a") as handle:
+        handle.write('{"variant": "torn", "se')  # a run killed while appending
+    assert len(bench.read_results(results)) == 4
+    grid.write_text("plain:optimizer.lr=1e-4\n")  # the same name with other overrides
+    assert bench.main([*args, "--seeds", "0"]) == 2
+    assert "variant 'plain' (seed 0) is in the results file with overrides []" in capsys.readouterr().err
+
+
+def test_per_bin_norm_takes_its_statistics_from_the_first_training_batches_and_keeps_them() -> None:
+    from transcoder.models.audiobsq import AudioBSQModel
+
+    model = AudioBSQModel(audioconfig={"input_length": 32, "input_size": 16, "patch_size": 8, "width": 16,
+                                       "layers": 1, "heads": 2, "use_conv_module": False, "input_norm": "per_bin",
+                                       "input_norm_batches": 2})
+    scale = torch.linspace(0.1, 0.5, 16)
+    first, second = torch.randn(3, 32, 16) * scale - 0.5, torch.randn(3, 32, 16) * scale - 0.5
+    padded = torch.cat([second, torch.full((1, 32, 16), 9.0)])  # a padding-only item: not counted
+    model.train()
+    model(first)
+    model(padded, valid_frames=torch.tensor([32, 32, 32, 0]))
+    both = torch.cat([first, second]).reshape(-1, 16)
+    torch.testing.assert_close(model.input_norm.mean, both.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.input_norm.std, both.std(0, unbiased=False), atol=1e-5, rtol=0)
+    frozen = model.input_norm.mean.clone()
+    model(torch.randn(3, 32, 16) + 3.0)  # after input_norm_batches: frozen
+    assert torch.equal(model.input_norm.mean, frozen)
+    state = model.state_dict()
+    assert {"input_norm.mean", "input_norm.std"} <= set(state)
+    model.eval()
+    with torch.no_grad():
+        normalized = model.input_norm.normalize(first)
+        torch.testing.assert_close(model.input_norm.denormalize(normalized), first)
+    with pytest.raises(ValueError, match="audioconfig.input_norm='global'"):
+        AudioBSQModel(audioconfig={"input_norm": "global"})
+
+
+def test_decoder_depth_and_silence_weighting() -> None:
+    from transcoder.models.audiobsq import AudioBSQModel
+
+    model = AudioBSQModel(audioconfig={"input_length": 32, "input_size": 16, "patch_size": 8, "width": 16,
+                                       "layers": 1, "decoder_layers": 3, "heads": 2, "use_conv_module": False})
+    assert (len(model.encoder.blocks), len(model.decoder.blocks)) == (1, 3)
+    with pytest.raises(ValueError, match="audioconfig.decoder_layers=0"):
+        AudioBSQModel(audioconfig={"decoder_layers": 0})
+    target = torch.zeros(1, 4, 2)
+    target[0, :2] = -0.9  # two near-silent frames
+    recon = target.clone()
+    recon[0, 0] += 0.4  # error 0.4 in a silent frame
+    recon[0, 3] += 0.2  # error 0.2 in a loud frame
+    plain = AudioTokenizerLoss(codebook_weight=0.0)
+    weighted = AudioTokenizerLoss(codebook_weight=0.0, silence_weight=0.5)
+    assert plain.reconstruction(recon, target)[0].item() == pytest.approx((0.4 + 0.2) / 4)
+    assert weighted.reconstruction(recon, target)[0].item() == pytest.approx((0.5 * 0.4 + 0.2) / 3)
+    with pytest.raises(ValueError, match="silence_weight=-1"):
+        AudioTokenizerLoss(silence_weight=-1)
 
 
 def test_benchmark_scores_every_width_of_a_nested_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,13 +52,24 @@ class AudioTokenizerLoss(nn.Module):
             and the target average-pooled at each ``multiscale_scales`` (time, freq) resolution (cf. the
             multi-resolution STFT losses of Parallel WaveGAN, Yamamoto et al. 2020, here on the log-mel).
         multiscale_scales: pooling windows, ``[[time, freq], ...]`` or square sizes.
+        silence_weight: weight of near-silent frames in the L1 / L2 terms (1: every frame alike; the weighted
+            mean is over frames, so the loss keeps its scale).
+        silence_level: a frame is near-silent when its mean over mel bins (model space) is below this; -0.5 is
+            -60 dB with the default [-80, 0] dB map.
     """
 
     def __init__(self, l1_weight: float = 1.0, l2_weight: float = 0.0, codebook_weight: float = 0.1,
                  codebook_warmup_steps: int = 0, codebook_ramp: str = "up", codebook_start_factor: float = 3.0,
                  multiscale_weight: float = 0.0,
-                 multiscale_scales: Sequence[Sequence[int]] | Sequence[int] = ((2, 2), (4, 4), (8, 8))) -> None:
+                 multiscale_scales: Sequence[Sequence[int]] | Sequence[int] = ((2, 2), (4, 4), (8, 8)),
+                 silence_weight: float = 1.0, silence_level: float = -0.5) -> None:
         super().__init__()
+        if isinstance(silence_weight, bool) or not isinstance(silence_weight, int | float) or silence_weight < 0:
+            raise ValueError(f"loss.params.silence_weight={silence_weight!r}: expected a number >= 0 (1: no weighting)")
+        if isinstance(silence_level, bool) or not isinstance(silence_level, int | float):
+            raise ValueError(f"loss.params.silence_level={silence_level!r}: expected a number (model space)")
+        self.silence_weight = float(silence_weight)
+        self.silence_level = float(silence_level)
         if l1_weight < 0 or l2_weight < 0 or l1_weight + l2_weight == 0:
             raise ValueError(f"l1_weight={l1_weight}, l2_weight={l2_weight}: expected non-negative weights, "
                              "at least one positive")
@@ -99,13 +110,25 @@ class AudioTokenizerLoss(nn.Module):
         target = target.float()
         l1 = F.l1_loss(recon, target)
         l2 = F.mse_loss(recon, target)
-        loss = self.l1_weight * l1 + self.l2_weight * l2
         terms = {"loss/l1": l1.detach(), "loss/l2": l2.detach()}
+        if self.silence_weight != 1.0:
+            weights = self.frame_weights(target)
+            l1 = (weights * (recon - target).abs().mean(-1)).sum() / weights.sum()
+            l2 = (weights * (recon - target).square().mean(-1)).sum() / weights.sum()
+            terms["loss/l1_weighted"] = l1.detach()
+        loss = self.l1_weight * l1 + self.l2_weight * l2
         if self.multiscale_weight > 0:
             multiscale = multiscale_l1(recon, target, self.multiscale_scales)
             loss = loss + self.multiscale_weight * multiscale
             terms["loss/multiscale"] = multiscale.detach()
         return loss, terms
+
+    def frame_weights(self, target: Tensor) -> Tensor:
+        """(B, T, F) target → (B, T) weights: ``silence_weight`` for frames whose mean level (model space) is below
+        ``silence_level`` (near-silent frames), 1 elsewhere."""
+        quiet = target.mean(-1) < self.silence_level
+        return torch.where(quiet, torch.full_like(quiet, self.silence_weight, dtype=target.dtype),
+                           torch.ones_like(quiet, dtype=target.dtype))
 
     def forward(self, recon: Tensor, target: Tensor, quant_loss: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         """recon, target (B, T, F) in model space; quant_loss scalar → (total, {name: detached term})."""

@@ -64,6 +64,11 @@ class AudioConfig:
     context: int = 32
     rope_base: float = 10000.0
     output_conv_channels: int = 0  # >0: a residual 3x3 conv head over the decoded mel (smooths patch seams)
+    decoder_layers: int | None = None  # decoder depth; None: the same as ``layers`` (the encoder's)
+    # "per_bin": standardise each mel bin with statistics of the first ``input_norm_batches`` training batches
+    # (kept in the weights); the decoder predicts in the standardised space and the output is mapped back.
+    input_norm: str = "none"
+    input_norm_batches: int = 100
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | AudioConfig | None) -> AudioConfig:
@@ -102,6 +107,16 @@ class AudioConfig:
                 or self.output_conv_channels < 0:
             raise ValueError(f"audioconfig.output_conv_channels={self.output_conv_channels!r}: expected an integer "
                              ">= 0 (0: off)")
+        if self.decoder_layers is not None and (isinstance(self.decoder_layers, bool)
+                                                or not isinstance(self.decoder_layers, int) or self.decoder_layers < 1):
+            raise ValueError(f"audioconfig.decoder_layers={self.decoder_layers!r}: expected a positive integer or "
+                             "null (the encoder's depth)")
+        if self.input_norm not in ("none", "per_bin"):
+            raise ValueError(f"audioconfig.input_norm={self.input_norm!r}: expected 'none' or 'per_bin'")
+        if isinstance(self.input_norm_batches, bool) or not isinstance(self.input_norm_batches, int) \
+                or self.input_norm_batches < 1:
+            raise ValueError(f"audioconfig.input_norm_batches={self.input_norm_batches!r}: expected a positive "
+                             "integer (training batches the statistics are taken from)")
         for name in ("qkv_bias", "use_conv_module", "grad_checkpointing", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"audioconfig.{name}={getattr(self, name)!r}: expected true or false")
@@ -186,11 +201,12 @@ class AudioTransformerBlock(nn.Module):
 class _AudioTransformer(nn.Module):
     """Learnable time-frequency position embedding + a stack of blocks + final LayerNorm."""
 
-    def __init__(self, config: AudioConfig, lookahead: int = 0) -> None:
+    def __init__(self, config: AudioConfig, lookahead: int = 0, layers: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.grid = config.grid
-        rates = [config.drop_path * i / max(config.layers - 1, 1) for i in range(config.layers)]
+        layers = config.layers if layers is None else layers
+        rates = [config.drop_path * i / max(layers - 1, 1) for i in range(layers)]
         if config.causal:
             # Streaming variant: a learned band embedding (rotary time positions live in the attention),
             # ``lookahead`` in the first block only (see transcoder/models/causal.py).
@@ -278,11 +294,61 @@ class OutputConvHead(nn.Module):
         return (x + self.conv_out(F.gelu(self.conv_in(x)))).squeeze(1)
 
 
+class PerBinNorm(nn.Module):
+    """Per-mel-bin standardisation whose statistics are the mean / std of the first ``batches`` training batches.
+
+    In training mode the first ``batches`` calls of :meth:`update` accumulate each bin's sum and sum of squares
+    over the valid frames; afterwards the statistics are frozen. They are buffers, so checkpoints carry them and
+    evaluation, tokenization and export use the statistics the model was trained with. Before any update the
+    map is the identity (mean 0, std 1).
+    """
+
+    def __init__(self, bins: int, batches: int) -> None:
+        super().__init__()
+        self.batches = batches
+        self.register_buffer("mean", torch.zeros(bins))
+        self.register_buffer("std", torch.ones(bins))
+        self.register_buffer("seen_batches", torch.zeros((), dtype=torch.long))
+        self.register_buffer("frame_count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("bin_sum", torch.zeros(bins, dtype=torch.float64))
+        self.register_buffer("bin_sum_sq", torch.zeros(bins, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, mel: Tensor, valid_frames: Tensor | None = None) -> None:
+        """Accumulate (B, T, F) ``mel`` (only the first ``valid_frames[b]`` frames of item b) while training."""
+        if not self.training or int(self.seen_batches) >= self.batches:
+            return
+        values = mel.detach().double()
+        if valid_frames is not None:
+            keep = torch.arange(mel.shape[1], device=mel.device)[None, :] < valid_frames.to(mel.device)[:, None]
+            values = values[keep]  # (frames, F)
+        else:
+            values = values.reshape(-1, mel.shape[-1])
+        if values.shape[0] == 0:
+            return
+        self.frame_count += values.shape[0]
+        self.bin_sum += values.sum(0)
+        self.bin_sum_sq += values.square().sum(0)
+        self.seen_batches += 1
+        mean = self.bin_sum / self.frame_count
+        variance = (self.bin_sum_sq / self.frame_count - mean.square()).clamp_min(0.0)
+        self.mean.copy_(mean.float())
+        self.std.copy_(variance.sqrt().float().clamp_min(1e-2))
+
+    def normalize(self, mel: Tensor) -> Tensor:
+        """(B, T, F) model-space mel → standardised (B, T, F)."""
+        return (mel - self.mean.to(mel.dtype)) / self.std.to(mel.dtype)
+
+    def denormalize(self, mel: Tensor) -> Tensor:
+        """Standardised (B, T, F) → model-space (B, T, F)."""
+        return mel * self.std.to(mel.dtype) + self.mean.to(mel.dtype)
+
+
 class AudioTransformerDecoder(_AudioTransformer):
     """Token features (B, Nt*Nf, width) on ``grid`` → log-mel (B, Nt*pt, Nf*pf)."""
 
     def __init__(self, config: AudioConfig) -> None:
-        super().__init__(config)
+        super().__init__(config, layers=config.decoder_layers)
         pt, pf = config.patch_tf
         self.to_patches = nn.Linear(config.width, pt * pf)
         self.output_conv = OutputConvHead(config.output_conv_channels) if config.output_conv_channels else None
@@ -397,6 +463,8 @@ class AudioBSQModel(nn.Module):
         self.nested_bits = NestedBits(embed_dim=embed_dim, **nested_bits) if nested_bits else None
         self.post_quant_embed = nn.Linear(embed_dim, self.config.width)
         self.decoder = AudioTransformerDecoder(self.config)
+        self.input_norm = (PerBinNorm(self.config.input_size, self.config.input_norm_batches)
+                           if self.config.input_norm == "per_bin" else None)
         self.apply(init_vit_weights)
 
     @classmethod
@@ -439,6 +507,9 @@ class AudioBSQModel(nn.Module):
         indices), for a model trained with ``nested_bits``.
         """
         width = self._check_bits(bits)
+        if self.input_norm is not None:
+            self.input_norm.update(mel, valid_frames)
+            mel = self.input_norm.normalize(mel)
         features, grid = self.encoder(mel)
         extra = {}
         if valid_frames is not None:
@@ -482,6 +553,8 @@ class AudioBSQModel(nn.Module):
                 raise ValueError(f"{codes.shape[1]} tokens is not a whole number of time rows of {nf}")
             grid = (codes.shape[1] // nf, nf)
         mel = self.decoder(self.post_quant_embed(codes.to(self.post_quant_embed.weight.dtype)), grid)
+        if self.input_norm is not None:
+            mel = self.input_norm.denormalize(mel)
         if not self.training:
             mel = mel.clamp(*self.clamp_range)
         return mel

@@ -1,0 +1,67 @@
+"""Summarise the ablation grid: one line per (variant, seed) from results.jsonl, relative to the baseline row.
+
+    python benchmarks/2026-12-07-cpu-2core/ablations/summarize.py results.jsonl --baseline shipped > summary.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for path in paths:
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def metric(rows: list[dict[str, Any]], variant: str, seed: int, weights: str, eval_set: str, path: str) -> float | None:
+    for row in rows:
+        if (row["variant"], row.get("seed", 0), row["weights"], row["eval_set"]) == (variant, seed, weights, eval_set):
+            value: Any = row
+            for key in path.split("."):
+                value = value.get(key) if isinstance(value, dict) else None
+            return value
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--baseline", default="shipped")
+    parser.add_argument("--weights", default="raw")
+    args = parser.parse_args()
+    rows = load_rows(args.results)
+    runs = list(dict.fromkeys((r["variant"], r.get("seed", 0)) for r in rows))
+    base = {s: metric(rows, args.baseline, 0, args.weights, s, "spectrogram.mae_db") for s in ("unseen", "english")}
+    print(f"| variant | seed | steps | samples | params (M) | unseen MAE dB ({args.weights}) | vs {args.baseline} | "
+          "unseen MAE (other weights) | English MAE dB | vs base | distinct codes (unseen) | STOI unseen | "
+          "PESQ unseen | steps/s (1 thread, shared) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    other = "ema" if args.weights == "raw" else "raw"
+    for variant, seed in runs:
+        first = next(r for r in rows if (r["variant"], r.get("seed", 0)) == (variant, seed))
+        unseen = metric(rows, variant, seed, args.weights, "unseen", "spectrogram.mae_db")
+        english = metric(rows, variant, seed, args.weights, "english", "spectrogram.mae_db")
+        other_unseen = metric(rows, variant, seed, other, "unseen", "spectrogram.mae_db")
+        codes = metric(rows, variant, seed, args.weights, "unseen", "codebook.distinct_codes")
+        stoi = metric(rows, variant, seed, args.weights, "unseen", "audio.recon.stoi")
+        pesq = metric(rows, variant, seed, args.weights, "unseen", "audio.recon.pesq")
+
+        def rel(value: float | None, reference: float | None) -> str:
+            return "-" if value is None or not reference else f"{100 * (value / reference - 1):+.1f} %"
+
+        def num(value: float | None, digits: int = 3) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        print(f"| {variant} | {seed} | {first['steps']} | {first.get('samples_seen', '-')} | "
+              f"{first['parameters'] / 1e6:.2f} | {num(unseen)} | {rel(unseen, base['unseen'])} | {num(other_unseen)} | "
+              f"{num(english)} | {rel(english, base['english'])} | {codes} | {num(stoi)} | {num(pesq)} | "
+              f"{first['steps_per_second']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
