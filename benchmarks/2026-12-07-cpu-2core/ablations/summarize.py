@@ -58,7 +58,8 @@ def main() -> None:
             return "-" if value is None else f"{value:.{digits}f}"
 
         print(f"| {variant} | {seed} | {first['steps']} | {first.get('samples_seen', '-')} | "
-              f"{first['parameters'] / 1e6:.2f} | {num(unseen)} | {rel(unseen, base['unseen'])} | {num(other_unseen)} | "
+              f"{first['parameters'] / 1e6:.2f} | {num(unseen)} | {rel(unseen, base['unseen'])} | "
+              f"{num(other_unseen)} | "
               f"{num(english)} | {rel(english, base['english'])} | {codes} | {num(stoi)} | {num(pesq)} | "
               f"{first['steps_per_second']:.2f} |")
 
