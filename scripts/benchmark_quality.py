@@ -256,13 +256,15 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
 
 def score_anchors(checkpoint: Path, val_root: str, args: argparse.Namespace, language: str | None,
                   examples: int = 0) -> dict[str, Any]:
-    """The anchors on the windows :func:`score` renders (the first ``--audio-batches`` batches)."""
+    """The anchors on the windows :func:`score` scores: spectrogram MAE on every window (as the rows' MAE, up to
+    ``--eval-max-batches``), audio metrics on the first ``--audio-batches`` batches (as the rows' audio metrics)."""
     tok = load_scored_tokenizer(checkpoint, args.device, False, None, args.trust_config)
     spec = dataset_spec_for(val_root)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     scorer = PerceptualScorer(tok.sample_rate, language=language) if args.perceptual else None
     anchors = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=args.eval_batch_size,
-                               max_batches=args.audio_batches or 1, perceptual=scorer, examples=examples)
+                               max_batches=args.eval_max_batches, audio_batches=args.audio_batches or 1,
+                               perceptual=scorer, examples=examples)
     for row in [*anchors["rows"].values(), anchors["original"] or {}]:
         (row.get("perceptual") or {}).pop("transcripts", None)
     return anchors
