@@ -373,7 +373,8 @@ def test_benchmark_passes_the_vocoder_on(tmp_path: Path, monkeypatch: pytest.Mon
     calls = []
     monkeypatch.setattr(bench, "load_tokenizer", lambda checkpoint, **kwargs: calls.append((checkpoint, kwargs)))
     bench.load_scored_tokenizer(tmp_path / "x.pt", "cpu", True, "voc.pt")
-    assert calls == [(tmp_path / "x.pt", {"device": "cpu", "use_ema": True, "vocoder": "voc.pt"})]
+    expected = {"device": "cpu", "use_ema": True, "vocoder": "voc.pt", "trust_config": False}
+    assert calls == [(tmp_path / "x.pt", expected)]
 
 
 def test_seam_ratio_sees_patch_boundary_steps() -> None:
