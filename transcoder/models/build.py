@@ -75,7 +75,7 @@ class _Grid:
 
 
 def load_checkpoint_model(
-    checkpoint: str | Path | dict[str, Any], use_ema: bool = True
+    checkpoint: str | Path | dict[str, Any], use_ema: bool = True, where: str | Path | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the tokenizer model of a checkpoint and load its weights (EMA weights if asked and present).
 
@@ -84,13 +84,14 @@ def load_checkpoint_model(
     DDP / ``torch.compile`` prefixes and no ``AveragedModel`` bookkeeping; weights must fit exactly.
 
     Returns ``(model on CPU in eval mode, checkpoint dict)``; ``state["weights"]`` is set to ``"ema"`` or
-    ``"model"`` (which weights were loaded); :func:`checkpoint_mel_settings` gives its front end.
+    ``"model"`` (which weights were loaded); :func:`checkpoint_mel_settings` gives its front end. ``where``
+    names a checkpoint given as a dict in error messages (a release folder's weights file, for instance).
 
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: unreadable, unsafe (pickled objects), or weights / config that do not fit.
     """
-    path = Path(checkpoint) if not isinstance(checkpoint, dict) else Path("<dict>")
+    path = Path(checkpoint) if not isinstance(checkpoint, dict) else Path(where or "<dict>")
     state = dict(checkpoint) if isinstance(checkpoint, dict) else load_checkpoint(path)
     config = state.get("config")
     model_spec = config.get("model") if isinstance(config, dict) else None
