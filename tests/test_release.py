@@ -170,6 +170,10 @@ def test_model_card_renders_the_metrics_it_was_given(ema_ckpt: Path, tmp_path: P
     assert values == [{"mel_mae_db": 9.5, "stoi": 0.5}, {"mel_mae_db": 7.0, "pesq": 1.5, "stoi": 0.75}]
     with pytest.raises(ValueError, match="expected 'rows' or 'rates'"):
         metric_rows({"checkpoint": "x"})
+    metrics.write_text("{not json")
+    assert export_script.main([str(ema_ckpt), str(tmp_path / "bad"), "--metrics", str(metrics)]) == 2
+    assert f"--metrics {metrics} cannot be read as JSON" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_card_names_the_training_data_without_metrics(folder: Path, tmp_path: Path) -> None:

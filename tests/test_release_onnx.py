@@ -3,7 +3,7 @@ backend="onnx")`` gives the PyTorch codes and mels on the bundled audio, through
 
 The model is the shipped demo config (Conformer conv module, output conv head, 8x8 patches of 64 mels, 18 bits)
 at width 32 with one layer per side and random weights, so the graphs hold every kind of layer the shipped
-models use.
+models use; the streaming demo config checks a causal model the same way.
 """
 
 from __future__ import annotations
@@ -30,16 +30,23 @@ SMALL = ["model.params.audioconfig.width=32", "model.params.audioconfig.layers=1
 MAX_DIFFERING = 0.001
 
 
-@pytest.fixture(scope="module")
-def onnx_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("onnx")
-    config = load_config(DEMO, SMALL)
+STREAMING = REPO / "configs" / "tokenizer" / "audio_demo_streaming_librivox_mini.yaml"
+
+
+def _release(config_path: Path, tmp: Path) -> Path:
+    """A random-weight model of a shipped config at :data:`SMALL` size, exported with its ONNX graphs."""
+    config = load_config(config_path, SMALL)
     mel = MelConfig.from_dict(config["data"], strict=False)
     torch.manual_seed(0)
     model = build_model(config["model"], mel)
     torch.save({"format": 2, "task": "tokenizer", "models": {"model": model.state_dict()}, "ema": {},
-                "config": config, "mel": mel.to_dict(), "step": 0}, tmp / "demo.pt")
-    return export_release(tmp / "demo.pt", tmp / "demo-release", onnx=True)
+                "config": config, "mel": mel.to_dict(), "step": 0}, tmp / "model.pt")
+    return export_release(tmp / "model.pt", tmp / "release", onnx=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _release(DEMO, tmp_path_factory.mktemp("onnx"))
 
 
 def test_the_graphs_are_valid_onnx_dynamic_in_batch(onnx_folder: Path) -> None:
@@ -77,6 +84,15 @@ def test_onnx_backend_gives_the_pytorch_codes_and_mels(onnx_folder: Path) -> Non
     assert torch.equal(onnx_tok.encode_mel(windows[:1]), onnx_tok.encode_mel(windows)[:1])
     wave = onnx_tok.decode_codes(onnx_tok.encode_file(AUDIO[0]), num_samples=onnx_tok.last_num_samples)
     assert wave.shape == (onnx_tok.last_num_samples,) and torch.isfinite(wave).all()
+
+
+def test_a_causal_model_exports_too(tmp_path: Path) -> None:
+    folder = _release(STREAMING, tmp_path)
+    torch_tok, onnx_tok = load_tokenizer(folder, device="cpu"), load_tokenizer(folder, backend="onnx")
+    assert torch_tok.model.config.causal
+    codes = torch_tok.encode_file(AUDIO[0])
+    assert int((onnx_tok.encode_file(AUDIO[0]) != codes).sum()) <= MAX_DIFFERING * codes.numel()
+    assert float((onnx_tok.decode_to_mel(codes) - torch_tok.decode_to_mel(codes)).abs().max()) <= 1e-4
 
 
 def test_onnx_backend_refuses_what_it_cannot_run(onnx_folder: Path) -> None:

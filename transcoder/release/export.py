@@ -17,7 +17,7 @@ from torch import nn
 from transcoder.audio.mel import MelConfig
 from transcoder.audio.neural_vocoder import check_same_mel, load_vocoder
 from transcoder.models.build import checkpoint_mel_settings, load_checkpoint_model
-from transcoder.release.card import model_card, training_datasets
+from transcoder.release.card import metric_rows, model_card, training_datasets
 from transcoder.release.folder import (
     CARD_FILE,
     CONFIG_FILE,
@@ -69,6 +69,21 @@ def _vocoder_files(vocoder: str | Path, mel: MelConfig, folder: Path) -> dict[st
                  "mel": loaded.mel_config.to_dict()}, folder / VOCODER_CONFIG_FILE)
     return {"weights": VOCODER_FILE, "config": VOCODER_CONFIG_FILE, "source": Path(vocoder).name,
             "step": state.get("step")}
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """An evaluation's ``metrics.json``, checked to hold scores the card can show (``ValueError`` naming the file)."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--metrics {path} cannot be read as JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"--metrics {path}: expected a JSON object, got {type(metrics).__name__}")
+    try:
+        metric_rows(metrics)
+    except ValueError as err:
+        raise ValueError(f"--metrics {path}: {err}") from None
+    return metrics
 
 
 def _install(staging: Path, out_dir: Path, overwrite: bool) -> None:
@@ -131,7 +146,7 @@ def export_release(
         raise ValueError(f"checkpoint {checkpoint} holds no EMA weights; export --weights model")
     settings = checkpoint_mel_settings(state, checkpoint)
     mel = MelConfig.from_dict(settings, strict=settings is state.get("mel"))
-    scores = json.loads(Path(metrics).read_text(encoding="utf-8")) if metrics is not None else None
+    scores = _read_metrics(Path(metrics)) if metrics is not None else None
     codes = code_geometry(model, mel)
     rates = token_rates(codes["patch_size"], mel.n_mels, mel.hop_length, mel.sample_rate, codes["bits_per_token"])
     training_config = state.get("config") or {}
