@@ -2,8 +2,8 @@
 module imports from a higher layer, except the trainer driving its tasks (``training`` -> ``tasks``).
 
 Layers, bottom to top: utils/ + codes.py < models/ < losses/ < audio/ < data/ < evaluation/ < training/
-< tasks/ < streaming.py < api.py < encode_corpus.py. Imports inside ``if TYPE_CHECKING:`` blocks are ignored (they never
-run); imports inside functions count. Importing ``a.b.c`` from outside package ``a.b`` also runs
+< tasks/ < streaming.py < release/ < api.py < encode_corpus.py. Imports inside ``if TYPE_CHECKING:`` blocks are
+ignored (they never run); imports inside functions count. Importing ``a.b.c`` from outside package ``a.b`` also runs
 ``a/b/__init__.py``, so that counts as an import of the package too.
 """
 
@@ -13,8 +13,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "transcoder"
-LAYERS = ["utils", "models", "losses", "audio", "data", "evaluation", "training", "tasks", "streaming", "api",
-          "encode_corpus"]
+LAYERS = ["utils", "models", "losses", "audio", "data", "evaluation", "training", "tasks", "streaming", "release",
+          "api", "encode_corpus"]
 #: Files placed in a layer other than their folder's name.
 # transcoder/codes*.py sit at the bottom; transcoder/__init__.py re-exports the API
 FILE_LAYERS = {"codes": "utils", "codes_check": "utils", "codes_verify": "utils", "codes_tokens": "utils",

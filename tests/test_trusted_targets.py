@@ -5,6 +5,7 @@ weights must be finite and of the model's dtype; encoding never returns codes of
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -216,3 +217,19 @@ def test_a_sound_checkpoint_loads_without_a_warning(tmp_path: Path) -> None:
         warnings.simplefilter("error", RuntimeWarning)
         tok = load_tokenizer(_checkpoint(tmp_path / "ok.pt"), device="cpu")
     assert tok.encode_wave(np.zeros(SR, dtype=np.float32)).shape[1] == 2
+
+
+@pytest.mark.parametrize("target", HOSTILE)
+def test_a_release_folder_naming_code_is_refused(tmp_path: Path, marker_module: Path, target: str) -> None:
+    """A release folder's config.json is data too: the same allow-list, before any import."""
+    from transcoder.release.export import export_release
+    from transcoder.release.folder import ReleaseFormatError
+
+    folder = tmp_path / "release"
+    export_release(_checkpoint(tmp_path / "tok.pt"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"] = {"target": target, "params": _hostile_params(target, marker_module)}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ReleaseFormatError, match=rf"config.model.target='{target}' is not one of this project's"):
+        load_tokenizer(folder, device="cpu")
+    assert not marker_module.exists() and "marker_module" not in sys.modules

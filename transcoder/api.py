@@ -52,11 +52,16 @@ from transcoder.codes import CodesFile, CodesIndex, CodesSpec, codes_dtype
 from transcoder.data.audio_io import AudioFile, load_audio, resample
 from transcoder.models.build import checkpoint_mel_settings, load_checkpoint_model
 from transcoder.models.quantizer.nested import truncate_indices
+from transcoder.release.folder import MODEL_FILE, load_release_model, load_release_vocoder, read_release_config
+from transcoder.release.hub import resolve_source
 from transcoder.streaming import StreamDecoder, StreamEncoder
 from transcoder.utils.rates import TokenRates, token_rates
 
-__all__ = ["AudioTokenizer", "EncodedAudio", "load_tokenizer", "load_model_from_checkpoint", "sha256_file",
+__all__ = ["AudioTokenizer", "BACKENDS", "EncodedAudio", "load_tokenizer", "load_model_from_checkpoint", "sha256_file",
            "codes_dtype", "waveform_to_mono"]
+
+#: What runs the encoder and decoder: PyTorch, or ONNX Runtime on a release folder's ONNX graphs (CPU).
+BACKENDS = ("torch", "onnx")
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
@@ -122,6 +127,8 @@ class AudioTokenizer:
             ``mel_config``'s, else ``ValueError`` naming the differing settings).
         trust_config: let a vocoder checkpoint's config name classes outside the project (see
             :func:`load_tokenizer`).
+        backend: ``"torch"``, or ``"onnx"`` when ``model`` is a
+            :class:`~transcoder.release.onnx_backend.OnnxTokenizerModel` (streaming needs ``"torch"``).
 
     Attributes:
         renderer: the :class:`~transcoder.audio.render.Renderer` every decode path uses
@@ -143,7 +150,9 @@ class AudioTokenizer:
         checkpoint_step: int | None = None,
         neural_vocoder: NeuralVocoder | str | Path | None = None,
         trust_config: bool = False,
+        backend: str = "torch",
     ) -> None:
+        self.backend = backend
         self.weights = weights
         self.checkpoint_config = checkpoint_config or {}
         self.checkpoint_step = checkpoint_step
@@ -332,7 +341,8 @@ class AudioTokenizer:
         outs = []
         for chunk in mel.to(self.device).split(self.batch_size):
             codes, loss, info = self.model.encode(chunk, bits=bits)
-            if not (bool(torch.isfinite(codes).all()) and bool(torch.isfinite(loss).all())):
+            # The ONNX backend returns indices only (its graph ends at the integer codes): nothing to check.
+            if any(t is not None and not bool(torch.isfinite(t).all()) for t in (codes, loss)):
                 raise FloatingPointError(f"the model {self.checkpoint_path or '<module>'} produced NaN or Inf "
                                          "activations while encoding: no codes returned (damaged weights?)")
             outs.append(info["indices"])
@@ -608,7 +618,8 @@ class AudioTokenizer:
     def stream_encoder(self, bits: int | None = None) -> StreamEncoder:
         """A :class:`~transcoder.streaming.StreamEncoder`: push audio chunks (any size, the tokenizer's sample
         rate), get code rows ``(R, n_freq_patches)`` of ``bits`` bits (default: the model's) as soon as they
-        are determined. Needs a causal model."""
+        are determined. Needs a causal model and the PyTorch backend."""
+        self._check_streaming()
         return StreamEncoder(self.model, self.frontend, bits=self.check_bits(bits))
 
     def stream_decoder(self, audio: bool = False, margin_frames: int = 8, min_frames: int = 16,
@@ -617,15 +628,22 @@ class AudioTokenizer:
         ``audio=True``, audio rendered by :attr:`renderer` (the neural vocoder when one is loaded, else
         Griffin-Lim) in blocks of ``min_frames`` frames with ``margin_frames`` of context and crossfade
         on each side (:class:`~transcoder.audio.render.ChunkedRenderer`, approximate). ``bits``: bits per
-        token of the rows pushed (default: the model's). Needs a causal model."""
+        token of the rows pushed (default: the model's). Needs a causal model and the PyTorch backend."""
+        self._check_streaming()
         bits = self.check_bits(bits)
         renderer = ChunkedRenderer(self.renderer, min_frames, margin=margin_frames, seed=seed) if audio else None
         return StreamDecoder(self.model, renderer, bits=bits)
 
+    def _check_streaming(self) -> None:
+        if self.backend != "torch":
+            raise ValueError(f"streaming runs the PyTorch model; this tokenizer runs backend={self.backend!r} "
+                             "(load it with backend='torch')")
+
     def __repr__(self) -> str:
         return (f"AudioTokenizer(sample_rate={self.sample_rate}, window={self.window_frames} frames, "
                 f"patch={self.patch_size}, bits={self.bits_per_token}, {self.tokens_per_second:g} tokens/s, "
-                f"{self.bitrate:g} bit/s, device={self.device})")
+                f"{self.bitrate:g} bit/s, device={self.device}"
+                + (f", backend={self.backend})" if self.backend != "torch" else ")"))
 
 
 def _default_device() -> torch.device:
@@ -657,30 +675,72 @@ def load_tokenizer(
     vocoder: str | Path | NeuralVocoder | None = None,
     trust_config: bool = False,
     allow_nonfinite: bool = False,
+    backend: str = "torch",
 ) -> AudioTokenizer:
-    """Load a trainer checkpoint as an :class:`AudioTokenizer` (model in eval mode on ``device``,
-    CUDA when available by default), with the front end built from the checkpoint's mel settings.
+    """Load a trainer checkpoint, a release folder or a Hugging Face Hub name as an :class:`AudioTokenizer`
+    (model in eval mode on ``device``, CUDA when available by default), with the front end built from its mel
+    settings.
 
-    ``use_ema`` picks the EMA weights when the checkpoint has them (the raw weights otherwise;
-    ``tokenizer.weights`` says which were loaded). ``vocoder``: a vocoder checkpoint (written by
-    ``scripts/train_vocoder.py``; its EMA weights when present) or a loaded
-    :class:`~transcoder.audio.neural_vocoder.NeuralVocoder` renders waveforms instead of Griffin-Lim
-    (:func:`~transcoder.audio.render.build_renderer`); ``ValueError`` naming the settings if its mel
-    settings differ from the tokenizer's.
-
-    A checkpoint is data: the config stored in it (and in a vocoder checkpoint) may name only the
-    project's own classes, checked before anything is imported, so loading a shared checkpoint runs no
-    code. ``trust_config=True`` lifts that for a checkpoint of your own extension classes. Weights must be
-    finite and of the model's dtype; ``allow_nonfinite=True`` loads NaN / Inf weights with a warning
-    (encoding still refuses non-finite activations).
+    ``checkpoint``: a checkpoint file (``best.pt``); a release folder (``scripts/export_tokenizer.py``: JSON and
+    safetensors, nothing unpickled; its model is built by the same function as a checkpoint's); or a name
+    ``org/model`` fetched by ``huggingface_hub`` when it is installed (its cache first; ``HF_HUB_OFFLINE=1``:
+    the cache only). ``use_ema`` picks the EMA weights when the checkpoint has them (the raw weights otherwise;
+    ``tokenizer.weights`` says which were loaded); a release folder holds one set, chosen when it was exported.
+    ``vocoder``: a vocoder checkpoint (written by ``scripts/train_vocoder.py``; its EMA weights when present)
+    or a loaded :class:`~transcoder.audio.neural_vocoder.NeuralVocoder` renders waveforms instead of
+    Griffin-Lim (:func:`~transcoder.audio.render.build_renderer`); ``ValueError`` naming the settings if its mel
+    settings differ from the tokenizer's. A release folder's own vocoder is used when none is given.
+    ``backend="onnx"`` runs a release folder's ``encoder.onnx`` / ``decoder.onnx`` with ONNX Runtime on the CPU
+    (:class:`~transcoder.release.onnx_backend.OnnxTokenizerModel`, as many threads as torch uses).
 
     Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: one line naming the file and the key, parameter or value that is refused.
+        ValueError: an unknown ``backend``, or ``"onnx"`` for a checkpoint file or on a GPU.
+        FileNotFoundError / CheckpointError: a missing or unusable checkpoint, folder file or Hub name.
+        ModuleNotFoundError: a Hub name without ``huggingface_hub``, or ``"onnx"`` without ``onnxruntime``.
+
+    A checkpoint or a release folder is data: the config stored in it (and in a vocoder checkpoint) may name only
+    the project's own classes, checked before anything is imported, so loading a shared tokenizer runs no code.
+    ``trust_config=True`` lifts that for a checkpoint of your own extension classes. Weights must be finite and of
+    the model's dtype; ``allow_nonfinite=True`` loads NaN / Inf weights with a warning (encoding still refuses
+    non-finite activations).
     """
-    model, mel_config, state = load_model_from_checkpoint(checkpoint, use_ema=use_ema, trust_config=trust_config,
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {list(BACKENDS)}")
+    source = resolve_source(checkpoint)
+    if source.is_dir():
+        return _load_release(source, device, batch_size, vocoder_kwargs, vocoder, backend, trust_config,
+                             allow_nonfinite)
+    if backend != "torch":
+        raise ValueError(f"backend={backend!r} runs a release folder's ONNX graphs; {source} is a checkpoint file "
+                         "(export it with scripts/export_tokenizer.py --onnx)")
+    model, mel_config, state = load_model_from_checkpoint(source, use_ema=use_ema, trust_config=trust_config,
                                                           allow_nonfinite=allow_nonfinite)
     return AudioTokenizer(model, mel_config, device=device, batch_size=batch_size,
-                          vocoder_kwargs=vocoder_kwargs, checkpoint_path=checkpoint, weights=state["weights"],
+                          vocoder_kwargs=vocoder_kwargs, checkpoint_path=source, weights=state["weights"],
                           checkpoint_config=state["config"], checkpoint_step=state.get("step"),
                           neural_vocoder=vocoder, trust_config=trust_config)
+
+
+def _load_release(folder: Path, device: str | torch.device | None, batch_size: int,
+                  vocoder_kwargs: dict[str, Any] | None, vocoder: str | Path | NeuralVocoder | None,
+                  backend: str, trust_config: bool = False, allow_nonfinite: bool = False) -> AudioTokenizer:
+    """:func:`load_tokenizer` of a release folder (:mod:`transcoder.release.folder`)."""
+    if backend == "onnx":
+        from transcoder.release.onnx_backend import OnnxTokenizerModel
+
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"backend='onnx' runs on the CPU; got device={device!r}")
+        device = "cpu"
+        config = read_release_config(folder)
+        model: nn.Module = OnnxTokenizerModel(folder, config, threads=torch.get_num_threads())
+        mel_config = MelConfig.from_dict(config["mel"])
+    else:
+        model, mel_config, config = load_release_model(folder, trust_config, allow_nonfinite)
+    if vocoder is None:
+        vocoder = load_release_vocoder(folder, device=device if device is not None else _default_device(),
+                                       trust_config=trust_config)
+    return AudioTokenizer(model, mel_config, device=device, batch_size=batch_size, vocoder_kwargs=vocoder_kwargs,
+                          checkpoint_path=folder / MODEL_FILE, weights=config["weights"],
+                          checkpoint_config=config.get("training_config") or {},
+                          checkpoint_step=(config.get("source") or {}).get("step"), neural_vocoder=vocoder,
+                          backend=backend, trust_config=trust_config)

@@ -93,7 +93,7 @@ def build_checkpoint_spec(spec: dict[str, Any], where: str | Path, key: str, tru
 
 def load_checkpoint_model(
     checkpoint: str | Path | dict[str, Any], use_ema: bool = True, trust_config: bool = False,
-    allow_nonfinite: bool = False,
+    allow_nonfinite: bool = False, where: str | Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the tokenizer model of a checkpoint and load its weights (EMA weights if asked and present).
 
@@ -102,7 +102,8 @@ def load_checkpoint_model(
     DDP / ``torch.compile`` prefixes and no ``AveragedModel`` bookkeeping; weights must fit exactly.
 
     Returns ``(model on CPU in eval mode, checkpoint dict)``; ``state["weights"]`` is set to ``"ema"`` or
-    ``"model"`` (which weights were loaded); :func:`checkpoint_mel_settings` gives its front end.
+    ``"model"`` (which weights were loaded); :func:`checkpoint_mel_settings` gives its front end. ``where``
+    names a checkpoint given as a dict in error messages (a release folder's weights file, for instance).
 
     The config stored in the checkpoint may name only the project's own classes (the model and its nested
     quantizer) unless ``trust_config`` (:func:`build_checkpoint_spec`): a shared checkpoint runs no code.
@@ -113,7 +114,7 @@ def load_checkpoint_model(
         FileNotFoundError: no such file.
         CheckpointError: unreadable, unsafe (pickled objects), or weights / config that do not fit.
     """
-    path = Path(checkpoint) if not isinstance(checkpoint, dict) else Path("<dict>")
+    path = Path(checkpoint) if not isinstance(checkpoint, dict) else Path(where or "<dict>")
     state = dict(checkpoint) if isinstance(checkpoint, dict) else load_checkpoint(path)
     config = state.get("config")
     model_spec = config.get("model") if isinstance(config, dict) else None
