@@ -153,9 +153,18 @@ _SIDE_NAMES = {"recon": "tokenizer + Griffin-Lim", "ceiling": "Griffin-Lim ceili
                "vocoder_recon": "tokenizer + neural vocoder", "vocoder_ceiling": "neural vocoder ceiling (true mel)"}
 
 
+#: The dWER / WER cell of a row whose sources the recogniser does not understand
+#: (:mod:`transcoder.evaluation.asr_guard`).
+UNRELIABLE = "unreliable"
+
+
 def _perceptual_cells(scores: dict[str, Any] | None) -> list[Any]:
+    """DNSMOS SIG / BAK / OVRL / P.808, dWER, WER of one row (``"unreliable"`` for dWER / WER when no source
+    of the row is one the recogniser understands)."""
     scores = scores or {}
     dnsmos = scores.get("dnsmos") or {}
+    if scores.get("dwer_unreliable"):
+        return [*(dnsmos.get(k) for k in ("sig", "bak", "ovrl", "p808")), UNRELIABLE, UNRELIABLE]
     return [*(dnsmos.get(k) for k in ("sig", "bak", "ovrl", "p808")), (scores.get("dwer") or {}).get("wer"),
             (scores.get("wer") or {}).get("wer")]
 
