@@ -49,6 +49,7 @@ from typing import Any
 
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
+from transcoder.evaluation.asr_guard import parse_languages
 from transcoder.evaluation.evaluate import (
     bits_row,
     dataset_spec,
@@ -59,6 +60,7 @@ from transcoder.evaluation.evaluate import (
     write_metrics_json,
 )
 from transcoder.evaluation.perceptual import require_eval_extra
+from transcoder.utils.messages import install_console_warnings
 
 __all__ = ["evaluate", "format_table", "main", "parse_args"]
 
@@ -94,27 +96,31 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         from transcoder.evaluation.anchors import evaluate_anchors
         from transcoder.evaluation.perceptual import PerceptualScorer
 
-        scorer = PerceptualScorer(tok.sample_rate, language=args.language) if args.perceptual else None
+        scorer = (PerceptualScorer(tok.sample_rate, language=args.language, show_progress=not args.quiet)
+                  if args.perceptual else None)
         anchors = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.rates_at(bits).bits_per_second,
                                    batch_size=args.batch_size,
                                    max_batches=args.max_batches, seed=args.seed, perceptual=scorer,
-                                   examples=args.report_examples if args.report else 0)
+                                   examples=args.report_examples if args.report else 0, quiet=args.quiet)
         examples = anchors.pop("examples")
         results["anchors"] = anchors
         write_metrics_json(Path(args.output) / "metrics.json", results)
         if args.report:
-            write_listening_page(tok, results, anchors, examples, args, bits)
+            write_listening_page(tok, results, anchors, examples, args, bits, getattr(dataset, "root", None))
     return results
 
 
 def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, Any],
                          anchor_examples: list[dict[str, Any]], args: argparse.Namespace,
-                         bits: int | None = None) -> Path:
-    """``--output/report.html`` for the first ``--report-examples`` windows (the anchors' examples)."""
+                         bits: int | None = None, root: str | None = None) -> Path:
+    """``--output/report.html`` for ``--report-examples`` windows spread over sources (the anchors' examples),
+    each titled with its path under ``root`` and its source."""
     import torch
 
     from transcoder.evaluation.evaluate import reconstruct, render_pair
     from transcoder.evaluation.report_html import QUALITY_COLUMNS, ReportExample, quality_table, write_report
+    from transcoder.evaluation.subset import sources_line
+    from transcoder.utils.progress import progress
 
     def mel_db(audio: Any) -> Any:
         with torch.inference_mode():
@@ -122,7 +128,7 @@ def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, A
             return tok.frontend.model_to_db(tok.frontend(wave))[0].cpu().numpy()
 
     examples = []
-    for example in anchor_examples:
+    for example in progress(anchor_examples, desc="report: tokenizer examples", unit="example", disable=args.quiet):
         wave = torch.as_tensor(example["original"], dtype=torch.float32, device=tok.device)[None]
         n_valid = wave.shape[-1]
         padded = torch.nn.functional.pad(wave, (0, tok.window_samples - n_valid))
@@ -139,18 +145,20 @@ def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, A
             renderings["tokenizer + neural vocoder"] = vocoded[0, :n_valid].cpu().numpy()
         renderings.update({k: v for k, v in example["audio"].items() if k != "griffin-lim ceiling"})
         frames = -(-n_valid // tok.hop_length)
-        examples.append(ReportExample(f"{Path(example['path']).name} @ {example['offset'] / tok.sample_rate:.2f} s",
+        where = os.path.relpath(example["path"], root) if root else example["path"]
+        examples.append(ReportExample(f"{where} @ {example['offset'] / tok.sample_rate:.2f} s "
+                                      f"(source {example.get('source', 'all')})",
                                       renderings, {"tokenizer + Griffin-Lim":
                                                    tok.frontend.model_to_db(recon)[0, :frames].cpu().numpy()}))
     notes = list(anchors["notes"])
     if "perceptual" in results:
         notes += sorted({p["note"] for p in results["perceptual"].values() if "note" in p})
     meta = (f"{results['checkpoint']} (step {results['step']}, {results['weights']} weights); "
-            f"{results['windows']} windows from {results['files']} files; spectrogram image of the tokenizer row: "
+            f"{sources_line(results['subset'])}; {results['files']} files; spectrogram image of the tokenizer row: "
             "its decoded mel")
     return write_report(Path(args.output) / "report.html", title="Audio tokenizer evaluation",
                         table_columns=QUALITY_COLUMNS, table_rows=quality_table(results, anchors), examples=examples,
-                        sample_rate=tok.sample_rate, mel_fn=mel_db, notes=notes, meta=meta)
+                        sample_rate=tok.sample_rate, mel_fn=mel_db, notes=notes, meta=meta, quiet=args.quiet)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,8 +172,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="which data.<split> spec of the config to use (default: val)")
     parser.add_argument("--output", required=True, help="output folder (metrics.json, examples/)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
-    parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
-    parser.add_argument("--num-audio", type=int, default=4, help="windows saved as PNG + WAV")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="score max-batches x batch-size windows, spread over sources (top-level folders or "
+                             "speakers) and files, seeded by --seed (default: every window)")
+    parser.add_argument("--num-audio", type=int, default=4,
+                        help="windows saved as PNG + WAV, spread over sources and files")
     parser.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
                         help="use the EMA weights when the checkpoint has them (default: yes)")
     parser.add_argument("--audio-metrics", action=argparse.BooleanOptionalAction, default=True,
@@ -183,11 +194,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--perceptual", action="store_true",
                         help="DNSMOS and (with --language en) dWER / WER of every rendering (needs the 'eval' extra)")
-    parser.add_argument("--language", default=None, help="language of the data ('en' enables dWER / WER)")
+    parser.add_argument("--language", default=None,
+                        help="language of the data: 'en' (enables dWER / WER), or per source (top-level folder or "
+                             "'speaker N'): 'fr_voice=fr,en_voice=en' ('en,fr_voice=fr': en unless named)")
     parser.add_argument("--anchors", action="store_true",
                         help="also score the trivial codec at the same bitrate, Opus and Codec 2 on the same windows")
     parser.add_argument("--report", action="store_true", help="write report.html (listening page, implies --anchors)")
-    parser.add_argument("--report-examples", type=int, default=3, help="example windows on the report page")
+    parser.add_argument("--report-examples", type=int, default=3,
+                        help="example windows on the report page, spread over sources and files")
     parser.add_argument("--bits", type=parse_bits, default=None, metavar="K[,K...]",
                         help="score codes of their first K bits (a model trained with model.params.nested_bits); "
                              "several widths (9,12,15,18) are scored one after the other, one row each "
@@ -204,10 +218,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num-audio must be >= 0")
     if args.perceptual and not args.audio_metrics:
         parser.error("--perceptual scores the rendered audio: drop --no-audio-metrics")
+    try:
+        parse_languages(args.language)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_console_warnings()
     args = parse_args(argv)
     try:
         if args.perceptual:

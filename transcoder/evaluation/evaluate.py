@@ -53,7 +53,13 @@ from transcoder.data import collate_audio
 from transcoder.evaluation.metrics import mel_l1, si_snr, spectrogram_mae_db, spectrogram_mse_db, speech_quality
 from transcoder.evaluation.protocol import EvaluatedTokenizer
 from transcoder.evaluation.reconstruction import ReconstructionMetrics
-from transcoder.evaluation.subset import file_sources, incomplete_files, representative_windows, window_files
+from transcoder.evaluation.subset import (
+    file_sources,
+    incomplete_files,
+    representative_windows,
+    sources_line,
+    window_files,
+)
 from transcoder.utils.config_files import read_config_file
 from transcoder.utils.progress import progress
 from transcoder.utils.rates import token_rates
@@ -333,13 +339,15 @@ def evaluate_tokenizer(
                 if num_audio else set())
     bar = progress(desc="tokenizer" + (" + renderings" if audio_metrics else ""), total=len(subset.indices),
                    disable=quiet)
+    done = 0  # windows of the batches before this one (the bar advances once a batch is scored)
     try:
         for batch in loader:
+            bar.update(done)
+            done = len(batch["path"])
             skipped.extend(batch["skipped"])
             # Windows that failed to decode (num_valid == 0) are zeros: keep them out of every metric.
             indices = subset.indices[next_position:next_position + len(batch["path"])]
             next_position += len(batch["path"])
-            bar.update(len(indices))
             keep = [b for b, n in enumerate(batch["num_valid"].tolist()) if n > 0]
             skipped_windows += [{"index": indices[b], "path": batch["path"][b], "offset": int(batch["offset"][b])}
                                 for b in sorted(set(range(len(indices))) - set(keep))]
@@ -420,6 +428,7 @@ def evaluate_tokenizer(
                 for metric, value in (("pesq", pesq_value), ("stoi", stoi_value)):
                     audio[f"{sides[side]}_{metric}"].add(value)
                     clip[_clip_key(sides[side], metric)] = value
+        bar.update(done)
     finally:
         bar.close()
         if pool is not None:
@@ -518,6 +527,7 @@ def format_table(results: dict[str, Any]) -> str:
         f"data        {results['windows']} windows from {results['files']} files, "
         f"{results['audio_seconds']:.1f} s of audio; skipped: {len(results['skipped_files'])} files, "
         f"{results['num_skipped_windows']} windows that failed to decode",
+        *([f"sources     {sources_line(results['subset'])}"] if "subset" in results else []),
         f"rate        {r['tokens_per_second']:g} tokens/s x {r['bits_per_token']} bits = {r['bitrate']:g} bit/s",
         "",
         f"{'spectrogram':<28}{'value':>14}",
