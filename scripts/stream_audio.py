@@ -28,6 +28,7 @@ from transcoder.audio.mel import MelConfig
 from transcoder.models.build import build_model
 from transcoder.streaming import algorithmic_latency, causal_mel, encode_offline, late_chunks_line, pad_to_rows
 from transcoder.training.config import load_config
+from transcoder.utils.messages import install_console_warnings
 
 DEFAULT_FILE = "data/librivox-mini/LibriSpeech/dev-clean/9001/1/9001-1-0001.flac"
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    install_console_warnings()
     torch.set_num_threads(args.threads)
 
     tok = _tokenizer(args)
