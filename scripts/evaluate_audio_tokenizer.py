@@ -21,9 +21,11 @@ and listed under ``skipped_windows``; files whose header is unreadable are liste
 
 ``--perceptual`` (the ``eval`` extra: ``pip install -e ".[eval]"``) adds DNSMOS (SIG / BAK / OVRL / P.808) of
 the original and every rendering and, with ``--language en``, dWER (PocketSphinx on the decoded vs the
-original audio) and, for LibriSpeech-layout data with transcripts, WER. ``--anchors`` scores the trivial
-pooled-mel codec at the same bitrate, Opus and Codec 2 (when installed) on the same windows, as rows of the
-same table. ``--report`` writes ``report.html``: a self-contained listening page (players and spectrograms
+original audio) and, for LibriSpeech-layout data with transcripts, WER. ``--language`` may name sources
+(``fr_voice=fr,en_voice=en``); a source that is not English, or whose Griffin-Lim ceiling scores a dWER above 0.40
+(the recogniser does not understand it), is left out of dWER / WER and marked unreliable, with one warning.
+``--anchors`` scores the trivial pooled-mel codec at the same bitrate, Opus and Codec 2 (when installed) on the
+same windows, as rows of the same table. ``--report`` writes ``report.html``: a self-contained listening page (players and spectrograms
 of the original, every rendering and the anchors for ``--report-examples`` windows, and the metrics table).
 
 ``--bits K`` scores codes of their first ``K`` bits (a model trained with ``model.params.nested_bits``);
@@ -36,7 +38,12 @@ this script parses the flags, loads the checkpoint and the dataset and prints th
 metrics.json is strict JSON: NaN scores (e.g. PESQ of a silent window) are written as null.
 
 Runs in ONE process (GPU when present); it does not use torchrun/DDP. Writes ``metrics.json``,
-spectrogram PNGs and WAVs for the first ``--num-audio`` windows into ``--output``, and prints a table.
+spectrogram PNGs and WAVs for ``--num-audio`` windows into ``--output``, and prints a table.
+
+``--max-batches N`` scores ``N x --batch-size`` windows spread round-robin over the sources (top-level folders, or
+speakers) and their files, seeded by ``--seed``; ``--num-audio`` and ``--report-examples`` windows are spread the
+same way. The table's ``sources`` line and ``metrics.json`` (``subset``) name the sources and windows per source.
+Every phase (scoring, DNSMOS, recognition, each anchor, the report) shows a progress bar with an ETA.
 """
 
 from __future__ import annotations

@@ -49,6 +49,8 @@ def test_warnings_print_one_line_without_source_and_each_once(monkeypatch: pytes
     assert format_warning("x", RuntimeWarning) == "warning: RuntimeWarning: x\n"
     assert warn_once("dWER unreliable for source a") and not warn_once("dWER unreliable for source a")
     assert capsys.readouterr().err == "warning: dWER unreliable for source a\n"
+    assert warn_once("finding x: 0.51", key="x") and not warn_once("finding x: 0.52", key="x")
+    assert capsys.readouterr().err == "warning: finding x: 0.51\n"
 
 
 # -- streaming ---------------------------------------------------------------------------------------------

@@ -280,18 +280,23 @@ def evaluate_tokenizer(
         renderer: scored beside Griffin-Lim (sides ``vocoder_recon`` / ``vocoder_ceiling``) unless it is
             ``tok.griffin_lim``; default ``tok.renderer``.
         batch_size, num_workers: DataLoader settings.
-        max_batches: stop after this many batches.
-        num_audio: windows saved as PNG + WAV under ``output_dir/examples`` (needs ``output_dir``).
+        max_batches: score ``max_batches * batch_size`` windows spread over sources and files, seeded by ``seed``
+            (:func:`~transcoder.evaluation.subset.representative_windows`; ``results["subset"]`` names them);
+            ``None``: every window.
+        num_audio: windows (spread the same way among the scored ones) saved as PNG + WAV under
+            ``output_dir/examples`` (needs ``output_dir``).
         audio_metrics: Griffin-Lim renderings and PESQ / STOI / SI-SNR.
         seed: Griffin-Lim phase seed of window 0 (window ``i`` uses ``seed + i``).
         metric_workers: processes computing PESQ / STOI (1 = in this process).
         output_dir: where ``metrics.json`` and ``examples/`` go; ``None`` writes nothing.
         dataset_spec: recorded under ``"dataset"`` in the results.
-        quiet: no progress bar.
+        quiet: no progress bars (the scoring pass, and with ``perceptual`` DNSMOS and recognition).
         perceptual: also DNSMOS and (English only) dWER / WER of every rendering, per file (needs the
             ``eval`` extra and ``audio_metrics``; :class:`~transcoder.evaluation.perceptual.MissingExtraError`
             without the extra).
-        language: the material's language (``"en"`` enables dWER / WER).
+        language: the material's language: ``"en"`` enables dWER / WER; per source ``"fr_voice=fr,en_voice=en"``
+            (:mod:`transcoder.evaluation.asr_guard`: sources the recogniser does not understand are left out of
+            dWER / WER and listed in ``results["asr_reliability"]``).
         bits: score codes of their first ``bits`` bits (a model trained with ``model.params.nested_bits``;
             default: the model's full width). The rates, code usage and entropy are those of ``bits``-bit
             codes (``quant_loss`` is the quantizer's, at full width).

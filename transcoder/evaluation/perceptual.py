@@ -301,8 +301,9 @@ class PerceptualScorer:
         self.reliability = self._judge_sources(text)
         reliable = {name for name, info in self.reliability.items() if info["reliable"]}
         note = reliability_note(self.reliability)
-        if note and self.asr_enabled:
-            warn_once(note)
+        if note and self.asr_enabled:  # once, though the tokenizer's and the anchors' scorers both find it
+            unreliable = sorted(name for name, info in self.reliability.items() if not info["reliable"])
+            warn_once(note, key="dWER unreliable: " + "\0".join(unreliable))
         results: dict[str, Any] = {}
         for rendering in self._order:
             files = self._files[rendering]

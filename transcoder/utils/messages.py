@@ -45,11 +45,14 @@ def install_console_warnings() -> None:
     warnings.formatwarning = format_warning  # type: ignore[assignment]
 
 
-def warn_once(message: str, file: Any = None) -> bool:
-    """Print ``warning: <message>`` to stderr unless this process printed it already; whether it printed."""
+def warn_once(message: str, file: Any = None, key: str | None = None) -> bool:
+    """Print ``warning: <message>`` to stderr unless this process printed it (or another message with the same
+    ``key``, e.g. the same finding with other figures) already; whether it printed."""
     text = f"warning: {message.strip()}\n"
-    if text in _SEEN:
+    if text in _SEEN or (key is not None and key in _SEEN):
         return False
     _SEEN.add(text)
+    if key is not None:
+        _SEEN.add(key)
     tqdm.write(text.rstrip("\n"), file=file or sys.stderr)
     return True
