@@ -485,6 +485,7 @@ def evaluate_tokenizer(
         # A limited subset may score only some windows of a file: kept out of the reference WER.
         results["perceptual"] = scorer.compute(incomplete_files(dataset, subset.indices))
         results["asr_reliability"] = scorer.reliability
+        results["elapsed_seconds"] = time.perf_counter() - started  # the perceptual scoring included
     if out_dir is not None:
         write_metrics_json(out_dir / "metrics.json", results)
     return results
