@@ -25,8 +25,9 @@ original audio) and, for LibriSpeech-layout data with transcripts, WER. ``--lang
 (``fr_voice=fr,en_voice=en``); a source that is not English, or whose Griffin-Lim ceiling scores a dWER above 0.40
 (the recogniser does not understand it), is left out of dWER / WER and marked unreliable, with one warning.
 ``--anchors`` scores the trivial pooled-mel codec at the same bitrate, Opus and Codec 2 (when installed) on the
-same windows, as rows of the same table. ``--report`` writes ``report.html``: a self-contained listening page (players and spectrograms
-of the original, every rendering and the anchors for ``--report-examples`` windows, and the metrics table).
+same windows, as rows of the same table. ``--report`` writes ``report.html``: a self-contained listening page
+(players with the clip's duration and spectrograms with dB colour bars of the original, every rendering and the
+anchors for ``--report-examples`` windows spread over sources, and the metrics table).
 
 ``--bits K`` scores codes of their first ``K`` bits (a model trained with ``model.params.nested_bits``);
 a list ``--bits 9,12,15,18`` scores every width of the one model, each into ``--output/bits-K/`` (its
