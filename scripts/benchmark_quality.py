@@ -10,7 +10,9 @@ from scratch in one process with the one trainer, then evaluated with the librar
 :func:`transcoder.evaluation.evaluate.evaluate_tokenizer` on the ``--val`` folder: log-mel MAE / MSE in dB
 (full band, valid frames) and the distinct codes and entropy of the actual indices over every window; the
 patch-boundary seam ratios (frequency / time; 1.0 = no seams, :mod:`transcoder.evaluation.seams`); PESQ-WB
-and STOI through Griffin-Lim (or ``--vocoder CKPT``) on the first ``--audio-batches`` batches. With EMA
+and STOI through Griffin-Lim (or ``--vocoder CKPT``) on ``--audio-batches`` x ``--eval-batch-size`` windows spread
+over the sources (top-level folders or speakers) and files (:mod:`transcoder.evaluation.subset`; the console and
+each row's ``audio_subset`` name the sources and windows per source). With EMA
 weights in the checkpoint both the raw and the EMA weights are scored (one row each). Prints one table row
 per (variant, weights) and writes ``results.json`` and ``results.md`` into ``--output``; each variant's run
 folder (config, log, checkpoint, example PNG/WAVs) is ``--output/NAME``.
@@ -75,9 +77,12 @@ from transcoder.evaluation.evaluate import (
 )
 from transcoder.evaluation.perceptual import MissingExtraError, PerceptualScorer, require_eval_extra
 from transcoder.evaluation.seams import seam_scores
+from transcoder.evaluation.subset import representative_windows, sources_line
 from transcoder.training.config import load_config
 from transcoder.training.trainer import Trainer
 from transcoder.utils.distributed import init_distributed
+from transcoder.utils.messages import install_console_warnings
+from transcoder.utils.progress import progress
 from transcoder.utils.targets import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,13 +234,14 @@ def dataset_spec_for(root: str) -> dict[str, Any]:
 def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bool, out_dir: Path,
           language: str | None = None, bits: int | None = None) -> dict[str, Any]:
     """Evaluate one set of weights: spectrogram and code metrics on every val window, audio metrics (and with
-    ``--perceptual`` DNSMOS / dWER) on the first ``args.audio_batches`` batches; ``bits``: at that width (a
+    ``--perceptual`` DNSMOS / dWER) on ``args.audio_batches`` batches' worth of windows spread over sources;
+    ``bits``: at that width (a
     nested-bits model; default: full width)."""
     tok = load_scored_tokenizer(checkpoint, args.device, use_ema, args.vocoder, args.trust_config)
     spec = dataset_spec_for(val_root)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     full = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.eval_max_batches,
-                              audio_metrics=False, dataset_spec=spec, bits=bits)
+                              audio_metrics=False, dataset_spec=spec, bits=bits, quiet=False)
     result = {"weights": "ema" if use_ema else "raw", "loaded_weights": tok.weights, "windows": full["windows"],
               "bits": full["rates"]["bits_per_token"], "spectrogram": full["spectrogram"],
               "codebook": {k: full["codebook"][k] for k in ("distinct_codes", "usage", "entropy_bits", "perplexity")},
@@ -244,9 +250,14 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
     if args.audio_batches > 0:
         audio = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.audio_batches,
                                    audio_metrics=True, num_audio=args.num_audio, output_dir=out_dir,
-                                   dataset_spec=spec, perceptual=args.perceptual, language=language, bits=bits)
+                                   dataset_spec=spec, perceptual=args.perceptual, language=language, bits=bits,
+                                   quiet=False)
+        print(f"audio metrics on {sources_line(audio['subset'])}", flush=True)
         result["audio"] = audio["audio"]
         result["audio_windows"] = audio["windows"]
+        result["audio_subset"] = audio["subset"]
+        if "asr_reliability" in audio:
+            result["asr_reliability"] = audio["asr_reliability"]
         result["vocoder"] = audio["vocoder"]
         if "perceptual" in audio:
             result["perceptual"] = {k: {m: v for m, v in p.items() if m != "transcripts"}
@@ -261,10 +272,10 @@ def score_anchors(checkpoint: Path, val_root: str, args: argparse.Namespace, lan
     tok = load_scored_tokenizer(checkpoint, args.device, False, None, args.trust_config)
     spec = dataset_spec_for(val_root)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
-    scorer = PerceptualScorer(tok.sample_rate, language=language) if args.perceptual else None
+    scorer = PerceptualScorer(tok.sample_rate, language=language, show_progress=True) if args.perceptual else None
     anchors = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=args.eval_batch_size,
                                max_batches=args.eval_max_batches, audio_batches=args.audio_batches or 1,
-                               perceptual=scorer, examples=examples)
+                               perceptual=scorer, examples=examples, quiet=False)
     for row in [*anchors["rows"].values(), anchors["original"] or {}]:
         (row.get("perceptual") or {}).pop("transcripts", None)
     return anchors
@@ -486,7 +497,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--eval-batch-size", type=int, default=8, help="windows per evaluation batch")
     parser.add_argument("--eval-max-batches", type=int, default=None, help="limit the spectrogram evaluation")
-    parser.add_argument("--audio-batches", type=int, default=4, help="batches scored with PESQ / STOI (0: none)")
+    parser.add_argument("--audio-batches", type=int, default=4,
+                        help="batches' worth of windows (spread over sources and files) scored with PESQ / STOI "
+                             "(0: none)")
     parser.add_argument("--num-audio", type=int, default=2, help="example PNG + WAVs saved per weights")
     parser.add_argument("--vocoder", default=None, help="neural vocoder checkpoint for the audio metrics")
     parser.add_argument("--holdout-source", default="auto", metavar="NAME",
@@ -496,7 +509,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--english", default=None, metavar="DIR",
                         help="also score English speech no training source shares (audio folder or LibriSpeech "
                              "layout, e.g. data/librivox-mini); dWER is computed there")
-    parser.add_argument("--language", default=None, help="language of --val ('en' enables dWER on it)")
+    parser.add_argument("--language", default=None,
+                        help="language of --val: 'en' enables dWER on it; per source 'fr_voice=fr,en_voice=en'")
     parser.add_argument("--bits", type=parse_bits, default=None, metavar="K[,K...]",
                         help="score every variant at each of these widths (9,12,15,18), one row each with its "
                              "bit/s; widths below a variant's embed_dim need model.params.nested_bits")
@@ -548,7 +562,8 @@ def _mel_db_fn(tok: Any) -> Any:
 
 def report_examples(tok: Any, root: str, args: argparse.Namespace, language: str | None,
                     with_anchors: bool) -> list[Any]:
-    """The first ``--report-examples`` windows: original, tokenizer renderings and (optionally) anchors."""
+    """``--report-examples`` windows spread over sources and files (seed 0): original, tokenizer renderings and
+    (optionally) anchors, each titled with its path under ``root`` and its source."""
     from transcoder.evaluation.evaluate import render_pair
     from transcoder.evaluation.report_html import ReportExample
 
@@ -557,9 +572,12 @@ def report_examples(tok: Any, root: str, args: argparse.Namespace, language: str
     anchor_audio: list[dict[str, Any]] = []
     if with_anchors:
         anchor_audio = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=1,
-                                        max_batches=args.report_examples, examples=args.report_examples)["examples"]
+                                        max_batches=args.report_examples, examples=args.report_examples,
+                                        quiet=False)["examples"]
+    chosen = representative_windows(dataset, args.report_examples, seed=0)
+    sources = {e["index"]: e.get("source", "all") for e in anchor_audio}
     examples = []
-    for index in range(min(args.report_examples, len(dataset))):
+    for index in progress(chosen.indices, desc="report: tokenizer examples", unit="example"):
         item = dataset[index]
         n_valid = int(item["num_valid"])
         if n_valid == 0:
@@ -579,14 +597,15 @@ def report_examples(tok: Any, root: str, args: argparse.Namespace, language: str
         for example in anchor_audio:
             if example["path"] == item["path"] and example["offset"] == int(item["offset"]):
                 renderings.update({k: v for k, v in example["audio"].items() if k != "griffin-lim ceiling"})
-        title = example_title(item["path"], item.get("root"), int(item["offset"]) / tok.sample_rate)
-        examples.append(ReportExample(title,
+        title = example_title(item["path"], root, int(item["offset"]) / tok.sample_rate)
+        examples.append(ReportExample(title + (f" (source {sources[index]})" if index in sources else ""),
                                       renderings, {"tokenizer (decoded mel)": tok.frontend.model_to_db(recon)[0]
                                                    .cpu().numpy()[: -(-n_valid // tok.hop_length)]}))
     return examples
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_console_warnings()
     args = parse_args(argv)
     try:
         if args.perceptual:

@@ -21,10 +21,13 @@ and listed under ``skipped_windows``; files whose header is unreadable are liste
 
 ``--perceptual`` (the ``eval`` extra: ``pip install -e ".[eval]"``) adds DNSMOS (SIG / BAK / OVRL / P.808) of
 the original and every rendering and, with ``--language en``, dWER (PocketSphinx on the decoded vs the
-original audio) and, for LibriSpeech-layout data with transcripts, WER. ``--anchors`` scores the trivial
-pooled-mel codec at the same bitrate, Opus and Codec 2 (when installed) on the same windows, as rows of the
-same table. ``--report`` writes ``report.html``: a self-contained listening page (players and spectrograms
-of the original, every rendering and the anchors for ``--report-examples`` windows, and the metrics table).
+original audio) and, for LibriSpeech-layout data with transcripts, WER. ``--language`` may name sources
+(``fr_voice=fr,en_voice=en``); a source that is not English, or whose Griffin-Lim ceiling scores a dWER above 0.40
+(the recogniser does not understand it), is left out of dWER / WER and marked unreliable, with one warning.
+``--anchors`` scores the trivial pooled-mel codec at the same bitrate, Opus and Codec 2 (when installed) on the
+same windows, as rows of the same table. ``--report`` writes ``report.html``: a self-contained listening page
+(players with the clip's duration and spectrograms with dB colour bars of the original, every rendering and the
+anchors for ``--report-examples`` windows spread over sources, and the metrics table).
 
 ``--bits K`` scores codes of their first ``K`` bits (a model trained with ``model.params.nested_bits``);
 a list ``--bits 9,12,15,18`` scores every width of the one model, each into ``--output/bits-K/`` (its
@@ -36,7 +39,12 @@ this script parses the flags, loads the checkpoint and the dataset and prints th
 metrics.json is strict JSON: NaN scores (e.g. PESQ of a silent window) are written as null.
 
 Runs in ONE process (GPU when present); it does not use torchrun/DDP. Writes ``metrics.json``,
-spectrogram PNGs and WAVs for the first ``--num-audio`` windows into ``--output``, and prints a table.
+spectrogram PNGs and WAVs for ``--num-audio`` windows into ``--output``, and prints a table.
+
+``--max-batches N`` scores ``N x --batch-size`` windows spread round-robin over the sources (top-level folders, or
+speakers) and their files, seeded by ``--seed``; ``--num-audio`` and ``--report-examples`` windows are spread the
+same way. The table's ``sources`` line and ``metrics.json`` (``subset``) name the sources and windows per source.
+Every phase (scoring, DNSMOS, recognition, each anchor, the report) shows a progress bar with an ETA.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from typing import Any
 
 from transcoder.api import load_tokenizer
 from transcoder.data import build_dataset
+from transcoder.evaluation.asr_guard import parse_languages
 from transcoder.evaluation.evaluate import (
     bits_row,
     dataset_spec,
@@ -60,6 +69,7 @@ from transcoder.evaluation.evaluate import (
     write_metrics_json,
 )
 from transcoder.evaluation.perceptual import require_eval_extra
+from transcoder.utils.messages import install_console_warnings
 
 __all__ = ["evaluate", "format_table", "main", "parse_args"]
 
@@ -96,27 +106,31 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         from transcoder.evaluation.anchors import evaluate_anchors
         from transcoder.evaluation.perceptual import PerceptualScorer
 
-        scorer = PerceptualScorer(tok.sample_rate, language=args.language) if args.perceptual else None
+        scorer = (PerceptualScorer(tok.sample_rate, language=args.language, show_progress=not args.quiet)
+                  if args.perceptual else None)
         anchors = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.rates_at(bits).bits_per_second,
                                    batch_size=args.batch_size,
                                    max_batches=args.max_batches, seed=args.seed, perceptual=scorer,
-                                   examples=args.report_examples if args.report else 0)
+                                   examples=args.report_examples if args.report else 0, quiet=args.quiet)
         examples = anchors.pop("examples")
         results["anchors"] = anchors
         write_metrics_json(Path(args.output) / "metrics.json", results)
         if args.report:
-            write_listening_page(tok, results, anchors, examples, args, bits)
+            write_listening_page(tok, results, anchors, examples, args, bits, getattr(dataset, "root", None))
     return results
 
 
 def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, Any],
                          anchor_examples: list[dict[str, Any]], args: argparse.Namespace,
-                         bits: int | None = None) -> Path:
-    """``--output/report.html`` for the first ``--report-examples`` windows (the anchors' examples)."""
+                         bits: int | None = None, root: str | None = None) -> Path:
+    """``--output/report.html`` for ``--report-examples`` windows spread over sources (the anchors' examples),
+    each titled with its path under ``root`` and its source."""
     import torch
 
     from transcoder.evaluation.evaluate import reconstruct, render_pair
     from transcoder.evaluation.report_html import QUALITY_COLUMNS, ReportExample, quality_table, write_report
+    from transcoder.evaluation.subset import sources_line
+    from transcoder.utils.progress import progress
 
     def mel_db(audio: Any) -> Any:
         with torch.inference_mode():
@@ -124,7 +138,7 @@ def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, A
             return tok.frontend.model_to_db(tok.frontend(wave))[0].cpu().numpy()
 
     examples = []
-    for example in anchor_examples:
+    for example in progress(anchor_examples, desc="report: tokenizer examples", unit="example", disable=args.quiet):
         wave = torch.as_tensor(example["original"], dtype=torch.float32, device=tok.device)[None]
         n_valid = wave.shape[-1]
         padded = torch.nn.functional.pad(wave, (0, tok.window_samples - n_valid))
@@ -141,19 +155,19 @@ def write_listening_page(tok: Any, results: dict[str, Any], anchors: dict[str, A
             renderings["tokenizer + neural vocoder"] = vocoded[0, :n_valid].cpu().numpy()
         renderings.update({k: v for k, v in example["audio"].items() if k != "griffin-lim ceiling"})
         frames = -(-n_valid // tok.hop_length)
-        examples.append(ReportExample(example_title(example["path"], example.get("root"),
-                                                    example["offset"] / tok.sample_rate),
+        title = example_title(example["path"], root or example.get("root"), example["offset"] / tok.sample_rate)
+        examples.append(ReportExample(f"{title} (source {example.get('source', 'all')})",
                                       renderings, {"tokenizer + Griffin-Lim":
                                                    tok.frontend.model_to_db(recon)[0, :frames].cpu().numpy()}))
     notes = list(anchors["notes"])
     if "perceptual" in results:
         notes += sorted({p["note"] for p in results["perceptual"].values() if "note" in p})
     meta = (f"{results['checkpoint']} (step {results['step']}, {results['weights']} weights); "
-            f"{results['windows']} windows from {results['files']} files; spectrogram image of the tokenizer row: "
+            f"{sources_line(results['subset'])}; {results['files']} files; spectrogram image of the tokenizer row: "
             "its decoded mel")
     return write_report(Path(args.output) / "report.html", title="Audio tokenizer evaluation",
                         table_columns=QUALITY_COLUMNS, table_rows=quality_table(results, anchors), examples=examples,
-                        sample_rate=tok.sample_rate, mel_fn=mel_db, notes=notes, meta=meta)
+                        sample_rate=tok.sample_rate, mel_fn=mel_db, notes=notes, meta=meta, quiet=args.quiet)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -167,8 +181,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="which data.<split> spec of the config to use (default: val)")
     parser.add_argument("--output", required=True, help="output folder (metrics.json, examples/)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
-    parser.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
-    parser.add_argument("--num-audio", type=int, default=4, help="windows saved as PNG + WAV")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="score max-batches x batch-size windows, spread over sources (top-level folders or "
+                             "speakers) and files, seeded by --seed (default: every window)")
+    parser.add_argument("--num-audio", type=int, default=4,
+                        help="windows saved as PNG + WAV, spread over sources and files")
     parser.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
                         help="use the EMA weights when the checkpoint has them (default: yes)")
     parser.add_argument("--audio-metrics", action=argparse.BooleanOptionalAction, default=True,
@@ -189,11 +206,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--perceptual", action="store_true",
                         help="DNSMOS and (with --language en) dWER / WER of every rendering (needs the 'eval' extra)")
-    parser.add_argument("--language", default=None, help="language of the data ('en' enables dWER / WER)")
+    parser.add_argument("--language", default=None,
+                        help="language of the data: 'en' (enables dWER / WER), or per source (top-level folder or "
+                             "'speaker N'): 'fr_voice=fr,en_voice=en' ('en,fr_voice=fr': en unless named)")
     parser.add_argument("--anchors", action="store_true",
                         help="also score the trivial codec at the same bitrate, Opus and Codec 2 on the same windows")
     parser.add_argument("--report", action="store_true", help="write report.html (listening page, implies --anchors)")
-    parser.add_argument("--report-examples", type=int, default=3, help="example windows on the report page")
+    parser.add_argument("--report-examples", type=int, default=3,
+                        help="example windows on the report page, spread over sources and files")
     parser.add_argument("--bits", type=parse_bits, default=None, metavar="K[,K...]",
                         help="score codes of their first K bits (a model trained with model.params.nested_bits); "
                              "several widths (9,12,15,18) are scored one after the other, one row each "
@@ -210,10 +230,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num-audio must be >= 0")
     if args.perceptual and not args.audio_metrics:
         parser.error("--perceptual scores the rendered audio: drop --no-audio-metrics")
+    try:
+        parse_languages(args.language)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_console_warnings()
     args = parse_args(argv)
     try:
         if args.perceptual:

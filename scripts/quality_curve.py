@@ -35,6 +35,8 @@ from transcoder.data import build_dataset
 from transcoder.evaluation.anchors import evaluate_anchors
 from transcoder.evaluation.evaluate import evaluate_tokenizer, write_metrics_json
 from transcoder.evaluation.perceptual import MissingExtraError, require_eval_extra
+from transcoder.evaluation.subset import sources_line
+from transcoder.utils.messages import install_console_warnings
 
 STEP = re.compile(r"step_(\d+)\.pt$")
 
@@ -62,7 +64,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
            "mse_db": result["spectrogram"]["mse_db"], "distinct_codes": result["codebook"]["distinct_codes"],
            "entropy_bits": result["codebook"]["entropy_bits"],
            "pesq": audio.get("recon", {}).get("pesq"), "stoi": audio.get("recon", {}).get("stoi"),
-           "rendered_mel_mae_db": audio.get("recon", {}).get("mel_mae_db")}
+           "rendered_mel_mae_db": audio.get("recon", {}).get("mel_mae_db"), "subset": result.get("subset")}
     if "perceptual" in result:
         row["perceptual"] = {k: {m: v for m, v in p.items() if m != "transcripts"}
                              for k, p in result["perceptual"].items()}
@@ -78,7 +80,8 @@ def score_checkpoint(path: Path, sets: dict[str, tuple[dict[str, Any], str | Non
         dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
         result = evaluate_tokenizer(tok, dataset, batch_size=args.batch_size, max_batches=args.max_batches,
                                     audio_metrics=audio, num_audio=0, perceptual=args.perceptual and audio,
-                                    language=language, dataset_spec=spec)
+                                    language=language, dataset_spec=spec, quiet=False)
+        print(f"step {tok.checkpoint_step} ({name}): {sources_line(result['subset'])}", flush=True)
         out[name] = summarize(result)
     return out
 
@@ -92,9 +95,10 @@ def score_anchors(path: Path, sets: dict[str, tuple[dict[str, Any], str | None]]
     out = {}
     for name, (spec, language) in sets.items():
         dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
-        scorer = PerceptualScorer(tok.sample_rate, language=language) if args.perceptual else None
+        scorer = PerceptualScorer(tok.sample_rate, language=language, show_progress=True) if args.perceptual else None
         result = evaluate_anchors(dataset, tok.frontend, tok.vocoder, tok.bitrate, batch_size=args.batch_size,
-                                  max_batches=args.max_batches, perceptual=scorer)
+                                  max_batches=args.max_batches, perceptual=scorer, quiet=False)
+        print(f"anchors ({name}): {sources_line(result['subset'])}", flush=True)
         result.pop("examples")
         for row in [*result["rows"].values(), result["original"] or {}]:
             (row.get("perceptual") or {}).pop("transcripts", None)
@@ -219,6 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_console_warnings()
     args = parse_args(argv)
     try:
         if args.perceptual:

@@ -2,8 +2,9 @@
 
 Each chunk of ``--chunk-ms`` goes through the stream encoder (codes out as soon as determined), the code
 rows go straight into the stream decoder (mel out) and, with ``--audio``, into the chunked Griffin-Lim.
-Prints the algorithmic latency, the real-time factor (compute time / audio duration) of each stage and the
-worst chunk's compute time, and checks that the streamed codes equal the offline model's::
+Prints the algorithmic latency, the real-time factor (compute time / audio duration) of each stage, how many
+chunks were late (took longer to process than they last) and the worst against the chunk length, and checks
+that the streamed codes equal the offline model's::
 
     python scripts/stream_audio.py --checkpoint outputs/demo_stream/checkpoints/best.pt \\
         data/librivox-mini/LibriSpeech/dev-clean/9001/1/9001-1-0001.flac --audio --out /tmp/streamed.wav
@@ -25,8 +26,9 @@ import torch
 from transcoder.api import AudioTokenizer, load_tokenizer
 from transcoder.audio.mel import MelConfig
 from transcoder.models.build import build_model
-from transcoder.streaming import algorithmic_latency, causal_mel, encode_offline, pad_to_rows
+from transcoder.streaming import algorithmic_latency, causal_mel, encode_offline, late_chunks_line, pad_to_rows
 from transcoder.training.config import load_config
+from transcoder.utils.messages import install_console_warnings
 
 DEFAULT_FILE = "data/librivox-mini/LibriSpeech/dev-clean/9001/1/9001-1-0001.flac"
 
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="let the checkpoint's config name classes outside this project "
                              "(only for a checkpoint of your own code)")
     args = parser.parse_args(argv)
+    install_console_warnings()
     torch.set_num_threads(args.threads)
 
     try:
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     decoder = tok.stream_decoder(audio=args.audio)
     wall = {"encode": 0.0, "decode": 0.0}
     cpu = {"encode": 0.0, "decode": 0.0}
-    worst, codes, mels, audio = 0.0, [], [], []
+    per_chunk, codes, mels, audio = [], [], [], []
     for piece in [*wave.split(chunk), None]:
         start, start_cpu = time.perf_counter(), time.process_time()
         rows = encoder.push(piece) if piece is not None else encoder.finish()
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         wall["decode"] += end - mid
         cpu["encode"] += mid_cpu - start_cpu
         cpu["decode"] += end_cpu - mid_cpu
-        worst = max(worst, end - start)
+        if piece is not None:  # the final flush is not an input chunk
+            per_chunk.append(end - start)
         codes.append(rows)
         mels.extend(out.mel for out in outs)
         audio.extend(out.audio for out in outs if out.audio is not None)
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         total = spent["encode"] + spent["decode"]
         print(f"real-time factor ({name}): encode {spent['encode'] / seconds:.3f}, {label} "
               f"{spent['decode'] / seconds:.3f}, total {total / seconds:.3f} ({total:.2f} s for {seconds:.2f} s audio)")
-    print(f"worst chunk: {1000 * worst:.1f} ms wall clock for a {1000 * chunk / sr:g} ms chunk")
+    print(late_chunks_line(per_chunk, chunk / sr) + " (wall clock)")
     offline = encode_offline(tok.model, tok.frontend, wave.to(tok.device)).cpu()
     same = torch.equal(offline, codes_t)
     print(f"streamed codes equal the offline causal model's: {same}")

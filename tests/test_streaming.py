@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,5 @@ def test_stream_audio_demo_reports_latency_and_rtf(tmp_path: Path, capsys: pytes
     assert "lookahead 40 ms = 80 ms" in printed and "real-time factor (process CPU time)" in printed
     assert "offline causal model's: True" in printed and "mel frames 28" in printed
     assert sf.info(str(out)).frames == 6 * ROW + 50
+    late = re.search(r"late chunks: (none|\d+) of (\d+)", printed)  # every input chunk counted, late or not
+    assert late is not None and int(late.group(2)) == -(-(6 * ROW + 50) // round(0.015 * SR)), printed

@@ -45,7 +45,7 @@ from transcoder.models.causal import BlockState
 from transcoder.models.patching import patchify, unpatchify
 from transcoder.models.quantizer.nested import truncate_indices
 
-__all__ = ["causal_mel", "pad_to_rows", "encode_offline", "decode_offline", "algorithmic_latency",
+__all__ = ["causal_mel", "pad_to_rows", "encode_offline", "decode_offline", "algorithmic_latency", "late_chunks_line",
            "CausalFrontendStream", "StreamEncoder", "StreamDecoder", "DecodedChunk"]
 
 
@@ -315,3 +315,28 @@ class StreamDecoder:
 
     def state_elements(self) -> int:
         return self.decoder.state_elements() + (self.renderer.state_elements() if self.renderer else 0)
+
+
+def late_chunks_line(chunk_seconds: list[float], chunk_length: float) -> str:
+    """The streaming summary's timing line: how many chunks took longer to process than they last (each was
+    late: the next chunk arrived before it was done) and the worst, against the chunk length.
+
+    Args:
+        chunk_seconds: wall-clock processing time of each input chunk (the final flush excluded).
+        chunk_length: the chunk's duration in seconds.
+
+    Returns:
+        e.g. ``"late chunks: 3 of 250 took longer than their 20 ms (worst 54.8 ms, 2.7x the chunk length)"``
+        or ``"late chunks: none of 250 (worst 12.1 ms, 0.6x the 20 ms chunk length)"``.
+    """
+    if not chunk_seconds:
+        return "late chunks: no chunk was processed"
+    late = sum(seconds > chunk_length for seconds in chunk_seconds)
+    worst = max(chunk_seconds)
+    ratio = worst / chunk_length
+    length = f"{1000 * chunk_length:g} ms"
+    if late:
+        return (f"late chunks: {late} of {len(chunk_seconds)} took longer than their {length} "
+                f"(worst {1000 * worst:.1f} ms, {ratio:.1f}x the chunk length)")
+    return (f"late chunks: none of {len(chunk_seconds)} (worst {1000 * worst:.1f} ms, {ratio:.1f}x the {length} "
+            "chunk length)")

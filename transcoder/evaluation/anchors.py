@@ -38,13 +38,15 @@ import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from transcoder.audio.griffin_lim import GriffinLimVocoder
 from transcoder.audio.mel import LogMelFrontend
 from transcoder.data import collate_audio
 from transcoder.evaluation.metrics import spectrogram_mae_db, spectrogram_mse_db, speech_quality
 from transcoder.evaluation.perceptual import transcript_of
+from transcoder.evaluation.subset import file_sources, incomplete_files, representative_windows, window_files
+from transcoder.utils.progress import progress
 
 __all__ = ["PooledMelCodec", "ExternalCodec", "default_external_codecs", "evaluate_anchors"]
 
@@ -243,6 +245,7 @@ def evaluate_anchors(
     seed: int = 0,
     perceptual: Any = None,
     examples: int = 0,
+    quiet: bool = True,
 ) -> dict[str, Any]:
     """Score the anchors on the dataset's windows (see the module docstring).
 
@@ -251,13 +254,17 @@ def evaluate_anchors(
         frontend, vocoder: the tokenizer's mel frontend and Griffin-Lim renderer.
         bitrate: the tokenizer's bit/s; the trivial codec matches it exactly.
         external: waveform codecs to run (default: :func:`default_external_codecs`).
-        batch_size, max_batches: as in ``evaluate_tokenizer`` (same windows).
-        audio_batches: batches whose audio is rendered and scored (PESQ / STOI / perceptual); default all.
+        batch_size, max_batches: as in ``evaluate_tokenizer``: ``max_batches * batch_size`` windows spread over
+            sources and files with ``seed`` (the same windows).
+        audio_batches: ``audio_batches * batch_size`` of them (spread the same way) are rendered and scored
+            (PESQ / STOI / perceptual); default all.
         seed: Griffin-Lim phase seed of window 0 (window ``i`` uses ``seed + i``, as the tokenizer's).
         perceptual: a :class:`~transcoder.evaluation.perceptual.PerceptualScorer` fed every rendering
             (its ``"original"`` windows too) and computed at the end (scores under each row's
             ``"perceptual"`` and ``"original"``), or ``None``.
-        examples: the first this-many windows' renderings are returned under ``"examples"``.
+        examples: this many rendered windows, spread over sources and files
+            (:func:`~transcoder.evaluation.subset.representative_windows`), are returned under ``"examples"``.
+        quiet: no progress bars (one per phase: the trivial codec's grids, then each anchor).
 
     Returns:
         ``{"rows": {name: metrics}, "notes": [...], "original": {...} | None, "trivial": [every exact-rate
@@ -270,23 +277,34 @@ def evaluate_anchors(
     fps = frontend.config.sample_rate / frontend.hop_length
     db_min, db_max = frontend.config.db_min, frontend.config.db_max
     grids = PooledMelCodec.exact_rate_grids(bitrate, fps, n_mels, db_min, db_max)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_audio)
+    subset = representative_windows(dataset, None if max_batches is None else max_batches * batch_size, seed)
+    rendered = set(subset.indices if audio_batches is None else
+                   representative_windows(dataset, audio_batches * batch_size, seed, among=subset.indices).indices)
+    shown = set(representative_windows(dataset, examples, seed, among=sorted(rendered)).indices) if examples else set()
+    sources = file_sources(dataset)[0] if window_files(dataset) is not None else []
+    loader = DataLoader(Subset(dataset, subset.indices), batch_size=batch_size, shuffle=False, num_workers=0,
+                        collate_fn=collate_audio)
     device = next(iter(frontend.buffers())).device
     # Pass 1 (cheap, spectrogram only): every exact-rate grid on every window; the best one is rendered.
     grid_err = {g.name: (_Mean(), _Mean()) for g in grids}
-    batches = []
-    for index, batch in enumerate(loader):
-        if max_batches is not None and index >= max_batches:
-            break
+    windows: list[_Window] = []
+    position = 0
+    for batch in progress(loader, desc="anchors: trivial-codec grids", unit="batch", disable=quiet):
+        indices = subset.indices[position:position + len(batch["path"])]
+        position += len(batch["path"])
         keep = [b for b, n in enumerate(batch["num_valid"].tolist()) if n > 0]
         if not keep:
-            batches.append(None)
             continue
-        batches.append(batch)
         with torch.inference_mode():
             mel_db = frontend.model_to_db(frontend(batch["audio"][keep].to(device))).cpu()
-        for b, n_valid in zip(range(len(keep)), [int(batch["num_valid"][k]) for k in keep], strict=True):
+        for b, k in enumerate(keep):
+            n_valid = int(batch["num_valid"][k])
             frames = min(mel_db.shape[1], -(-n_valid // frontend.hop_length))
+            file_index = int(batch["file_index"][k])
+            windows.append(_Window(indices[k], batch["path"][k], int(batch["offset"][k]), n_valid, frames,
+                                   batch["audio"][k], mel_db[b:b + 1],
+                                   sources[file_index] if file_index < len(sources) else "all",
+                                   transcript_of(dataset, file_index)))
             ref = mel_db[b:b + 1, :frames]
             for grid in grids:
                 rec = grid(ref)
@@ -301,77 +319,93 @@ def evaluate_anchors(
     rates = [trivial.bitrate, None, *[float(c.bitrate) for c in external]]
     metrics = ("pesq", "stoi", "mel_mae_db", "mae_db", "mse_db")
     acc = {name: {m: _Mean() for m in metrics} for name in names}
-    kept_examples: list[dict[str, Any]] = []
-    window = 0
+    example_audio: dict[int, dict[str, np.ndarray]] = {w.index: {} for w in windows if w.index in shown}
     started = time.perf_counter()
-    for index, batch in enumerate(batches):
-        if batch is None:
-            continue
-        keep = [b for b, n in enumerate(batch["num_valid"].tolist()) if n > 0]
-        ref_audio = batch["audio"][keep]
-        valid = [int(batch["num_valid"][k]) for k in keep]
-        paths = [batch["path"][k] for k in keep]
-        offsets = [int(batch["offset"][k]) for k in keep]
-        with torch.inference_mode():
-            mel = frontend(ref_audio.to(device))
-            mel_db = frontend.model_to_db(mel)
-            trivial_db = trivial(mel_db)
-        render = audio_batches is None or index < audio_batches
-        for b, n_valid in enumerate(valid):
-            frames = min(mel.shape[1], -(-n_valid // frontend.hop_length))
-            ref_db = mel_db[b:b + 1, :frames]
-            # The window's dataset index: windows are numbered in loader order, failed ones included.
-            window_index = index * batch_size + keep[b]
-            for name, rec_db in ((names[0], trivial_db[b:b + 1, :frames]), (names[1], ref_db)):
-                acc[name]["mae_db"].add(spectrogram_mae_db(rec_db, ref_db).item(), frames)
-                acc[name]["mse_db"].add(spectrogram_mse_db(rec_db, ref_db).item(), frames)
-            if not render:
-                continue
-            ref = ref_audio[b, :n_valid]
-            outputs: dict[str, np.ndarray] = {}
-            with torch.inference_mode():
-                for name, rec_db in ((names[0], trivial_db[b:b + 1]), (names[1], mel_db[b:b + 1])):
-                    power = frontend.db_to_power(rec_db)
-                    rendered = vocoder(power, length=ref_audio.shape[-1], seed=seed + window_index)
-                    outputs[name] = rendered[0].cpu().numpy()
-            for codec in external:
-                outputs[codec.name] = codec(ref_audio[b].numpy(), frontend.config.sample_rate)
-            for name, wave in outputs.items():
-                est = torch.from_numpy(np.ascontiguousarray(wave[:n_valid]))
-                pesq_value, stoi_value = speech_quality(ref.numpy(), est.numpy(), frontend.config.sample_rate)
-                acc[name]["pesq"].add(pesq_value)
-                acc[name]["stoi"].add(stoi_value)
-                whole = n_valid // frontend.hop_length  # frames of the rendering's own analysis
-                if whole > 0:
-                    with torch.inference_mode():
-                        clip = est[: whole * frontend.hop_length].to(device)[None]
-                        rendered_db = frontend.model_to_db(frontend(clip))
-                    mae = spectrogram_mae_db(rendered_db.cpu(), ref_db[:, : rendered_db.shape[1]].cpu()).item()
-                    acc[name]["mel_mae_db"].add(mae)
-                    if name not in names[:2]:  # a waveform codec's own mel is its decoded audio's
-                        acc[name]["mae_db"].add(mae, rendered_db.shape[1])
-                        mse = spectrogram_mse_db(rendered_db.cpu(), ref_db[:, : rendered_db.shape[1]].cpu()).item()
-                        acc[name]["mse_db"].add(mse, rendered_db.shape[1])
-                if perceptual is not None:
-                    perceptual.add(name, paths[b], offsets[b], wave[:n_valid])
+    for w in windows:  # the mel anchors' own spectrogram error, on every window
+        ref_db = w.mel_db[:, :w.frames]
+        for name, rec_db in ((names[0], trivial(ref_db)), (names[1], ref_db)):
+            acc[name]["mae_db"].add(spectrogram_mae_db(rec_db, ref_db).item(), w.frames)
+            acc[name]["mse_db"].add(spectrogram_mse_db(rec_db, ref_db).item(), w.frames)
+    audio_windows = [w for w in windows if w.index in rendered]
+    if perceptual is not None:
+        if getattr(perceptual, "ceiling", None) is None:
+            perceptual.ceiling = names[1]
+        for w in audio_windows:
+            perceptual.add("original", w.path, w.offset, w.audio[:w.n_valid].numpy(), w.transcript, source=w.source)
+    for name in names:  # one anchor at a time, each with its own progress bar
+        codec = next((c for c in external if c.name == name), None)
+        for w in progress(audio_windows, desc=f"anchor {name}", disable=quiet):
+            wave = _anchor_audio(w, name, codec, trivial if name == names[0] else None, frontend, vocoder, seed)
+            _score_rendering(acc[name], w, wave, frontend, device, waveform_codec=codec is not None)
             if perceptual is not None:
-                perceptual.add("original", paths[b], offsets[b], ref.numpy(),
-                               transcript_of(dataset, int(batch["file_index"][keep[b]])))
-            if window < examples:
-                kept_examples.append({"index": window_index, "path": paths[b], "offset": offsets[b],
-                                      "original": ref.numpy(),
-                                      "audio": {name: wave[:n_valid] for name, wave in outputs.items()}})
-            window += 1
+                perceptual.add(name, w.path, w.offset, wave[:w.n_valid], source=w.source)
+            if w.index in example_audio:
+                example_audio[w.index][name] = wave[:w.n_valid]
     rows = {name: {"bitrate": rate, **{m: acc[name][m].value for m in metrics},
                    "audio_windows": len(acc[name]["pesq"].values)}
             for name, rate in zip(names, rates, strict=True)}
     original = None
-    if perceptual is not None and window:
-        scored = perceptual.compute()
+    if perceptual is not None and audio_windows:
+        scored = perceptual.compute(incomplete_files(dataset, sorted(rendered)))
         for name, scores in scored.items():
             if name in rows:
                 rows[name]["perceptual"] = scores
         original = {"perceptual": scored.get("original")}
+    kept_examples = [{"index": w.index, "path": w.path, "offset": w.offset, "source": w.source,
+                      "original": w.audio[:w.n_valid].numpy(), "audio": example_audio[w.index]}
+                     for w in windows if w.index in example_audio]
     return {"rows": rows, "notes": notes, "original": original, "trivial": trivial_grids,
-            "trivial_choice": trivial.name, "windows": len(acc[names[0]]["mae_db"].values), "audio_windows": window,
+            "trivial_choice": trivial.name, "windows": len(windows), "audio_windows": len(audio_windows),
+            "subset": subset.to_dict(), "asr_reliability": getattr(perceptual, "reliability", None) or None,
             "elapsed_seconds": time.perf_counter() - started, "examples": kept_examples}
+
+
+@dataclass
+class _Window:
+    """One evaluated window: dataset index, file, offset, valid samples / frames, audio ``(S,)``, dB mel
+    ``(1, T, F)``, source and the file's reference transcript."""
+
+    index: int
+    path: str
+    offset: int
+    n_valid: int
+    frames: int
+    audio: Tensor
+    mel_db: Tensor
+    source: str
+    transcript: str | None
+
+
+def _anchor_audio(w: _Window, name: str, codec: ExternalCodec | None, trivial: PooledMelCodec | None,
+                  frontend: LogMelFrontend, vocoder: GriffinLimVocoder, seed: int) -> np.ndarray:
+    """The anchor's decoded audio ``(S,)`` of window ``w`` (mel anchors rendered with phase seed ``seed + index``)."""
+    if codec is not None:
+        return codec(w.audio.numpy(), frontend.config.sample_rate)
+    mel_db = trivial(w.mel_db) if trivial is not None else w.mel_db
+    device = next(iter(frontend.buffers())).device
+    with torch.inference_mode():
+        power = frontend.db_to_power(mel_db.to(device))
+        return vocoder(power, length=w.audio.shape[-1], seed=seed + w.index)[0].cpu().numpy()
+
+
+def _score_rendering(acc: dict[str, _Mean], w: _Window, wave: np.ndarray, frontend: LogMelFrontend,
+                     device: torch.device, waveform_codec: bool) -> None:
+    """PESQ / STOI of ``wave`` against the window's audio and its re-analysed mel's MAE (a waveform codec's
+    own spectrogram error too)."""
+    ref = w.audio[:w.n_valid].numpy()
+    est = np.ascontiguousarray(wave[:w.n_valid])
+    pesq_value, stoi_value = speech_quality(ref, est, frontend.config.sample_rate)
+    acc["pesq"].add(pesq_value)
+    acc["stoi"].add(stoi_value)
+    whole = w.n_valid // frontend.hop_length  # frames of the rendering's own analysis
+    if whole <= 0:
+        return
+    with torch.inference_mode():
+        clip = torch.from_numpy(est[: whole * frontend.hop_length]).to(device)[None]
+        rendered_db = frontend.model_to_db(frontend(clip)).cpu()
+    ref_db = w.mel_db[:, : rendered_db.shape[1]]
+    mae = spectrogram_mae_db(rendered_db, ref_db).item()
+    acc["mel_mae_db"].add(mae)
+    if waveform_codec:  # a waveform codec's own mel is its decoded audio's
+        acc["mae_db"].add(mae, rendered_db.shape[1])
+        acc["mse_db"].add(spectrogram_mse_db(rendered_db, ref_db).item(), rendered_db.shape[1])

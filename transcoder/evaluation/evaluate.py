@@ -46,16 +46,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Subset
 
 from transcoder.audio.render import Renderer
 from transcoder.data import collate_audio
 from transcoder.evaluation.metrics import mel_l1, si_snr, spectrogram_mae_db, spectrogram_mse_db, speech_quality
 from transcoder.evaluation.protocol import EvaluatedTokenizer
 from transcoder.evaluation.reconstruction import ReconstructionMetrics
+from transcoder.evaluation.subset import (
+    file_sources,
+    incomplete_files,
+    representative_windows,
+    sources_line,
+    window_files,
+)
 from transcoder.utils.config_files import read_config_file
 from transcoder.utils.names import display_name, fit_name
+from transcoder.utils.progress import progress
 from transcoder.utils.rates import token_rates
 from transcoder.utils.targets import check_trusted_spec
 
@@ -298,18 +305,23 @@ def evaluate_tokenizer(
         renderer: scored beside Griffin-Lim (sides ``vocoder_recon`` / ``vocoder_ceiling``) unless it is
             ``tok.griffin_lim``; default ``tok.renderer``.
         batch_size, num_workers: DataLoader settings.
-        max_batches: stop after this many batches.
-        num_audio: windows saved as PNG + WAV under ``output_dir/examples`` (needs ``output_dir``).
+        max_batches: score ``max_batches * batch_size`` windows spread over sources and files, seeded by ``seed``
+            (:func:`~transcoder.evaluation.subset.representative_windows`; ``results["subset"]`` names them);
+            ``None``: every window.
+        num_audio: windows (spread the same way among the scored ones) saved as PNG + WAV under
+            ``output_dir/examples`` (needs ``output_dir``).
         audio_metrics: Griffin-Lim renderings and PESQ / STOI / SI-SNR.
         seed: Griffin-Lim phase seed of window 0 (window ``i`` uses ``seed + i``).
         metric_workers: processes computing PESQ / STOI (1 = in this process).
         output_dir: where ``metrics.json`` and ``examples/`` go; ``None`` writes nothing.
         dataset_spec: recorded under ``"dataset"`` in the results.
-        quiet: no progress bar.
+        quiet: no progress bars (the scoring pass, and with ``perceptual`` DNSMOS and recognition).
         perceptual: also DNSMOS and (English only) dWER / WER of every rendering, per file (needs the
             ``eval`` extra and ``audio_metrics``; :class:`~transcoder.evaluation.perceptual.MissingExtraError`
             without the extra).
-        language: the material's language (``"en"`` enables dWER / WER).
+        language: the material's language: ``"en"`` enables dWER / WER; per source ``"fr_voice=fr,en_voice=en"``
+            (:mod:`transcoder.evaluation.asr_guard`: sources the recogniser does not understand are left out of
+            dWER / WER and listed in ``results["asr_reliability"]``).
         bits: score codes of their first ``bits`` bits (a model trained with ``model.params.nested_bits``;
             default: the model's full width). The rates, code usage and entropy are those of ``bits``-bit
             codes (``quant_loss`` is the quantizer's, at full width).
@@ -324,14 +336,16 @@ def evaluate_tokenizer(
             raise ValueError("evaluate_tokenizer: perceptual=True needs audio_metrics=True (it scores the renderings)")
         from transcoder.evaluation.perceptual import PerceptualScorer, transcript_of
 
-        scorer = PerceptualScorer(tok.sample_rate, language=language)
+        scorer = PerceptualScorer(tok.sample_rate, language=language, ceiling="ceiling", show_progress=not quiet)
     out_dir = Path(output_dir) if output_dir is not None else None
     if out_dir is None:
         num_audio = 0
     else:
         (out_dir / "examples").mkdir(parents=True, exist_ok=True)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_audio)
+    subset = representative_windows(dataset, None if max_batches is None else max_batches * batch_size, seed)
+    sources = file_sources(dataset)[0] if window_files(dataset) is not None else []
+    loader = DataLoader(Subset(dataset, subset.indices), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_audio)
     pt = tok.patch_size[0]
     totals = ReconstructionMetrics(tok.frontend, width, pt, "cpu")
     # Sides: Griffin-Lim of the reconstruction / of the input mel (its ceiling); with another renderer also
@@ -346,26 +360,31 @@ def evaluate_tokenizer(
     skipped: list[str] = []
     skipped_windows: list[dict[str, Any]] = []
     saved = 0
-    next_index = 0  # dataset index of the batch's first window (the loader does not shuffle)
+    next_position = 0  # position in subset.indices of the batch's first window (the loader does not shuffle)
     # spawn, not fork: a forked child of a process that has run torch's OpenMP pool can hang.
     pool = (ProcessPoolExecutor(metric_workers, mp_context=multiprocessing.get_context("spawn"))
             if metric_workers > 1 and audio_metrics else None)
     started = time.perf_counter()
-    total_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-    examples = example_windows(dataset, num_audio, min(len(dataset), total_batches * batch_size))
+    examples = (set(representative_windows(dataset, num_audio, seed, among=subset.indices).indices)
+                if num_audio else set())
+    bar = progress(desc="tokenizer" + (" + renderings" if audio_metrics else ""), total=len(subset.indices),
+                   disable=quiet)
+    done = 0  # windows of the batches before this one (the bar advances once a batch is scored)
     try:
-        for batch_index, batch in enumerate(tqdm(loader, total=total_batches, unit="batch", disable=quiet)):
-            if max_batches is not None and batch_index >= max_batches:
-                break
+        for batch in loader:
+            bar.update(done)
+            done = len(batch["path"])
             skipped.extend(batch["skipped"])
             # Windows that failed to decode (num_valid == 0) are zeros: keep them out of every metric.
-            indices = range(next_index, next_index + len(batch["path"]))
-            next_index += len(batch["path"])
+            indices = subset.indices[next_position:next_position + len(batch["path"])]
+            next_position += len(batch["path"])
             keep = [b for b, n in enumerate(batch["num_valid"].tolist()) if n > 0]
             skipped_windows += [{"index": indices[b], "path": batch["path"][b], "offset": int(batch["offset"][b])}
                                 for b in sorted(set(range(len(indices))) - set(keep))]
             if not keep:
                 continue
+            file_index = [int(batch["file_index"][b]) for b in keep]
+            source = [sources[f] if f < len(sources) else "all" for f in file_index]
             window_index = [indices[b] for b in keep]
             paths = [batch["path"][b] for b in keep]
             offsets = [int(batch["offset"][b]) for b in keep]
@@ -416,10 +435,10 @@ def evaluate_tokenizer(
                             clip[_clip_key(side, "mel_mae_db")] = mae
                         jobs.append((r.numpy(), estimate.numpy()))
                         if scorer is not None:
-                            scorer.add(side, paths[b], offsets[b], estimate.numpy())
+                            scorer.add(side, paths[b], offsets[b], estimate.numpy(), source=source[b])
                     if scorer is not None:
                         scorer.add("original", paths[b], offsets[b], r.numpy(),
-                                   transcript_of(dataset, int(batch["file_index"][keep[b]])))
+                                   transcript_of(dataset, file_index[b]), source=source[b])
                 if window_index[b] in examples and out_dir is not None:
                     save_examples(out_dir / "examples", saved, tok, {
                         "path": paths[b], "offset": offsets[b], "root": getattr(dataset, "root", None),
@@ -439,7 +458,9 @@ def evaluate_tokenizer(
                 for metric, value in (("pesq", pesq_value), ("stoi", stoi_value)):
                     audio[f"{sides[side]}_{metric}"].add(value)
                     clip[_clip_key(sides[side], metric)] = value
+        bar.update(done)
     finally:
+        bar.close()
         if pool is not None:
             pool.shutdown()
 
@@ -465,6 +486,7 @@ def evaluate_tokenizer(
         "num_skipped_windows": len(skipped_windows),
         "skipped_windows": skipped_windows,
         "audio_seconds": sum(c["seconds"] for c in per_clip),
+        "subset": subset.to_dict(),
         "elapsed_seconds": time.perf_counter() - started,
         "rates": {"tokens_per_second": rates.tokens_per_second, "bits_per_token": width,
                   "bitrate": rates.bits_per_second, "model_bits": tok.bits_per_token,
@@ -485,9 +507,10 @@ def evaluate_tokenizer(
             for side in sides
         }
     if scorer is not None:
-        # Stopped by max_batches: the last file may have windows left (kept out of the reference WER).
-        truncated = max_batches is not None and max_batches < len(loader)
-        results["perceptual"] = scorer.compute({per_clip[-1]["path"]} if truncated else set())
+        # A limited subset may score only some windows of a file: kept out of the reference WER.
+        results["perceptual"] = scorer.compute(incomplete_files(dataset, subset.indices))
+        results["asr_reliability"] = scorer.reliability
+        results["elapsed_seconds"] = time.perf_counter() - started  # the perceptual scoring included
     if out_dir is not None:
         write_metrics_json(out_dir / "metrics.json", results)
     return results
@@ -535,6 +558,7 @@ def format_table(results: dict[str, Any]) -> str:
         f"data        {results['windows']} windows from {results['files']} files, "
         f"{results['audio_seconds']:.1f} s of audio; skipped: {len(results['skipped_files'])} files, "
         f"{results['num_skipped_windows']} windows that failed to decode",
+        *([f"sources     {sources_line(results['subset'])}"] if "subset" in results else []),
         f"rate        {r['tokens_per_second']:g} tokens/s x {r['bits_per_token']} bits = {r['bitrate']:g} bit/s",
         "",
         f"{'spectrogram':<28}{'value':>14}",

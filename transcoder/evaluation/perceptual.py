@@ -30,6 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from transcoder.evaluation.asr_guard import LanguagePlan, asr_reliability, parse_languages, reliability_note
+from transcoder.utils.messages import warn_once
+from transcoder.utils.progress import progress
+
 __all__ = ["EVAL_EXTRA_PACKAGES", "DNSMOS_KEYS", "MissingExtraError", "require_eval_extra", "DNSMOSScorer",
            "SpeechRecognizer", "normalize_text", "word_error_rate", "transcript_of", "PerceptualScorer"]
 
@@ -181,34 +185,51 @@ class PerceptualScorer:
 
     Args:
         sample_rate: of the audio passed to :meth:`add`.
-        language: the material's language; dWER / WER are computed only for ``"en"`` (else a note).
+        language: the material's language: ``"en"``, per source ``"fr_voice=fr,en_voice=en"``, or a
+            :class:`~transcoder.evaluation.asr_guard.LanguagePlan`. dWER / WER are computed for English sources
+            only (for none: a note).
         dnsmos: also score DNSMOS.
+        ceiling: the rendering that is the Griffin-Lim ceiling (true mel rendered); its dWER per source decides
+            whether the source's dWER / WER are reliable (:mod:`transcoder.evaluation.asr_guard`).
+        show_progress: a progress bar per phase (DNSMOS, recognition) on stderr.
 
     Use: :meth:`add` every window (``rendering="original"`` for the input audio, any other name for a
     rendering), then :meth:`compute`. The original's transcript and DNSMOS are cached per process by the
-    audio's hash, so scoring many checkpoints on the same data recognises the originals once.
+    audio's hash, so scoring many checkpoints on the same data recognises the originals once. After
+    :meth:`compute`, :attr:`reliability` holds the per-source verdict.
     """
 
-    def __init__(self, sample_rate: int, language: str | None = None, dnsmos: bool = True) -> None:
+    def __init__(self, sample_rate: int, language: str | LanguagePlan | None = None, dnsmos: bool = True,
+                 ceiling: str | None = None, show_progress: bool = False) -> None:
         require_eval_extra()
         self.sample_rate = sample_rate
-        self.language = language.lower() if language else None
+        self.languages = parse_languages(language)
+        self.language = self.languages.describe() if language else None
         self.dnsmos = dnsmos
+        self.ceiling = ceiling
+        self.show_progress = show_progress
+        self.reliability: dict[str, dict[str, Any]] = {}
         self._files: dict[str, dict[str, _FileAudio]] = defaultdict(dict)  # rendering → path → windows
         self._order: list[str] = []
+        self._source: dict[str, str] = {}  # path → source
 
     @property
     def asr_enabled(self) -> bool:
-        return self.language is not None and self.language.split("-")[0].split("_")[0] == "en"
+        """Whether any source is declared English (the recogniser runs on those only)."""
+        return self.languages.any_english
 
-    def add(self, rendering: str, path: str, offset: int, audio: np.ndarray, transcript: str | None = None) -> None:
-        """One window ``audio (S,)`` (valid samples only) of file ``path`` starting at sample ``offset``."""
+    def add(self, rendering: str, path: str, offset: int, audio: np.ndarray, transcript: str | None = None,
+            source: str | None = None) -> None:
+        """One window ``audio (S,)`` (valid samples only) of file ``path`` (of ``source``: a top-level folder or
+        speaker, default ``"all"``) starting at sample ``offset``."""
         if rendering not in self._files:
             self._order.append(rendering)
         entry = self._files[rendering].setdefault(path, _FileAudio())
         entry.windows.append((int(offset), np.asarray(audio, dtype=np.float32)))
         if transcript is not None:
             entry.transcript = transcript
+        if source is not None or path not in self._source:
+            self._source[path] = source or "all"
 
     def _cached(self, metric: str, audio: np.ndarray, fn: Any) -> Any:
         key = (metric, hashlib.sha1(audio.tobytes()).hexdigest())
@@ -216,9 +237,57 @@ class PerceptualScorer:
             _ORIGINAL_CACHE[key] = fn(audio)
         return _ORIGINAL_CACHE[key]
 
+    def _audio(self, rendering: str, path: str, originals: dict[str, np.ndarray]) -> np.ndarray:
+        return originals[path] if rendering == "original" else self._files[rendering][path].joined()
+
+    def _dnsmos_scores(self, originals: dict[str, np.ndarray]) -> dict[tuple[str, str], dict[str, float]]:
+        """``(rendering, path) → DNSMOS`` for every file of every rendering, with a progress bar."""
+        dns = _shared("dnsmos")
+        jobs = [(rendering, path) for rendering in self._order for path in self._files[rendering]]
+        out = {}
+        for rendering, path in progress(jobs, desc="DNSMOS", unit="file", disable=not self.show_progress):
+            audio = self._audio(rendering, path, originals)
+            out[rendering, path] = (self._cached("dnsmos", audio, lambda a: dns(a, self.sample_rate))
+                                    if rendering == "original" else dns(audio, self.sample_rate))
+        return out
+
+    def _transcripts(self, originals: dict[str, np.ndarray]) -> dict[tuple[str, str], str]:
+        """``(rendering, path) → recognised words`` for the files of English sources, with a progress bar."""
+        asr = _shared("asr")
+        english = {path for path in originals if self.languages.english(self._source.get(path))}
+        jobs = [("original", path) for path in sorted(english)]
+        jobs += [(rendering, path) for rendering in self._order if rendering != "original"
+                 for path in self._files[rendering] if path in english]
+        out = {}
+        for rendering, path in progress(jobs, desc="recognition", unit="file", disable=not self.show_progress):
+            audio = self._audio(rendering, path, originals)
+            out[rendering, path] = (self._cached("asr", audio, lambda a: asr.transcribe(a, self.sample_rate))
+                                    if rendering == "original" else asr.transcribe(audio, self.sample_rate))
+        return out
+
+    def _judge_sources(self, text: dict[tuple[str, str], str]) -> dict[str, dict[str, Any]]:
+        """Per source: reliable or not (declared language, words heard, the ceiling's dWER)."""
+        sources = sorted(set(self._source[p] for p in self._files["original"]))
+        words: dict[str, int] = defaultdict(int)
+        for (rendering, path), words_heard in text.items():
+            if rendering == "original":
+                words[self._source[path]] += len(words_heard.split())
+        ceiling = None
+        if self.ceiling in self._files:
+            ceiling = {}
+            for source in sources:
+                paths = sorted(p for p in self._files[self.ceiling] if self._source[p] == source
+                               and (self.ceiling, p) in text)
+                if paths:
+                    ceiling[source] = float(word_error_rate([text["original", p] for p in paths],
+                                                            [text[self.ceiling, p] for p in paths])["wer"])
+        return asr_reliability(self.languages, sources, ceiling, words)
+
     def compute(self, incomplete: set[str] | None = None) -> dict[str, Any]:
         """Per rendering: mean DNSMOS over files, dWER against the original's transcripts and, where the
-        files carry reference transcripts, WER; plus ``files`` and a ``note`` when (d)WER was skipped.
+        files carry reference transcripts, WER, both over the files of reliable sources only (see
+        :mod:`transcoder.evaluation.asr_guard`); plus ``files``, ``dwer_by_source``, ``dwer_unreliable`` (no
+        reliable source) and a ``note`` when (d)WER was skipped. One warning line names unreliable sources.
 
         Args:
             incomplete: paths whose windows were not all evaluated (left out of the reference WER only).
@@ -227,43 +296,54 @@ class PerceptualScorer:
             raise ValueError("PerceptualScorer.compute: no 'original' windows were added")
         incomplete = incomplete or set()
         originals = {path: entry.joined() for path, entry in self._files["original"].items()}
-        asr = _shared("asr") if self.asr_enabled else None
-        dns = _shared("dnsmos") if self.dnsmos else None
-        ref_text: dict[str, str] = {}
-        if asr is not None:
-            ref_text = {path: self._cached("asr", audio, lambda a: asr.transcribe(a, self.sample_rate))
-                        for path, audio in originals.items()}
+        dnsmos = self._dnsmos_scores(originals) if self.dnsmos else {}
+        text = self._transcripts(originals) if self.asr_enabled else {}
+        self.reliability = self._judge_sources(text)
+        reliable = {name for name, info in self.reliability.items() if info["reliable"]}
+        note = reliability_note(self.reliability)
+        if note and self.asr_enabled:  # once, though the tokenizer's and the anchors' scorers both find it
+            unreliable = sorted(name for name, info in self.reliability.items() if not info["reliable"])
+            warn_once(note, key="dWER unreliable: " + "\0".join(unreliable))
         results: dict[str, Any] = {}
         for rendering in self._order:
             files = self._files[rendering]
-            row: dict[str, Any] = {"files": len(files), "seconds": 0.0}
-            hypotheses: dict[str, str] = {}
-            scores: dict[str, list[float]] = {key: [] for key in DNSMOS_KEYS}
-            for path, entry in files.items():
-                audio = originals[path] if rendering == "original" else entry.joined()
-                row["seconds"] += audio.size / self.sample_rate
-                if dns is not None:
-                    clip = (self._cached("dnsmos", audio, lambda a: dns(a, self.sample_rate))
-                            if rendering == "original" else dns(audio, self.sample_rate))
-                    for key in DNSMOS_KEYS:
-                        if math.isfinite(clip[key]):
-                            scores[key].append(clip[key])
-                if asr is not None:
-                    hypotheses[path] = (ref_text[path] if rendering == "original"
-                                        else asr.transcribe(audio, self.sample_rate))
-            if dns is not None:
-                row["dnsmos"] = {key: float(np.mean(v)) if v else float("nan") for key, v in scores.items()}
-            if asr is None:
+            row: dict[str, Any] = {"files": len(files),
+                                   "seconds": sum(self._audio(rendering, p, originals).size for p in files)
+                                   / self.sample_rate}
+            if self.dnsmos:
+                row["dnsmos"] = {key: _finite_mean([dnsmos[rendering, p][key] for p in files])
+                                 for key in DNSMOS_KEYS}
+            if not self.asr_enabled:
                 row["note"] = (f"dWER skipped: the recogniser is English and the material's language is "
                                f"{self.language or 'not given'} (pass language 'en' for English speech)")
-            else:
-                paths = sorted(hypotheses)
-                row["dwer"] = word_error_rate([ref_text[p] for p in paths], [hypotheses[p] for p in paths])
-                with_text = [p for p in paths if files[p].transcript or self._files["original"][p].transcript]
-                with_text = [p for p in with_text if p not in incomplete]
+                row["dwer_unreliable"] = True
+                results[rendering] = row
+                continue
+            paths = sorted(p for p in files if (rendering, p) in text)
+            by_source: dict[str, list[str]] = defaultdict(list)
+            for p in paths:
+                by_source[self._source[p]].append(p)
+            row["dwer_by_source"] = {
+                source: {"wer": word_error_rate([text["original", p] for p in ps], [text[rendering, p] for p in ps])
+                         ["wer"], "reliable": source in reliable} for source, ps in sorted(by_source.items())}
+            trusted = [p for p in paths if self._source[p] in reliable]
+            row["dwer_unreliable"] = not trusted
+            if trusted:
+                row["dwer"] = word_error_rate([text["original", p] for p in trusted],
+                                              [text[rendering, p] for p in trusted])
+                with_text = [p for p in trusted if p not in incomplete
+                             and (files[p].transcript or self._files["original"][p].transcript)]
                 if with_text:
                     refs = [self._files["original"][p].transcript or files[p].transcript or "" for p in with_text]
-                    row["wer"] = word_error_rate(refs, [hypotheses[p] for p in with_text])
-                row["transcripts"] = {p: hypotheses[p] for p in paths}
+                    row["wer"] = word_error_rate(refs, [text[rendering, p] for p in with_text])
+            if note:
+                row["note"] = note
+            row["transcripts"] = {p: text[rendering, p] for p in paths}
             results[rendering] = row
         return results
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (NaN when none)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")

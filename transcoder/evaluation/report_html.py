@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from transcoder.utils.files import write_atomic
+from transcoder.utils.progress import progress
 
 __all__ = ["ReportExample", "write_report", "wav_data_uri", "png_data_uri"]
 
@@ -51,18 +52,22 @@ def wav_data_uri(audio: np.ndarray, sample_rate: int) -> str:
 
 
 def png_data_uri(mel_db: np.ndarray, vmin: float, vmax: float, seconds: float) -> str:
-    """A small log-mel image ``(T, F)`` (time → x, mel bin → y) as a ``data:image/png;base64,...`` URI."""
+    """A small log-mel image ``(T, F)`` (time → x, mel bin → y) with its dB colour bar (``vmin`` .. ``vmax``,
+    the example's shared scale) as a ``data:image/png;base64,...`` URI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.2, 1.5), dpi=80, constrained_layout=True)
-    ax.imshow(mel_db.T, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
-              extent=(0, seconds, 0, mel_db.shape[1]))
+    fig, ax = plt.subplots(figsize=(4.8, 1.5), dpi=80, constrained_layout=True)
+    image = ax.imshow(mel_db.T, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
+                      extent=(0, seconds, 0, mel_db.shape[1]))
     ax.set_xlabel("s", fontsize=7)
     ax.set_ylabel("mel", fontsize=7)
     ax.tick_params(labelsize=6)
+    bar = fig.colorbar(image, ax=ax, pad=0.01, fraction=0.05)
+    bar.set_label("dB", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
@@ -88,13 +93,14 @@ h1{font-size:20px} h2{font-size:16px;margin-top:28px} p.meta{color:#555;font-siz
 table{border-collapse:collapse;font-size:13px} th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 table.examples td{vertical-align:middle} table.examples img{display:block}
+span.duration{font-size:12px;color:#555;margin-left:6px;font-variant-numeric:tabular-nums}
 ul.notes{font-size:13px;color:#555}
 """
 
 
 def write_report(path: str | Path, *, title: str, table_columns: Sequence[str],
                  table_rows: Sequence[Sequence[Any]], examples: Sequence[ReportExample], sample_rate: int,
-                 mel_fn: Any = None, notes: Sequence[str] = (), meta: str = "") -> Path:
+                 mel_fn: Any = None, notes: Sequence[str] = (), meta: str = "", quiet: bool = True) -> Path:
     """Write the page atomically and return its path.
 
     Args:
@@ -106,6 +112,9 @@ def write_report(path: str | Path, *, title: str, table_columns: Sequence[str],
         mel_fn: ``waveform (S,) -> dB mel (T, F)`` for renderings without ``mels_db``.
         notes: lines listed under the table (skipped anchors, metric notes).
         meta: one line under the heading (checkpoint, data, machine).
+        quiet: no progress bar (one count per rendering of every example: its PNG and WAV).
+
+    Each player is followed by the clip's duration (``2.56 s``), each spectrogram carries its dB colour bar.
     """
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
@@ -120,6 +129,8 @@ def write_report(path: str | Path, *, title: str, table_columns: Sequence[str],
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Examples</h2>")
+    bar = progress(desc="report: page", total=sum(len(e.renderings) for e in examples), unit="clip",
+                   disable=quiet)
     for index, example in enumerate(examples):
         mels = dict(example.mels_db)
         for name, audio in example.renderings.items():
@@ -135,8 +146,11 @@ def write_report(path: str | Path, *, title: str, table_columns: Sequence[str],
             image = (f'<img alt="log-mel of {html.escape(name)}" src="{png_data_uri(mels[name], vmin, vmax, seconds)}">'
                      if name in mels else "")
             parts.append(f'<tr><td>{html.escape(name)}</td><td><audio controls preload="metadata" '
-                         f'src="{wav_data_uri(audio, sample_rate)}"></audio></td><td>{image}</td></tr>')
+                         f'src="{wav_data_uri(audio, sample_rate)}"></audio>'
+                         f'<span class="duration">{seconds:.2f} s</span></td><td>{image}</td></tr>')
+            bar.update(1)
         parts.append("</tbody></table>")
+    bar.close()
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,9 +167,18 @@ _SIDE_NAMES = {"recon": "tokenizer + Griffin-Lim", "ceiling": "Griffin-Lim ceili
                "vocoder_recon": "tokenizer + neural vocoder", "vocoder_ceiling": "neural vocoder ceiling (true mel)"}
 
 
+#: The dWER / WER cell of a row whose sources the recogniser does not understand
+#: (:mod:`transcoder.evaluation.asr_guard`).
+UNRELIABLE = "unreliable"
+
+
 def _perceptual_cells(scores: dict[str, Any] | None) -> list[Any]:
+    """DNSMOS SIG / BAK / OVRL / P.808, dWER, WER of one row (``"unreliable"`` for dWER / WER when no source
+    of the row is one the recogniser understands)."""
     scores = scores or {}
     dnsmos = scores.get("dnsmos") or {}
+    if scores.get("dwer_unreliable"):
+        return [*(dnsmos.get(k) for k in ("sig", "bak", "ovrl", "p808")), UNRELIABLE, UNRELIABLE]
     return [*(dnsmos.get(k) for k in ("sig", "bak", "ovrl", "p808")), (scores.get("dwer") or {}).get("wer"),
             (scores.get("wer") or {}).get("wer")]
 

@@ -75,6 +75,8 @@ class TokenizerTask(Task):
         self.specaugment_target = spec_cfg.pop("apply_to", "input") == "input_and_target"
         self.specaugment = SpecAugment(**spec_cfg).to(device) if spec_cfg else None
         self.renderer = media_renderer(config["training"].get("vocoder"), mel_config, device)
+        if (config["model"].get("params") or {}).get("nested_bits"):
+            self.cpu_config = "configs/tokenizer/audio_simple_cpu_nested_b18.yaml"  # the same recipe at CPU size
 
     def build_models(self) -> dict[str, nn.Module]:
         return {"model": build_model(self.config["model"], self.mel_config).to(self.device)}

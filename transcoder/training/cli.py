@@ -29,6 +29,7 @@ from transcoder.training.run_dir import RunLockedError
 from transcoder.training.trainer import NonFiniteLossError, Trainer
 from transcoder.utils.checkpoint import CheckpointError
 from transcoder.utils.distributed import cleanup_distributed, init_distributed
+from transcoder.utils.messages import install_console_warnings
 from transcoder.utils.targets import ConfigError
 
 __all__ = ["BUILD_ERRORS", "RUN_ERRORS", "folder_overrides", "one_line", "parse_args", "report", "resume_command",
@@ -140,6 +141,7 @@ def run(argv: list[str] | None = None, description: str | None = None, task: str
         description: the calling script's ``--help`` text.
         task: the task this script trains; a config naming another task is a usage error (exit code 2).
     """
+    install_console_warnings()  # "warning: <message>", once each, no library source line under the bar
     args = parse_args(argv, description)
     try:
         config = load_config(args.config, [*folder_overrides(args.train_dir, args.val_dir), *args.overrides])

@@ -19,6 +19,7 @@ from tqdm import tqdm  # noqa: E402
 
 from transcoder.audio.mel import LogMelFrontend  # noqa: E402
 from transcoder.audio.render import Renderer  # noqa: E402
+from transcoder.training.optim import BudgetClock  # noqa: E402
 
 
 def setup_text_logger(output_dir: Path | None, is_main: bool) -> logging.Logger:
@@ -68,14 +69,32 @@ def panels_figure(panels: dict[str, Tensor], title: str = "") -> plt.Figure:
     return figure
 
 
-class Monitor:
-    """Writes to TensorBoard and the progress bar on rank 0; does nothing on other ranks."""
+#: The progress bar of a run limited by ``training.budget_seconds``: seconds of the budget, the step in the postfix.
+BUDGET_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
 
-    def __init__(self, output_dir: Path, is_main: bool, total_steps: int, initial_step: int) -> None:
+
+class Monitor:
+    """Writes to TensorBoard and the progress bar on rank 0; does nothing on other ranks.
+
+    The bar counts steps to ``total_steps``, or, with a budget ``clock`` (``training.budget_seconds``), the
+    budget's seconds (its ETA is the budget left; the step count is in the postfix): a budget-limited run sets
+    ``max_steps`` to a huge number, against which a step bar's ETA means nothing.
+    """
+
+    def __init__(self, output_dir: Path, is_main: bool, total_steps: int, initial_step: int,
+                 clock: BudgetClock | None = None) -> None:
         self.is_main = is_main
+        self.clock = clock
+        self.step = initial_step
         self.writer = SummaryWriter(str(output_dir / "tensorboard")) if is_main else None
-        self.bar = (tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, desc="train")
-                    if is_main else None)
+        if not is_main:
+            self.bar = None
+        elif clock is not None:
+            self.bar = tqdm(total=clock.budget_seconds, initial=min(clock.seconds, clock.budget_seconds),
+                            dynamic_ncols=True, desc="train (budget)", bar_format=BUDGET_BAR_FORMAT)
+            self.bar.set_postfix_str(f"step {initial_step:,}", refresh=False)
+        else:
+            self.bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, desc="train")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
@@ -83,10 +102,22 @@ class Monitor:
                 self.writer.add_scalar(name, value, step)
 
     def progress(self, steps: int, postfix: dict[str, str] | None = None) -> None:
-        if self.bar is not None:
+        """``steps`` more steps done (``postfix``: the latest loss, lr ...)."""
+        self.step += steps
+        if self.bar is None:
+            return
+        if self.clock is None:
             self.bar.update(steps)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
+            return
+        if postfix:
+            self.bar.set_postfix_str(f"step {self.step:,}, " + ", ".join(f"{k}={v}" for k, v in postfix.items()),
+                                     refresh=False)
+        elif self.bar.postfix is not None and self.bar.postfix.startswith("step "):
+            rest = self.bar.postfix.partition(", ")[2]
+            self.bar.set_postfix_str(f"step {self.step:,}" + (f", {rest}" if rest else ""), refresh=False)
+        self.bar.update(max(0.0, min(self.clock.seconds, self.clock.budget_seconds) - self.bar.n))
 
     def spectrograms(self, tag: str, target_db: Tensor, recon_db: Tensor, step: int) -> None:
         """(N, T, F) dB pairs as figures."""

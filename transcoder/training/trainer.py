@@ -389,7 +389,7 @@ class Trainer:
                                             world_size=self.env.world_size, seed=int(self.train_cfg["seed"]),
                                             start=self.state.step * batch_size)
             loader = iter(self._loader(self.train_dataset, sampler, batch_size, train=True))
-        monitor = Monitor(self.output_dir, self.env.is_main, max_steps, self.state.step)
+        monitor = Monitor(self.output_dir, self.env.is_main, max_steps, self.state.step, self.clock)
         self._fit_start = time.perf_counter()
         signals = self._stop_signals()
         signals.install()
@@ -458,6 +458,10 @@ class Trainer:
                 self.save("latest")
             if self.step_state.stop_agreed:
                 signum = self._received_signal or signal.SIGTERM
+                if step == self._first_step + 1:  # agreed in the first step: the same on every rank
+                    self.logger.warning("received %s during the first step of this start: exiting without writing a "
+                                        "checkpoint%s", signal_name(signum), self._kept_checkpoint_note())
+                    raise SystemExit(128 + signum)
                 self.save("latest")
                 self.logger.warning("received %s: saved checkpoints/latest.pt at step %d, exiting; resume with: %s",
                                     signal_name(signum), step, self.resume_command)
@@ -560,6 +564,9 @@ class Trainer:
             self.step_state.stop_requested = True
 
         def acknowledge(signum: int) -> str:
+            if self.state.step == self._first_step:
+                return (f"received {signal_name(signum)}: stopping after this first step (step {self.state.step + 1}) "
+                        "without writing a checkpoint; press Ctrl-C again to abort")
             return (f"received {signal_name(signum)}: stopping after this step (step {self.state.step + 1}) and "
                     "saving checkpoints/latest.pt; press Ctrl-C again to abort")
 
@@ -574,6 +581,14 @@ class Trainer:
             if self.env.is_main:
                 self.logger.warning("%s", line)
         return StopSignals(request_stop, acknowledge, abort, say)
+
+    def _kept_checkpoint_note(self) -> str:
+        """``"; <latest.pt> (step N) is kept"`` when an earlier start left one, else ``""``."""
+        latest = self.ckpt_dir / "latest.pt"
+        if not latest.is_file():
+            return ""
+        at_step = f" (step {self._latest_on_disk})" if self._latest_on_disk is not None else ""
+        return f"; {latest}{at_step} is kept; resume with: {self.resume_command}"
 
     def _verify_replicas(self) -> None:
         """Under DDP, check that every rank ends with bit-identical weights (a broken sync shows here)."""
