@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from transcoder.utils.files import write_atomic
+from transcoder.utils.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO / "data" / "librivox-mini" / "LibriSpeech"
@@ -279,14 +280,7 @@ def export_cpu_preset(folder: Path) -> Path:
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, load average, versions."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     versions = {}
     for package in ("torch", "transformers", "onnxruntime", "numpy"):
         try:

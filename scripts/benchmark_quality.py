@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -81,6 +80,7 @@ from transcoder.evaluation.subset import representative_windows, sources_line
 from transcoder.training.config import load_config
 from transcoder.training.trainer import Trainer
 from transcoder.utils.distributed import init_distributed
+from transcoder.utils.machine import cpu_model
 from transcoder.utils.messages import install_console_warnings
 from transcoder.utils.progress import progress
 from transcoder.utils.targets import ConfigError
@@ -143,15 +143,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def cpu_name() -> str:
     """The CPU model (from /proc/cpuinfo on Linux) and the core count."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cores visible)"
+    return f"{cpu_model()} ({os.cpu_count()} cores visible)"
 
 
 def device_name(device: torch.device) -> str:

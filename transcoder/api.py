@@ -31,7 +31,6 @@ Griffin-Lim, or a neural vocoder trained by this repository when one is given
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -55,22 +54,15 @@ from transcoder.models.quantizer.nested import truncate_indices
 from transcoder.release.folder import MODEL_FILE, load_release_model, load_release_vocoder, read_release_config
 from transcoder.release.hub import resolve_source
 from transcoder.streaming import StreamDecoder, StreamEncoder
+from transcoder.utils.files import sha256_of_file
 from transcoder.utils.rates import TokenRates, token_rates
 
-__all__ = ["AudioTokenizer", "BACKENDS", "EncodedAudio", "load_tokenizer", "load_model_from_checkpoint", "sha256_file",
+__all__ = ["AudioTokenizer", "BACKENDS", "EncodedAudio", "load_tokenizer", "load_model_from_checkpoint",
            "codes_dtype", "waveform_to_mono"]
 
 #: What runs the encoder and decoder: PyTorch, or ONNX Runtime on a release folder's ONNX graphs (CPU).
 BACKENDS = ("torch", "onnx")
 
-
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model_from_checkpoint(
@@ -278,7 +270,7 @@ class AudioTokenizer:
     def checkpoint_sha256(self) -> str | None:
         """SHA-256 of the checkpoint file (computed once, on first use)."""
         if self._sha256 is None and self.checkpoint_path is not None:
-            self._sha256 = sha256_file(self.checkpoint_path)
+            self._sha256 = sha256_of_file(self.checkpoint_path)
         return self._sha256
 
     # -- helpers -----------------------------------------------------------------------------

@@ -70,8 +70,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from transcoder.codes_check import array_problems, header_problems, sha256_of_file, unit_problems
-from transcoder.utils.files import free_space, replace_atomically
+from transcoder.codes_check import array_problems, header_problems, unit_problems
+from transcoder.utils.files import free_space, replace_atomically, sha256_of_file
 from transcoder.utils.names import NAME_MAX_BYTES, fit_name
 
 __all__ = [

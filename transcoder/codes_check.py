@@ -19,26 +19,17 @@ What is checked:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_BITS", "array_problems", "expected_rows", "header_problems", "sha256_of_file", "unit_problems"]
+__all__ = ["MAX_BITS", "array_problems", "expected_rows", "header_problems", "unit_problems"]
 
 #: Widest code: indices are int64 (the model's limit).
 MAX_BITS = 62
 
-
-def sha256_of_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _positive_int(value: Any) -> bool:

@@ -3,12 +3,13 @@ final name and says in one line which file and how much space is left."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["free_space", "free_space_note", "replace_atomically", "write_failure", "write_atomic"]
+__all__ = ["free_space", "free_space_note", "replace_atomically", "sha256_of_file", "write_failure", "write_atomic"]
 
 
 def free_space(folder: str | os.PathLike[str]) -> str:
@@ -75,3 +76,12 @@ def _remove_quietly(path: str | os.PathLike[str]) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def sha256_of_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
