@@ -282,6 +282,8 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, seed:
     budget = args.budget_seconds if args.budget_seconds is not None else preset["budget_seconds"]
     if args.steps is not None:
         budget = None
+    if args.budget_seconds is not None:
+        steps = None  # the budget alone ends the run (not the preset's step count)
     if steps is None and budget is None:
         raise ValueError("give --steps or --budget-seconds")
     # A wall-clock budget ends the cosine at the budget (optimizer.schedule=budget; a variant may override it).

@@ -365,6 +365,7 @@ def test_benchmark_budget_mode_ends_the_cosine_at_the_budget(tmp_path: Path) -> 
     assert code == 0
     config = load_config(tmp_path / "b" / "config.yaml")
     assert config["optimizer"]["schedule"] == "budget" and config["training"]["budget_seconds"] == 0.001
+    assert config["training"]["max_steps"] == 10**9  # the budget ends the run, not the preset's step count
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 1
 
 
