@@ -222,3 +222,25 @@ def test_stream_audio_demo_reports_latency_and_rtf(tmp_path: Path, capsys: pytes
     assert sf.info(str(out)).frames == 6 * ROW + 50
     late = re.search(r"late chunks: (none|\d+) of (\d+)", printed)  # every input chunk counted, late or not
     assert late is not None and int(late.group(2)) == -(-(6 * ROW + 50) // round(0.015 * SR)), printed
+
+
+def test_streaming_applies_the_per_bin_standardisation(frontend: LogMelFrontend) -> None:
+    """A model trained with ``input_norm: per_bin`` streams the codes and mels of its offline encode / decode."""
+    torch.manual_seed(0)
+    params = _params(1)
+    params["audioconfig"]["input_norm"] = "per_bin"
+    model = AudioBSQModel(**params).double().eval()
+    model.quantizer.float()
+    model.input_norm.mean.uniform_(-0.6, -0.2)  # statistics far from the identity map
+    model.input_norm.std.uniform_(0.2, 0.5)
+    wave = _wave(11 * ROW + 57)
+    offline = encode_offline(model, frontend, wave)
+    streamed = _stream_encode(StreamEncoder(model, frontend), _chunks(wave, 0, 2 * ROW))
+    assert torch.equal(streamed, offline)
+    plain = AudioBSQModel(**_params(1)).double().eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("input_norm.")})
+    plain.quantizer.float()
+    assert not torch.equal(encode_offline(plain, frontend, wave), offline)  # the standardisation matters
+    decoder = StreamDecoder(model)
+    mel = torch.cat([decoder.push(offline[:5]).mel, decoder.push(offline[5:]).mel, decoder.finish().mel])
+    torch.testing.assert_close(mel, decode_offline(model, offline), rtol=0, atol=1e-12)

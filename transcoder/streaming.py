@@ -224,6 +224,8 @@ class StreamEncoder:
         encoder = model.encoder
         dtype = encoder.patch_embed.weight.dtype
         patch_tf = model.config.patch_tf
+        if model.input_norm is not None:  # per-bin standardisation, frame by frame: causal as it is
+            mel = model.input_norm.normalize(mel)
         patches = patchify(mel.to(dtype)[None], patch_tf).unflatten(1, (rows, model.config.grid[1]))  # (1, Nt, Nf, P)
         x = encoder.patch_embed(patches) + encoder.pos_embed[:, None].to(dtype)
         features = self.encoder.step(x, final)
@@ -305,6 +307,8 @@ class StreamDecoder:
         tokens = self.decoder.step(x, final)
         patches = decoder.to_patches(tokens)
         mel = unpatchify(patches.flatten(1, 2), tuple(patches.shape[1:3]), model.config.patch_tf)[0]
+        if model.input_norm is not None:
+            mel = model.input_norm.denormalize(mel)
         mel = mel.clamp(*model.clamp_range)
         audio = None
         if self.renderer is not None:
