@@ -199,6 +199,30 @@ def test_code_default_inv_temperature_is_the_recipe_and_old_checkpoints_keep_the
         assert torch.equal(loaded(x)[0], old(x)[0])
 
 
+def test_a_checkpoint_of_the_previous_layout_loads_and_encodes_as_before(tmp_path: Path) -> None:
+    """A checkpoint written before ``input_norm`` / ``decoder_layers`` existed (its config names neither, its weights
+    hold no ``input_norm.*`` buffers) builds the model it was trained as: same codes and reconstruction, whatever
+    today's base config says."""
+    mel = MelConfig(n_mels=32, target_length=32)
+    audioconfig = {"patch_size": 8, "width": 32, "layers": 1, "heads": 2, "use_conv_module": False,
+                   "input_size": 32, "input_length": 32}
+    params = {"embed_dim": 6, "group_size": 3, "audioconfig": audioconfig}
+    torch.manual_seed(0)
+    old = AudioBSQModel(**params).eval()
+    state = old.state_dict()
+    assert not any(k.startswith("input_norm.") for k in state)
+    path = tmp_path / "previous_layout.pt"
+    torch.save({"model": state, "ema": None, "mel": mel.to_dict(), "step": 1, "optimizer": {},
+                "config": {"model": {"target": "transcoder.models.audiobsq.AudioBSQModel", "params": params},
+                           "data": mel.to_dict()}}, path)
+    loaded, _, _ = load_model_from_checkpoint(path)
+    assert loaded.input_norm is None and len(loaded.decoder.blocks) == 1
+    x = torch.rand(3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[2]["indices"], old(x)[2]["indices"])
+        assert torch.equal(loaded(x)[0], old(x)[0])
+
+
 def test_evaluation_data_config_reads_the_base_chain() -> None:
     """``evaluate_audio_tokenizer.py --data-config`` finds a data split that a config inherits."""
     from transcoder.evaluation.evaluate import dataset_spec
