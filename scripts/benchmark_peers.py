@@ -121,11 +121,10 @@ def _release(folder: str, backend: str, device: str) -> Runner:
     tok = load_tokenizer(folder, device=device, backend=backend, batch_size=1)
     name = "audio-bsq-vit CPU preset" + (" (ONNX Runtime)" if backend == "onnx" else "")
     runner = _ours(name, tok, "width 192, 3 + 3 layers")
-    if backend == "onnx":  # the graphs hold the folder's weights
-        from safetensors import safe_open
+    if backend == "onnx":  # the graphs hold the folder's weights: count the parameters of its model
+        from transcoder.release.folder import load_release_model
 
-        with safe_open(str(Path(folder) / "model.safetensors"), "pt") as weights:
-            runner.params = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+        runner.params = sum(p.numel() for p in load_release_model(folder)[0].parameters())
     return runner
 
 

@@ -52,7 +52,9 @@ def test_demo_config_loss_falls(tmp_path: Path) -> None:
     trainer.fit()
     losses = [entry["loss/l1"] for entry in trainer.history]
     assert len(losses) == 8
-    assert losses[-1] < 0.6 * losses[0], losses
+    # Per-bin standardisation (the shipped recipe) starts the decoder at each bin's mean, so the first loss is
+    # already the error of the mean spectrum; the tiny model still takes a fifth off it in 40 steps.
+    assert losses[-1] < 0.85 * losses[0], losses
     assert (tmp_path / "checkpoints" / "latest.pt").is_file()
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "train.log").is_file()
     log = (tmp_path / "train.log").read_text()
@@ -122,7 +124,9 @@ def test_non_finite_losses_skip_steps_then_abort(tmp_path: Path) -> None:
         trainer.fit()
     assert trainer.state.skipped_steps == 3
     for name, tensor in trainer.model.state_dict().items():
-        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+        # Running statistics (BatchNorm, the per-bin standardisation's first batches) follow the forward passes.
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")) \
+                and not name.startswith("input_norm."):
             assert torch.equal(tensor, before[name]), name
 
 

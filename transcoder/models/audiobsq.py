@@ -324,8 +324,8 @@ class PerBinNorm(nn.Module):
             values = values[keep]  # (frames, F)
         else:
             values = values.reshape(-1, mel.shape[-1])
-        if values.shape[0] == 0:
-            return
+        if values.shape[0] == 0 or not bool(torch.isfinite(values).all()):
+            return  # nothing to count, or a damaged batch (its step is skipped too): the statistics stay clean
         self.frame_count += values.shape[0]
         self.bin_sum += values.sum(0)
         self.bin_sum_sq += values.square().sum(0)
