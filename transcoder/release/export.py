@@ -26,6 +26,7 @@ from transcoder.release.folder import (
     RELEASE_FORMAT,
     VOCODER_CONFIG_FILE,
     VOCODER_FILE,
+    json_object,
 )
 from transcoder.utils.checkpoint import load_checkpoint
 from transcoder.utils.files import write_failure
@@ -74,11 +75,9 @@ def _vocoder_files(vocoder: str | Path, mel: MelConfig, folder: Path) -> dict[st
 def _read_metrics(path: Path) -> dict[str, Any]:
     """An evaluation's ``metrics.json``, checked to hold scores the card can show (``ValueError`` naming the file)."""
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--metrics {path} cannot be read as JSON ({type(err).__name__}: {err})") from None
-    if not isinstance(metrics, dict):
-        raise ValueError(f"--metrics {path}: expected a JSON object, got {type(metrics).__name__}")
+        metrics = json_object(path)
+    except ValueError as err:
+        raise ValueError(f"--metrics {err}") from None
     try:
         metric_rows(metrics)
     except ValueError as err:

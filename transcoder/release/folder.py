@@ -56,11 +56,19 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ReleaseFormatError(f"{path} is missing (a release folder holds {CONFIG_FILE} and {MODEL_FILE}; "
                                  "write one with scripts/export_tokenizer.py)")
     try:
+        return json_object(path)
+    except ValueError as err:
+        raise ReleaseFormatError(str(err)) from None
+
+
+def json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``ValueError`` naming the file if it cannot be read or is not an object."""
+    try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReleaseFormatError(f"{path} cannot be read as JSON ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path} cannot be read as JSON ({type(err).__name__}: {err})") from None
     if not isinstance(value, dict):
-        raise ReleaseFormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -107,7 +115,7 @@ def load_release_model(folder: str | Path, trust_config: bool = False, allow_non
     """Build the tokenizer model of a release folder and load its weights.
 
     The folder's ``model`` spec, ``mel`` settings and ``model.safetensors`` go through
-    :func:`~transcoder.models.build.load_checkpoint_model` as a checkpoint's would: the spec may name only the
+    :func:`~transcoder.models.build.load_checkpoint_model` as a checkpoint's would: the model config may name only the
     project's own classes unless ``trust_config``, and the weights are checked (``allow_nonfinite``: NaN / Inf
     loaded with a warning).
 
@@ -133,8 +141,8 @@ def load_release_model(folder: str | Path, trust_config: bool = False, allow_non
 def load_release_vocoder(folder: str | Path, device: str | torch.device | None = "cpu",
                          trust_config: bool = False) -> NeuralVocoder | None:
     """The neural vocoder of a release folder (``vocoder.safetensors`` + ``vocoder_config.json``), or ``None``
-    when ``config.json`` names none. Built by :func:`~transcoder.audio.neural_vocoder.load_vocoder` (its spec may
-    name only the project's own classes unless ``trust_config``)."""
+    when ``config.json`` names none. Built by :func:`~transcoder.audio.neural_vocoder.load_vocoder` (its model
+    config may name only the project's own classes unless ``trust_config``)."""
     folder = Path(folder)
     entry = read_release_config(folder).get("vocoder")
     if not entry:
