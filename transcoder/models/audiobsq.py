@@ -312,11 +312,20 @@ class PerBinNorm(nn.Module):
         self.register_buffer("frame_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("bin_sum", torch.zeros(bins, dtype=torch.float64))
         self.register_buffer("bin_sum_sq", torch.zeros(bins, dtype=torch.float64))
+        # Set once the statistics are frozen, so later training steps read no buffer back from the device.
+        self._frozen = False
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._frozen = False  # the loaded count decides again
 
     @torch.no_grad()
     def update(self, mel: Tensor, valid_frames: Tensor | None = None) -> None:
         """Accumulate (B, T, F) ``mel`` (only the first ``valid_frames[b]`` frames of item b) while training."""
-        if not self.training or int(self.seen_batches) >= self.batches:
+        if not self.training or self._frozen:
+            return
+        if int(self.seen_batches) >= self.batches:
+            self._frozen = True
             return
         values = mel.detach().double()
         if valid_frames is not None:
