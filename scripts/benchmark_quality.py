@@ -77,6 +77,7 @@ from transcoder.evaluation.evaluate import (
 from transcoder.evaluation.perceptual import MissingExtraError, PerceptualScorer, require_eval_extra
 from transcoder.evaluation.seams import seam_scores
 from transcoder.evaluation.subset import representative_windows, sources_line
+from transcoder.models.audiobsq import bits_per_token
 from transcoder.training.config import load_config
 from transcoder.training.trainer import Trainer
 from transcoder.utils.distributed import init_distributed
@@ -394,17 +395,19 @@ def pending_runs(variants: list[tuple[str, list[str]]], seeds: list[int] | None,
 
 
 def check_widths(config: dict[str, Any], widths: list[int] | None, variant: str) -> None:
-    """Refuse ``--bits`` a variant's model cannot score, before training it: a width above its ``embed_dim``, or
-    fewer bits without ``model.params.nested_bits``."""
+    """Refuse ``--bits`` a variant's model cannot score, before training it: a width above its bits per token
+    (``embed_dim`` for BSQ, ``sum(log2(levels))`` for FSQ), or fewer bits without ``model.params.nested_bits``."""
+    if not widths:
+        return
     params = config["model"].get("params") or {}
-    embed_dim = int(params.get("embed_dim", 18))
-    for bits in widths or []:
-        if not 1 <= bits <= embed_dim:
-            raise ValueError(f"--bits {bits}: variant {variant!r} makes {embed_dim}-bit codes "
-                             f"(expected 1..{embed_dim})")
-        if bits < embed_dim and not params.get("nested_bits"):
+    full = bits_per_token(params)
+    for bits in widths:
+        if not 1 <= bits <= full:
+            raise ValueError(f"--bits {bits}: variant {variant!r} makes {full}-bit codes "
+                             f"(expected 1..{full})")
+        if bits < full and not params.get("nested_bits"):
             raise ValueError(f"--bits {bits}: variant {variant!r} is trained without model.params.nested_bits, so it "
-                             f"decodes {embed_dim}-bit codes only")
+                             f"decodes {full}-bit codes only")
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -63,10 +63,10 @@ def check_variant(name: str, args: argparse.Namespace) -> dict[str, object]:
     assert not missing, f"parameters without gradient: {missing[:5]}"
     tokens_per_second = model.tokens_per_second(HOP_LENGTH, SAMPLE_RATE)
     return {
-        "variant": name, "bits": model.embed_dim, "width": model.config.width, "layers": model.config.layers,
+        "variant": name, "bits": model.bits, "width": model.config.width, "layers": model.config.layers,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6, "input": tuple(mel.shape),
         "codes": tuple(codes.shape), "indices": tuple(info["indices"].shape), "tokens/s": tokens_per_second,
-        "bit/s": tokens_per_second * model.embed_dim, "s/step": step_seconds, "note": note,
+        "bit/s": tokens_per_second * model.bits, "s/step": step_seconds, "note": note,
     }
 
 

@@ -212,7 +212,8 @@ class AudioTokenizer:
 
     @property
     def bits_per_token(self) -> int:
-        return int(self.model.embed_dim)
+        """Bits per token of the model's codes (its quantizer's ``bits``; the ``embed_dim`` of a BSQ model)."""
+        return int(self.model.bits)
 
     @property
     def nested_widths(self) -> list[int]:

@@ -299,7 +299,7 @@ class StreamDecoder:
         dtype = model.post_quant_embed.weight.dtype
         device = model.post_quant_embed.weight.device
         codes = model.indices_to_codes(indices.to(device)[None], bits=self.bits)
-        if self.bits < model.embed_dim:
+        if self.bits < model.bits:
             codes = model.nested_bits.pad(codes)  # the dropped bits as the model fills them
         nf = model.config.grid[1]
         x = model.post_quant_embed(codes.to(dtype)).reshape(1, indices.shape[0], nf, model.config.width)

@@ -139,7 +139,7 @@ class CodebookUsage:
     evaluation, not for every step).
 
     Args:
-        bits: code width (the model's ``embed_dim``), at most 62.
+        bits: code width (the model's bits per token, ``model.bits``), at most 62.
     """
 
     def __init__(self, bits: int) -> None:

@@ -381,7 +381,10 @@ def quantizer_spec(quantizer: Mapping[str, Any] | None = None, **flat: Any) -> d
             the quantizer's own settings (``beta``, ``inv_temperature`` ...; not ``embed_dim`` / ``l2_norm``,
             which the model passes on).
         flat: the same settings given as keywords of the model itself, as configs and checkpoints written
-            before the nested form do (``model.params.inv_temperature: 10``); they go into ``params``.
+            before the nested form do (``model.params.inv_temperature: 10``); they go into ``params``. A flat
+            setting of the default quantizer (BSQ) set to ``None`` that the chosen quantizer does not take counts
+            as not given, so a config built on one with flat BSQ settings switches quantizer by nulling them
+            (``model.params.inv_temperature=null``).
 
     Raises:
         TypeError: a flat keyword the quantizer does not take (the message lists the valid ones).
@@ -406,16 +409,48 @@ def quantizer_spec(quantizer: Mapping[str, Any] | None = None, **flat: Any) -> d
                          f"(model.params.{owned[0]}), which it passes to the quantizer")
     if flat:
         accepted = _keyword_names(get_obj_from_str(target)) - set(MODEL_OWNED_QUANTIZER_KEYS)
+        default_settings = (set() if target == DEFAULT_QUANTIZER else
+                            _keyword_names(get_obj_from_str(DEFAULT_QUANTIZER)) - set(MODEL_OWNED_QUANTIZER_KEYS))
+        flat = {k: v for k, v in flat.items() if not (v is None and k not in accepted and k in default_settings)}
         stray = sorted(set(flat) - accepted)
         if stray:
+            inherited = [k for k in stray if k in default_settings]
+            hint = (f" (a setting of {DEFAULT_QUANTIZER} inherited from a base config is dropped when set to null, "
+                    f"e.g. model.params.{inherited[0]}=null)" if inherited else "")
             raise TypeError(f"AudioBSQModel got unexpected keyword(s) {stray}; the model takes audioconfig, "
                             f"embed_dim, l2_norm, clamp_range, quantizer, and (flat) the settings of {target}: "
-                            f"{sorted(accepted)}")
+                            f"{sorted(accepted)}{hint}")
         clash = sorted(k for k in set(flat) & set(params) if flat[k] != params[k])
         if clash:
             raise ValueError(f"quantizer setting(s) {clash} given both flat ({ {k: flat[k] for k in clash} }) and in "
                              f"quantizer.params ({ {k: params[k] for k in clash} }): give each once")
     return {"target": target, "params": {**params, **flat}}
+
+
+def _quantizer_bits(quantizer: nn.Module, embed_dim: int) -> int:
+    """Bits per token of ``quantizer`` (its ``bits``; ``embed_dim`` for one without); ``ValueError`` unless a
+    whole number in ``1..MAX_INDEX_BITS`` (codes files store ``bits``-bit indices, rates count whole bits)."""
+    bits = getattr(quantizer, "bits", embed_dim)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_INDEX_BITS:
+        levels = getattr(quantizer, "levels", None)
+        detail = f" (levels={levels})" if levels is not None else ""
+        shown = f"{bits:.4g}" if isinstance(bits, float) else repr(bits)
+        raise ValueError(f"{type(quantizer).__name__} makes {shown} bits per token{detail}: the model needs a whole "
+                         f"number of bits in 1..{MAX_INDEX_BITS} (codes files and bitrates); use level counts that "
+                         "are powers of two (e.g. levels: [8, 8, 8, 8, 8, 8] for 18 bits)")
+    return bits
+
+
+def bits_per_token(params: Mapping[str, Any]) -> int:
+    """Bits per token of the :class:`AudioBSQModel` a config's ``model.params`` describe, building the quantizer
+    only (not the model): ``embed_dim`` for BSQ, ``sum(log2(levels))`` for FSQ."""
+    own = _keyword_names(AudioBSQModel)
+    flat = {k: v for k, v in params.items() if k not in own}
+    embed_dim = params.get("embed_dim", 18)
+    spec = quantizer_spec(params.get("quantizer"), **flat)
+    quantizer = get_obj_from_str(spec["target"])(embed_dim=embed_dim, l2_norm=params.get("l2_norm", True),
+                                                 **spec["params"])
+    return _quantizer_bits(quantizer, embed_dim)
 
 
 def _keyword_names(cls: type) -> set[str]:
@@ -429,8 +464,9 @@ class AudioBSQModel(nn.Module):
 
     Args:
         audioconfig: architecture (dict or :class:`AudioConfig`).
-        embed_dim: bits per token.
-        l2_norm: quantize on the unit sphere (BSQ); codes have norm 1.
+        embed_dim: code dimension; for BSQ also the bits per token (:attr:`bits` is the quantizer's bits per
+            token: ``sum(log2(levels))`` for :class:`~transcoder.models.quantizer.fsq.FiniteScalarQuantizer`).
+        l2_norm: quantize on the unit sphere (BSQ); codes have norm 1. Must be false for FSQ.
         clamp_range: range the reconstruction is clamped to outside training (model space).
         quantizer: the quantizer's spec ``{"target": ..., "params": {...}}`` (see :func:`quantizer_spec`);
             default: :class:`BinarySphericalQuantizer` with its defaults. The model passes ``embed_dim`` and
@@ -440,7 +476,12 @@ class AudioBSQModel(nn.Module):
             ``straight_through``, ``cb_entropy_ddp_average``), as older configs and checkpoints do; they
             are nested into ``quantizer.params``.
         nested_bits: ``{widths, probs, per, fill}`` trains every prefix of ``widths`` bits to be a
-            usable code (see :class:`NestedBits`); ``None`` (default) trains the full width only.
+            usable code (see :class:`NestedBits`); ``None`` (default) trains the full width only. Needs a
+            quantizer whose code dimension ``i`` is bit ``i`` (BSQ); refused with FSQ.
+
+    Attributes:
+        bits: bits per token of the codes (the quantizer's ``bits``: ``embed_dim`` for BSQ); what rates, codes
+            files and the ``bits`` arguments count.
     """
 
     def __init__(
@@ -466,9 +507,15 @@ class AudioBSQModel(nn.Module):
         self.quant_embed = nn.Linear(self.config.width, embed_dim)
         self.quantizer = get_obj_from_str(self.quantizer_spec["target"])(
             embed_dim=embed_dim, l2_norm=l2_norm, **self.quantizer_spec["params"])
+        self.bits = _quantizer_bits(self.quantizer, embed_dim)
         if nested_bits is not None and not isinstance(nested_bits, dict):
             raise ValueError(f"nested_bits={nested_bits!r}: expected null or a mapping "
                              "{widths: [...], probs, per, fill}")
+        if nested_bits and not self._nested_prefixes:
+            raise ValueError(f"model.params.nested_bits={nested_bits!r}: nested bits need a quantizer whose first k "
+                             f"code dimensions are a k-bit code (BinarySphericalQuantizer); "
+                             f"{type(self.quantizer).__name__} has no nested prefixes: set model.params.nested_bits"
+                             "=null")
         self.nested_bits = NestedBits(embed_dim=embed_dim, **nested_bits) if nested_bits else None
         self.post_quant_embed = nn.Linear(embed_dim, self.config.width)
         self.decoder = AudioTransformerDecoder(self.config)
@@ -499,6 +546,11 @@ class AudioBSQModel(nn.Module):
     def input_size(self) -> int:
         return self.config.input_size
 
+    @property
+    def _nested_prefixes(self) -> bool:
+        """Whether the first ``k`` code dimensions are a ``k``-bit code (BSQ: yes; FSQ: no)."""
+        return bool(getattr(self.quantizer, "nested_prefixes", True))
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
         self.decoder.set_grad_checkpointing(enable)
@@ -506,14 +558,14 @@ class AudioBSQModel(nn.Module):
     # -- API --------------------------------------------------------------------------------
     def encode(self, mel: Tensor, compute_entropy: bool | None = None,
                valid_frames: Tensor | None = None, bits: int | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        """(B, T, F) log-mel → codes (B, N, k) on the unit sphere, quantizer loss, info.
+        """(B, T, F) log-mel → codes (B, N, k) (BSQ: on the unit sphere), quantizer loss, info.
 
         ``info["indices"]`` has shape (B, T/pt, F/pf), int64; ``info["grid"]`` is (Nt, Nf). The soft
         entropies (and their loss terms) are computed in training mode or with ``compute_entropy=True``.
         ``valid_frames`` (B,): unpadded frames per item; when given, only the token rows covering them
         enter the quantizer's loss and entropies (padding and failed windows count nowhere).
-        ``bits`` (default: ``embed_dim``) keeps the first ``k = bits`` bits of every token (codes and
-        indices), for a model trained with ``nested_bits``.
+        ``bits`` (default: :attr:`bits`) keeps the first ``k = bits`` bits of every token (codes and
+        indices), for a model trained with ``nested_bits``. ``info["bits"]`` is the width of the indices.
         """
         width = self._check_bits(bits)
         if self.input_norm is not None:
@@ -526,27 +578,28 @@ class AudioBSQModel(nn.Module):
         codes, quant_loss, info = self.quantizer(self.quant_embed(features), compute_entropy=compute_entropy, **extra)
         info["indices"] = info["indices"].reshape(mel.shape[0], *grid)
         info["grid"] = grid
-        if width < self.embed_dim:
+        if width < self.bits:
             codes = codes[..., :width]
             info["indices"] = truncate_indices(info["indices"], width)
         info["bits"] = width
         return codes, quant_loss, info
 
     def _check_bits(self, bits: int | None) -> int:
-        """The code width asked for: ``embed_dim`` by default; fewer only for a nested-bits model."""
-        if bits is None or bits == self.embed_dim:
-            return self.embed_dim
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= self.embed_dim:
-            raise ValueError(f"bits={bits!r}: expected an integer in 1..{self.embed_dim}")
+        """The code width asked for: :attr:`bits` by default; fewer only for a nested-bits model."""
+        if bits is None or bits == self.bits:
+            return self.bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= self.bits:
+            raise ValueError(f"bits={bits!r}: expected an integer in 1..{self.bits}")
         if self.nested_bits is None:
-            raise ValueError(f"bits={bits}: this model was trained for {self.embed_dim}-bit codes only; fewer "
-                             "bits need a model trained with model.params.nested_bits")
+            fewer = ("fewer bits need a model trained with model.params.nested_bits" if self._nested_prefixes else
+                     f"{type(self.quantizer).__name__} codes have no nested prefixes")
+            raise ValueError(f"bits={bits}: this model was trained for {self.bits}-bit codes only; {fewer}")
         return bits
 
     def decode(self, codes: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
         """Codes (B, N, k) → log-mel (B, Nt*pt, F). ``grid`` defaults to ``N / Nf`` time rows.
 
-        ``k`` is ``embed_dim``, or fewer for a nested-bits model (the missing bits get its fill).
+        ``k`` is ``embed_dim``, or fewer bits for a nested-bits model (the missing bits get its fill).
 
         Outside training the output is clamped to ``clamp_range``; in training it is returned
         unclamped so the loss sees (and can correct) values beyond the range.
@@ -554,6 +607,9 @@ class AudioBSQModel(nn.Module):
         if codes.ndim != 3 or not 1 <= codes.shape[-1] <= self.embed_dim:
             raise ValueError(f"expected codes (B, N, {self.embed_dim}), got shape {tuple(codes.shape)}")
         if codes.shape[-1] < self.embed_dim:
+            if not self._nested_prefixes:
+                raise ValueError(f"expected codes (B, N, {self.embed_dim}), got shape {tuple(codes.shape)} "
+                                 f"({type(self.quantizer).__name__} codes have no nested prefixes)")
             self._check_bits(codes.shape[-1])
             codes = self.nested_bits.pad(codes)  # type: ignore[union-attr]
         nf = self.config.grid[1]
@@ -577,7 +633,8 @@ class AudioBSQModel(nn.Module):
         return self.decode(codes, info["grid"]), quant_loss, info
 
     def indices_to_codes(self, indices: Tensor, bits: int | None = None) -> Tensor:
-        """(B, Nt, Nf) int64 indices of ``k = bits`` bits (default ``embed_dim``) → codes (B, Nt*Nf, k)."""
+        """(B, Nt, Nf) int64 indices of ``bits`` bits (default :attr:`bits`) → codes (B, Nt*Nf, k), ``k`` code
+        dimensions (``embed_dim``; ``bits`` for a nested-bits model's fewer bits)."""
         if indices.ndim != 3:
             raise ValueError(f"expected indices (B, Nt, Nf), got shape {tuple(indices.shape)}")
         return self.quantizer.indices_to_codes(indices.flatten(1), self._check_bits(bits))

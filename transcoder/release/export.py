@@ -42,8 +42,8 @@ def code_geometry(model: nn.Module, mel: MelConfig) -> dict[str, Any]:
     nested = getattr(model, "nested_bits", None)
     return {"patch_size": [pt, pf], "window_frames": frames, "window_samples": mel.num_samples(frames),
             "time_rows_per_window": frames // pt, "n_freq_patches": mel.n_mels // pf,
-            "tokens_per_window": frames // pt * (mel.n_mels // pf), "bits_per_token": int(model.embed_dim),
-            "nested_widths": list(nested.widths) if nested is not None else [int(model.embed_dim)],
+            "tokens_per_window": frames // pt * (mel.n_mels // pf), "bits_per_token": int(model.bits),
+            "nested_widths": list(nested.widths) if nested is not None else [int(model.bits)],
             "dtype": "int64", "layout": "(n_time_tokens, n_freq_patches), time-major"}
 
 
@@ -132,7 +132,8 @@ def export_release(
 
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is false.
-        ValueError: ``weights`` is not ``ema`` / ``model``, or ``ema`` on a checkpoint without EMA weights.
+        ValueError: ``weights`` is not ``ema`` / ``model``, ``ema`` on a checkpoint without EMA weights, or
+            ``onnx`` for a model whose quantizer is not binary (FSQ).
         CheckpointError / FileNotFoundError: from loading the checkpoints.
     """
     out_dir = Path(out_dir)
@@ -143,6 +144,9 @@ def export_release(
     model, state = load_checkpoint_model(checkpoint, use_ema=weights != "model")
     if weights == "ema" and state["weights"] != "ema":
         raise ValueError(f"checkpoint {checkpoint} holds no EMA weights; export --weights model")
+    if onnx and not hasattr(getattr(model, "quantizer", None), "q_scale"):
+        raise ValueError(f"--onnx: the ONNX decoder graph reads binary (BSQ) codes only; {checkpoint} uses "
+                         f"{type(getattr(model, 'quantizer', None)).__name__}: export it without --onnx")
     settings = checkpoint_mel_settings(state, checkpoint)
     mel = MelConfig.from_dict(settings, strict=settings is state.get("mel"))
     scores = _read_metrics(Path(metrics)) if metrics is not None else None

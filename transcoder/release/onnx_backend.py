@@ -70,6 +70,11 @@ class OnnxTokenizerModel(nn.Module):
         widths = [int(w) for w in codes.get("nested_widths") or []]
         self.nested_bits = _Widths(widths) if widths and widths != [self.embed_dim] else None
 
+    @property
+    def bits(self) -> int:
+        """Bits per token (the graphs are exported from BSQ models only: ``embed_dim``)."""
+        return self.embed_dim
+
     def _width(self, bits: int | None) -> int:
         return self.embed_dim if bits is None else int(bits)
 

@@ -133,7 +133,7 @@ class TokenizerTask(Task):
         indices = info["indices"]
         _, counts = torch.unique(indices, return_counts=True)
         distinct = int(counts.numel())
-        possible = min(2 ** state.parts["model"].model.embed_dim, indices.numel())
+        possible = min(2 ** state.parts["model"].model.bits, indices.numel())
         share = counts.double() / counts.sum()
         entropy = float(-(share * share.log2()).sum())
         return {"codebook/batch_distinct_codes": distinct, "codebook/batch_code_usage": distinct / possible,
@@ -155,7 +155,7 @@ class TokenizerTask(Task):
         part = state.parts["model"]
         model = part.eval_model
         with evaluating(model):
-            metrics = ValidationMetrics(self.frontend, part.model.embed_dim, self.device)
+            metrics = ValidationMetrics(self.frontend, part.model.bits, self.device)
             for batch_index, batch in enumerate(loader):
                 if max_batches is not None and batch_index >= max_batches:
                     break
@@ -186,7 +186,7 @@ class TokenizerTask(Task):
         model = state.parts["model"].model
         grid_t, grid_f = model.config.grid
         rates = token_rates(model.patch_size, self.mel_config.n_mels, self.mel_config.hop_length,
-                            self.mel_config.sample_rate, model.embed_dim)
-        return (f"tokenizer: {grid_t}x{grid_f} tokens of {model.embed_dim} bits per "
+                            self.mel_config.sample_rate, model.bits)
+        return (f"tokenizer: {grid_t}x{grid_f} tokens of {model.bits} bits per "
                 f"{self.mel_config.target_length}-frame window, {rates.tokens_per_second:g} tokens/s, "
                 f"{rates.bits_per_second:g} bit/s")

@@ -24,6 +24,7 @@ _MODELS = (
 )
 _QUANTIZERS = (
     "transcoder.models.quantizer.bsq.BinarySphericalQuantizer",
+    "transcoder.models.quantizer.fsq.FiniteScalarQuantizer",
 )
 _LOSSES = (
     "transcoder.losses.AudioTokenizerLoss",

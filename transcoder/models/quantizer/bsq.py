@@ -90,6 +90,9 @@ class BinarySphericalQuantizer(nn.Module):
             process group before taking the codebook entropy (no effect without one).
     """
 
+    #: The first ``k`` code dimensions are a ``k``-bit code (what ``nested_bits`` trains and decodes).
+    nested_prefixes = True
+
     def __init__(
         self,
         *,
