@@ -18,6 +18,13 @@ bitrate, Griffin-Lim from the true mel, Opus / Codec 2 when installed) are score
 A checkpoint's minutes are its file time minus the run's ``config.yaml`` time (written at the start).
 Each checkpoint's scores are cached in ``--output/checkpoints/`` (rerun the command while the run trains to
 add new checkpoints). Writes ``results.json``, ``results.md`` and ``curve.png`` into ``--output``.
+
+``--compare LABEL=RESULTS_JSON`` (repeatable) draws the tokenizer curves of earlier runs of this script (their
+``results.json``, scored on the same sets) beside this one; the x axis is then minutes of wall time, so recipes
+with different step rates compare at equal training time, and ``results.md`` lists every curve's points::
+
+    python scripts/quality_curve.py --run outputs/new --heldout ... --output OUT \
+        --compare "previous recipe=benchmarks/DATE-MACHINE/quality-curve-old/results.json"
 """
 
 from __future__ import annotations
@@ -150,15 +157,80 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def load_compared(specs: list[str], sets: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """``["LABEL=results.json", ...]`` → ``{label: curve points}`` of earlier runs of this script.
+
+    Raises:
+        ValueError: a spec without ``=``, a repeated label, a file that is not this script's results, or one
+            scored on other evaluation sets (the set names must match, so the curves share their windows).
+        FileNotFoundError: a missing results file.
+    """
+    compared: dict[str, list[dict[str, Any]]] = {}
+    for spec in specs:
+        label, sep, file = spec.partition("=")
+        if not sep or not label.strip() or not file.strip():
+            raise ValueError(f"--compare {spec!r}: expected LABEL=RESULTS_JSON")
+        label = label.strip()
+        if label in compared or label == "this run":
+            raise ValueError(f"--compare {spec!r}: the label {label!r} is used twice")
+        path = Path(file.strip())
+        if not path.is_file():
+            raise FileNotFoundError(f"--compare {spec!r}: no file {path}")
+        try:
+            other = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--compare {spec!r}: {path} is not JSON ({err})") from err
+        if not isinstance(other, dict) or not isinstance(other.get("curve"), list) or "sets" not in other:
+            raise ValueError(f"--compare {spec!r}: {path} is not a results.json of quality_curve.py "
+                             "(expected the keys 'sets' and 'curve')")
+        missing = sorted(set(sets) - set(other["sets"]))
+        if missing:
+            raise ValueError(f"--compare {spec!r}: {path} has no scores for the set(s) {missing} "
+                             f"(it has {sorted(other['sets'])}); score both runs on the same sets")
+        compared[label] = other["curve"]
+    return compared
+
+
+def _panel_values(curve: list[dict[str, Any]], key: str, set_name: str) -> list[Any]:
+    """One panel's y values along a curve (``None`` where a point has no such metric)."""
+    if key == "dnsmos":
+        return [_dnsmos(_recon(p[set_name])) for p in curve]
+    if key == "dwer":
+        return [_dwer(_recon(p[set_name])) for p in curve]
+    return [p[set_name].get(key) for p in curve]
+
+
+def _plottable(xs: list[float], ys: list[Any]) -> tuple[list[float], list[float]]:
+    kept = [(x, y) for x, y in zip(xs, ys, strict=True) if isinstance(y, (int, float)) and y == y]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def compared_markdown(compared: dict[str, list[dict[str, Any]]], sets: dict[str, Any]) -> str:
+    """The compared runs' points (step, minutes, MAE per set), or "" without any."""
+    if not compared:
+        return ""
+    names = list(sets)
+    lines = ["", "### Compared runs", "", "| run | step | minutes | " + " | ".join(f"{n} MAE dB" for n in names) + " |",
+             "|" + "---|" * (3 + len(names))]
+    for label, other in compared.items():
+        for point in other:
+            lines.append(f"| {label} | {point['step']} | {point['minutes']:.1f} | "
+                         + " | ".join(_f(point[n].get("mae_db")) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path, compared: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    """The curve (black) against the anchors (dashed), one panel per metric; with ``compared`` also the earlier
+    curves, on an x axis of minutes of wall time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    compared = compared or {}
     name = next(iter(results["sets"]))
     curve = results["curve"]
-    steps = [p["step"] for p in curve]
+    steps = [p["minutes"] if compared else p["step"] for p in curve]
     panels = [("mae_db", "log-mel MAE (dB), held-out voice"), ("pesq", "PESQ-WB (Griffin-Lim)"),
               ("stoi", "STOI (Griffin-Lim)")]
     perceptual = any("perceptual" in p[name] for p in curve)
@@ -171,13 +243,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, title) in zip(axes, panels, strict=True):
         set_name = english if key == "dwer" else name
-        if key == "dnsmos":
-            ys = [_dnsmos(_recon(p[set_name])) for p in curve]
-        elif key == "dwer":
-            ys = [_dwer(_recon(p[set_name])) for p in curve]
-        else:
-            ys = [p[set_name][key] for p in curve]
-        ax.plot(steps, ys, "o-", color="black", label="tokenizer")
+        ax.plot(*_plottable(steps, _panel_values(curve, key, set_name)), "o-", color="black",
+                label="tokenizer (this run)" if compared else "tokenizer")
+        for j, (label, other) in enumerate(compared.items()):
+            xs = [p["minutes"] for p in other]
+            ax.plot(*_plottable(xs, _panel_values(other, key, set_name)), "s:", color=colors[-1 - j % len(colors)],
+                    label=f"tokenizer ({label})")
         for i, (anchor, row) in enumerate(results["anchors"][set_name]["rows"].items()):
             value = {"dnsmos": _dnsmos(row), "dwer": _dwer(row)}.get(key, row.get(key))
             if isinstance(value, (int, float)) and value == value:
@@ -185,9 +256,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axes[-1].set_xlabel("training step")
-    top = axes[0].secondary_xaxis("top", functions=_step_minutes(curve))
-    top.set_xlabel("minutes of wall time")
+    if compared:
+        axes[-1].set_xlabel("minutes of wall time (each run's own)")
+    else:
+        axes[-1].set_xlabel("training step")
+        top = axes[0].secondary_xaxis("top", functions=_step_minutes(curve))
+        top.set_xlabel("minutes of wall time")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -219,6 +293,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trust-config", action="store_true",
                         help="let the checkpoint's config name classes outside this project "
                              "(only for a checkpoint of your own code)")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=RESULTS_JSON",
+                        help="also draw an earlier run's curve (its results.json from this script, same sets); "
+                             "the x axis becomes minutes of wall time (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -238,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = {"heldout": (data_spec(args.heldout), args.heldout_language)}
         if args.english:
             sets["english"] = (data_spec(args.english), "en")
+        compared = load_compared(args.compare, sets)
         audio_steps = {int(s) for s in args.audio_steps.split(",")} if args.audio_steps else None
         cache = output / "checkpoints"
         cache.mkdir(parents=True, exist_ok=True)
@@ -267,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                    "sets": {name: {"spec": spec, "language": lang} for name, (spec, lang) in sets.items()},
                    "anchors": {k: v for k, v in anchors.items() if k != "seconds"}, "curve": curve}
         write_metrics_json(output / "results.json", results)
-        (output / "results.md").write_text(markdown(results) + "\n")
-        plot(results, output / "curve.png")
+        (output / "results.md").write_text(markdown(results) + compared_markdown(compared, results["sets"]) + "\n")
+        plot(results, output / "curve.png", compared)
     except (MissingExtraError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
