@@ -1,6 +1,10 @@
 """Summarise the ablation grid: one line per (variant, seed) from results.jsonl, relative to the baseline row.
 
     python benchmarks/2026-12-07-cpu-2core/ablations/summarize.py results.jsonl --baseline shipped > summary.md
+    python .../summarize.py results.jsonl --baseline gan_ref --variants gan_ref,gan_start --perceptual
+
+``--variants`` keeps only the named variants (in that order); ``--perceptual`` prints DNSMOS OVRL and dWER
+(rows of a ``benchmark_quality.py --perceptual`` run) instead of the code and step-rate columns.
 """
 
 from __future__ import annotations
@@ -28,14 +32,43 @@ def metric(rows: list[dict[str, Any]], variant: str, seed: int, weights: str, ev
     return None
 
 
+def perceptual_table(rows: list[dict[str, Any]], runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
+    """MAE, STOI, PESQ, DNSMOS OVRL per set and the English dWER (through Griffin-Lim) per (variant, seed)."""
+    print("| variant | seed | steps | weights | unseen MAE dB | English MAE dB | STOI unseen / English | "
+          "PESQ-WB unseen / English | DNSMOS OVRL unseen / English | English dWER |")
+    print("|---|---:|---:|---|---:|---:|---|---|---|---:|")
+    for variant, seed in runs:
+        first = next(r for r in rows if (r["variant"], r.get("seed", 0)) == (variant, seed))
+
+        def get(eval_set: str, path: str, variant: str = variant, seed: int = seed) -> float | None:
+            return metric(rows, variant, seed, args.weights, eval_set, path)
+
+        def pair(path: str, digits: int = 3, get: Any = get) -> str:
+            values = [get(s, path) for s in ("unseen", "english")]
+            return " / ".join("-" if v is None else f"{v:.{digits}f}" for v in values)
+
+        dwer = get("english", "perceptual.recon.dwer.wer")
+        print(f"| {variant} | {seed} | {first['steps']} | {args.weights} | {get('unseen', 'spectrogram.mae_db'):.3f} | "
+              f"{get('english', 'spectrogram.mae_db'):.3f} | {pair('audio.recon.stoi')} | {pair('audio.recon.pesq')} | "
+              f"{pair('perceptual.recon.dnsmos.ovrl', 2)} | {'-' if dwer is None else f'{dwer:.3f}'} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--baseline", default="shipped")
     parser.add_argument("--weights", default="raw")
+    parser.add_argument("--variants", default=None, help="comma-separated variants to show, in this order")
+    parser.add_argument("--perceptual", action="store_true", help="DNSMOS OVRL and dWER columns")
     args = parser.parse_args()
     rows = load_rows(args.results)
     runs = list(dict.fromkeys((r["variant"], r.get("seed", 0)) for r in rows))
+    if args.variants:
+        wanted = args.variants.split(",")
+        runs = sorted((run for run in runs if run[0] in wanted), key=lambda run: (wanted.index(run[0]), run[1]))
+    if args.perceptual:
+        perceptual_table(rows, runs, args)
+        return
     base = {s: metric(rows, args.baseline, 0, args.weights, s, "spectrogram.mae_db") for s in ("unseen", "english")}
     print(f"| variant | seed | steps | samples | params (M) | unseen MAE dB ({args.weights}) | vs {args.baseline} | "
           "unseen MAE (other weights) | English MAE dB | vs base | distinct codes (unseen) | STOI unseen | "
