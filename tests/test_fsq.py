@@ -4,15 +4,14 @@ checkpoint allow-list and API round trip, and the benchmark grid line that switc
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from test_tokenize import _load_script
 
 from transcoder.api import load_tokenizer
 from transcoder.audio import MelConfig
@@ -49,14 +48,6 @@ MODEL_PARAMS: dict[str, Any] = {
     "audioconfig": {"input_size": 32, "input_length": 64, "patch_size": 16, "width": 32, "layers": 1, "heads": 2,
                     "conv_kernel_size": 3},
 }
-
-
-def _load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fsq_model(seed: int = 0, **overrides: Any) -> AudioBSQModel:
