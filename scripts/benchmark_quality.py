@@ -428,7 +428,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{row['rates']['bitrate']:g} | {_fmt(audio.get('pesq'))} | {_fmt(audio.get('stoi'))} | "
             f"{_fmt((perceptual.get('dnsmos') or {}).get('ovrl'))} | "
             f"{_fmt((perceptual.get('dwer') or {}).get('wer'))} | "
-            f"{row['seams']['freq']:.2f}/{row['seams']['time']:.2f} |")
+            f"{_ratio(row['seams']['freq'])}/{_ratio(row['seams']['time'])} |")
     return "\n".join(lines)
 
 
@@ -454,6 +454,11 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float) and value == value:
         return f"{value:.3f}" if abs(value) < 100 else f"{value:g}"
     return "-"
+
+
+def _ratio(value: float | None) -> str:
+    """A seam ratio, "-" where the axis has no patch boundary."""
+    return "-" if value is None else f"{value:.2f}"
 
 
 def parse_seeds(text: str) -> list[int]:

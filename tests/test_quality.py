@@ -389,6 +389,28 @@ def test_seam_ratio_sees_patch_boundary_steps() -> None:
     assert seam_ratio(target + offsets, target, 8, 1) == pytest.approx(1.0, abs=0.3)  # time axis unaffected
 
 
+def test_seam_scores_of_a_patch_spanning_the_whole_band_have_no_frequency_seam(monkeypatch) -> None:
+    """2 x 128 patches (one full-band token per 20 ms) have no patch boundary along frequency: that ratio is
+    None (no seams), the time ratio is still measured, and the benchmark's table prints "-" for it."""
+    import types
+
+    from transcoder.evaluation import evaluate as evaluate_module
+    from transcoder.evaluation.seams import seam_scores
+
+    torch.manual_seed(0)
+    frames, bins = 32, 16
+    tok = types.SimpleNamespace(device=torch.device("cpu"), patch_size=(4, bins),
+                                frontend=lambda audio: audio.reshape(audio.shape[0], frames, bins))
+    offsets = torch.randn(1, frames // 4, 1).repeat_interleave(4, dim=1)  # one offset per 4-frame patch
+    monkeypatch.setattr(evaluate_module, "reconstruct", lambda tok, mel, bits: (mel + offsets, None, None))
+    dataset = [{"audio": torch.cumsum(torch.randn(frames * bins) * 0.05, 0)} for _ in range(3)]
+    scores = seam_scores(tok, dataset, batch_size=2)
+    assert scores["freq"] is None
+    assert scores["time"] > 2.0
+    bench = _benchmark()
+    assert bench._ratio(scores["freq"]) == "-" and bench._ratio(1.234) == "1.23"
+
+
 def test_output_conv_head_starts_as_identity_and_learns() -> None:
     from transcoder.models.audiobsq import AudioBSQModel
 

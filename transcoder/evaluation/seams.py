@@ -42,10 +42,11 @@ def seam_ratio(recon: Tensor, target: Tensor, patch: int, dim: int) -> float:
 
 @torch.inference_mode()
 def seam_scores(tok: Any, dataset: Any, batch_size: int = 8, max_batches: int | None = 8,
-                bits: int | None = None) -> dict[str, float]:
+                bits: int | None = None) -> dict[str, float | None]:
     """Frequency and time seam ratios of ``tok``'s reconstructions of the first windows of ``dataset``
     (eval-mode windows of ``tok.window_samples``), pooled over the windows; ``bits``: reconstruct from codes of
-    that many bits (a nested-bits model; default: full width)."""
+    that many bits (a nested-bits model; default: full width). An axis a patch spans whole (e.g. 2 x 128
+    patches of 128 mel bins) has no patch boundary, hence no seams: its ratio is ``None``."""
     from transcoder.evaluation.evaluate import reconstruct
 
     recons, targets = [], []
@@ -59,4 +60,8 @@ def seam_scores(tok: Any, dataset: Any, batch_size: int = 8, max_batches: int | 
         targets.append(mel.float().cpu())
     recon, target = torch.cat(recons), torch.cat(targets)
     pt, pf = tok.patch_size
-    return {"freq": seam_ratio(recon, target, pf, 2), "time": seam_ratio(recon, target, pt, 1)}
+
+    def along(patch: int, dim: int) -> float | None:
+        return None if patch >= recon.shape[dim] else seam_ratio(recon, target, patch, dim)
+
+    return {"freq": along(pf, 2), "time": along(pt, 1)}
