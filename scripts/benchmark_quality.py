@@ -302,6 +302,8 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, seed:
     started = time.perf_counter()
     trainer = Trainer(config, run_dir, init_distributed(args.device))
     built = time.perf_counter()
+    # A run folder left by a stopped grid resumes from its latest checkpoint: only this call's steps are timed.
+    start_step = trainer.state.step
     trainer.fit()
     train_seconds = time.perf_counter() - built
     steps_done = trainer.state.step
@@ -310,7 +312,9 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, seed:
               "preset": args.preset, "steps": steps_done,
               "samples_seen": steps_done * int(config["data"]["batch_size"]),
               "train_seconds": train_seconds, "setup_seconds": built - started,
-              "steps_per_second": steps_done / max(train_seconds, 1e-9),
+              "resumed_at_step": start_step,
+              "steps_per_second": ((steps_done - start_step) / max(train_seconds, 1e-9)
+                                   if steps_done > start_step else None),
               "device": device_name(trainer.device), "threads": torch.get_num_threads(),
               "parameters": sum(p.numel() for p in trainer.model.parameters()),
               "seen_voices": plan["seen"], "unseen_voices": plan["unseen"]}
@@ -422,7 +426,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {row['variant']} | {row['weights']} | {row.get('eval_set', 'seen')} | "
             f"{row.get('bits', row['rates']['bits_per_token'])} | {row['steps']} | "
             f"{row['train_seconds']:.0f} | "
-            f"{row['steps_per_second']:.2f} | {row['spectrogram']['mae_db']:.3f} | "
+            f"{_fmt(row['steps_per_second'])} | {row['spectrogram']['mae_db']:.3f} | "
             f"{row['spectrogram']['mse_db']:.2f} | "
             f"{row['codebook']['distinct_codes']} | {row['codebook']['entropy_bits']:.2f} | "
             f"{row['rates']['bitrate']:g} | {_fmt(audio.get('pesq'))} | {_fmt(audio.get('stoi'))} | "

@@ -4,6 +4,7 @@ the mel-GAN task (discriminator isolation, exact resume) and the quality benchma
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -424,3 +425,20 @@ def test_output_conv_head_starts_as_identity_and_learns() -> None:
     assert model.decoder.output_conv.conv_out.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="audioconfig.output_conv_channels=-1"):
         AudioBSQModel(audioconfig={"output_conv_channels": -1})
+
+
+def test_a_rerun_over_a_finished_run_folder_times_only_its_own_steps(tmp_path: Path) -> None:
+    """A grid stopped after training (e.g. in the evaluation) resumes the finished run folder: the row keeps
+    the trained step count and says where it resumed, and reports no step rate rather than steps over ~0 s."""
+    bench = _benchmark()
+    args = ["--config", str(DEMO), "--preset", "tiny", "--steps", "2", "--train", str(DATA_ROOT), "--val",
+            str(DATA_ROOT), "--output", str(tmp_path), "--audio-batches", "0", "--eval-max-batches", "1",
+            "--set", "data.target_length=64", "--no-anchors", "--variant", "r:"]
+    assert bench.main(args) == 0
+    first = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {(r["steps"], r["resumed_at_step"]) for r in first} == {(2, 0)} and first[0]["steps_per_second"] > 0
+    (tmp_path / "results.jsonl").unlink()  # as if the evaluation had failed before the rows were written
+    assert bench.main(args) == 0
+    again = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {(r["steps"], r["resumed_at_step"], r["steps_per_second"]) for r in again} == {(2, 2, None)}
+    assert [r["spectrogram"]["mae_db"] for r in again] == [r["spectrogram"]["mae_db"] for r in first]

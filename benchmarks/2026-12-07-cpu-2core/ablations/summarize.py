@@ -94,7 +94,7 @@ def main() -> None:
               f"{first['parameters'] / 1e6:.2f} | {num(unseen)} | {rel(unseen, base['unseen'])} | "
               f"{num(other_unseen)} | "
               f"{num(english)} | {rel(english, base['english'])} | {codes} | {num(stoi)} | {num(pesq)} | "
-              f"{first['steps_per_second']:.2f} |")
+              f"{num(first['steps_per_second'], 2)} |")
 
 
 if __name__ == "__main__":
