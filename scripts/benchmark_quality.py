@@ -234,7 +234,8 @@ def score(checkpoint: Path, val_root: str, args: argparse.Namespace, use_ema: bo
     spec = dataset_spec_for(val_root)
     dataset = build_dataset(spec, sample_rate=tok.sample_rate, clip_samples=tok.window_samples, mode="eval")
     full = evaluate_tokenizer(tok, dataset, batch_size=args.eval_batch_size, max_batches=args.eval_max_batches,
-                              audio_metrics=False, dataset_spec=spec, bits=bits, quiet=False)
+                              audio_metrics=False, dataset_spec=spec, bits=bits, quiet=False,
+                              common_floor_db=args.common_floor_db)
     result = {"weights": "ema" if use_ema else "raw", "loaded_weights": tok.weights, "windows": full["windows"],
               "bits": full["rates"]["bits_per_token"], "spectrogram": full["spectrogram"],
               "codebook": {k: full["codebook"][k] for k in ("distinct_codes", "usage", "entropy_bits", "perplexity")},
@@ -520,6 +521,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bits", type=parse_bits, default=None, metavar="K[,K...]",
                         help="score every variant at each of these widths (9,12,15,18), one row each with its "
                              "bit/s; widths below a variant's embed_dim need model.params.nested_bits")
+    parser.add_argument("--common-floor-db", type=float, default=None, metavar="DB",
+                        help="also score the log-mel MAE with both mels clamped below at DB "
+                             "(spectrogram.mae_db_common_floor), to compare variants of different data.db_min: "
+                             "give the highest floor among them, e.g. -60")
     parser.add_argument("--anchors", action=argparse.BooleanOptionalAction, default=True,
                         help="score the trivial codec, Griffin-Lim ceiling, Opus and Codec 2 on the same windows")
     parser.add_argument("--perceptual", action="store_true",

@@ -13,9 +13,11 @@ import torch
 from test_tokenize import SR, WINDOW_SAMPLES, _checkpoint, _speechlike
 
 from transcoder.api import load_tokenizer
+from transcoder.audio.mel import LogMelFrontend, MelConfig
 from transcoder.data import build_dataset, collate_audio
 from transcoder.evaluation.evaluate import evaluate_tokenizer, write_metrics_json
 from transcoder.evaluation.metrics import CodebookUsage
+from transcoder.evaluation.reconstruction import ReconstructionMetrics
 from transcoder.training.validation import ValidationMetrics
 
 
@@ -60,3 +62,39 @@ def test_metrics_json_is_strict_json_with_null_for_nan(tmp_path: Path) -> None:
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
     assert data == {"pesq": None, "nested": [1.0, None], "ok": 2.5, "n": 1.5, "m": None}
     assert math.isfinite(data["ok"])
+
+
+def test_common_floor_mae_ignores_errors_below_the_floor_and_keeps_those_above() -> None:
+    frontend = LogMelFrontend(MelConfig())  # db_min -80
+    target_db = torch.full((2, 8, frontend.config.n_mels), -30.0)
+    target_db[:, :, :64] = -75.0  # half the bins below a -60 dB floor
+    recon_db = target_db.clone()
+    recon_db[:, :, :64] = -65.0  # 10 dB off, but below the floor on both sides
+    recon_db[:, :, 64:] += 2.0  # 2 dB off above the floor
+    recon_db[1, 4:] = 0.0  # frames past num_valid: never counted
+    metrics = ReconstructionMetrics(frontend, bits=4, patch_t=4, common_floor_db=-60.0)
+    indices = torch.zeros(2, 2, 1, dtype=torch.long)
+    num_valid = torch.tensor([8 * frontend.hop_length, 4 * frontend.hop_length])
+    metrics.update(frontend.db_to_model(recon_db), frontend.db_to_model(target_db), 0.0, indices, num_valid)
+    summary = metrics.compute()
+    assert summary.mae_db == pytest.approx((10.0 + 2.0) / 2, rel=1e-5)
+    assert summary.mae_db_common_floor == pytest.approx(2.0 / 2, rel=1e-5)
+    plain = ReconstructionMetrics(frontend, bits=4, patch_t=4)
+    plain.update(frontend.db_to_model(recon_db), frontend.db_to_model(target_db), 0.0, indices, num_valid)
+    assert plain.compute().mae_db_common_floor is None
+
+
+def test_evaluation_reports_the_common_floor_mae_when_asked(tmp_path: Path) -> None:
+    tok = load_tokenizer(_checkpoint(tmp_path / "c.pt"), device="cpu", batch_size=4)
+    root = tmp_path / "audio"
+    root.mkdir()
+    sf.write(root / "a.wav", _speechlike(2 * WINDOW_SAMPLES / SR, seed=3), SR, subtype="FLOAT")
+    spec = {"target": "transcoder.data.AudioFolderDataset", "params": {"root": str(root)}}
+    dataset = build_dataset(spec, sample_rate=SR, clip_samples=WINDOW_SAMPLES, mode="eval")
+    plain = evaluate_tokenizer(tok, dataset, batch_size=8, audio_metrics=False)["spectrogram"]
+    floored = evaluate_tokenizer(tok, dataset, batch_size=8, audio_metrics=False, common_floor_db=-40.0)["spectrogram"]
+    assert "mae_db_common_floor" not in plain
+    assert floored["common_floor_db"] == -40.0
+    assert floored["mae_db"] == pytest.approx(plain["mae_db"], rel=1e-12)
+    # Clamping both sides can only shrink each error.
+    assert 0.0 <= floored["mae_db_common_floor"] < floored["mae_db"]

@@ -294,6 +294,7 @@ def evaluate_tokenizer(
     perceptual: bool = False,
     language: str | None = None,
     bits: int | None = None,
+    common_floor_db: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a tokenizer on an eval-mode dataset of model windows (see the module docstring).
 
@@ -325,6 +326,9 @@ def evaluate_tokenizer(
         bits: score codes of their first ``bits`` bits (a model trained with ``model.params.nested_bits``;
             default: the model's full width). The rates, code usage and entropy are those of ``bits``-bit
             codes (``quant_loss`` is the quantizer's, at full width).
+        common_floor_db: also score the log-mel MAE with both mels clamped below at this dB level
+            (``results["spectrogram"]["mae_db_common_floor"]``), to compare models trained with different
+            ``data.db_min``: use the highest of their floors.
 
     Returns:
         The results dict (also written to ``output_dir/metrics.json`` with NaN as ``null``).
@@ -347,7 +351,7 @@ def evaluate_tokenizer(
     loader = DataLoader(Subset(dataset, subset.indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate_audio)
     pt = tok.patch_size[0]
-    totals = ReconstructionMetrics(tok.frontend, width, pt, "cpu")
+    totals = ReconstructionMetrics(tok.frontend, width, pt, "cpu", common_floor_db=common_floor_db)
     # Sides: Griffin-Lim of the reconstruction / of the input mel (its ceiling); with another renderer also
     # its two renderings.
     other = tok.renderer if renderer is None else renderer
@@ -493,7 +497,9 @@ def evaluate_tokenizer(
                   "patch_size": list(tok.patch_size),
                   "grid_per_window": [tok.time_rows_per_window, tok.n_freq_patches]},
         "spectrogram": {"mse_db": summary.mse_db, "mae_db": summary.mae_db, "l1_model": summary.l1,
-                        "quant_loss": summary.quant_loss},
+                        "quant_loss": summary.quant_loss,
+                        **({} if common_floor_db is None else {"common_floor_db": float(common_floor_db),
+                                                               "mae_db_common_floor": summary.mae_db_common_floor})},
         "codebook": summary.codebook.to_dict(),
         "vocoder": {**tok.griffin_lim.describe(), "seed": seed, "seed_per_window": "seed + window index"},
         "neural_vocoder": None if other is None else other.describe().get("checkpoint", other.kind),

@@ -38,6 +38,7 @@ class ReconstructionSummary:
     windows: int  # windows with at least one valid sample
     frames: int  # valid frames
     codebook: CodebookStats
+    mae_db_common_floor: float | None = None  # MAE with both mels clamped below at ``common_floor_db``
 
 
 class ReconstructionMetrics:
@@ -48,14 +49,20 @@ class ReconstructionMetrics:
         bits: code width.
         patch_t: frames per token row.
         device: where the running sums live.
+        common_floor_db: also the dB MAE with reconstruction and target both clamped below at this level
+            (``mae_db_common_floor``), so models whose front ends clamp at different ``db_min`` are scored on the
+            same range: pass the highest floor among them. ``None``: not computed.
     """
 
-    def __init__(self, frontend: LogMelFrontend, bits: int, patch_t: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, frontend: LogMelFrontend, bits: int, patch_t: int, device: torch.device | str = "cpu",
+                 common_floor_db: float | None = None) -> None:
         self.frontend = frontend
         self.patch_t = int(patch_t)
         self.device = torch.device(device)
-        # squared dB error, absolute dB error, model-space L1, valid elements, quant loss * windows, windows
-        self.sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        self.common_floor_db = None if common_floor_db is None else float(common_floor_db)
+        # squared dB error, absolute dB error, model-space L1, valid elements, quant loss * windows, windows,
+        # absolute dB error above the common floor
+        self.sums = torch.zeros(7, dtype=torch.float64, device=self.device)
         self.usage = CodebookUsage(bits)
 
     def valid_frames(self, num_valid: Tensor, frames: int) -> Tensor:
@@ -78,14 +85,18 @@ class ReconstructionMetrics:
         recon, target = recon.to(self.device).double(), target.to(self.device).double()
         frames = self.valid_frames(num_valid, target.shape[1])
         mask = (torch.arange(target.shape[1], device=self.device)[None, :] < frames[:, None]).unsqueeze(-1)
-        diff_db = (self.frontend.model_to_db(recon).double() - self.frontend.model_to_db(target).double()) * mask
+        recon_db, target_db = self.frontend.model_to_db(recon).double(), self.frontend.model_to_db(target).double()
+        diff_db = (recon_db - target_db) * mask
+        floor = self.common_floor_db
+        above_floor = 0.0 if floor is None else ((recon_db.clamp_min(floor) - target_db.clamp_min(floor)).abs()
+                                                 * mask).sum()
         decoded = frames > 0
         windows = decoded.sum()
         self.sums += torch.stack([
             diff_db.square().sum(), diff_db.abs().sum(), ((recon - target).abs() * mask).sum(),
             mask.sum().double() * target.shape[2], torch.as_tensor(quant_loss, dtype=torch.float64,
                                                                    device=self.device) * windows,
-            windows.double()])
+            windows.double(), torch.as_tensor(above_floor, dtype=torch.float64, device=self.device)])
         token_mask = valid_token_mask(frames, tuple(indices.shape[1:]), self.patch_t)  # (B, Nt*Nf)
         self.usage.update(indices.to(self.device).flatten(1)[token_mask])
 
@@ -99,4 +110,5 @@ class ReconstructionMetrics:
         return ReconstructionSummary(
             mse_db=sums[0].item() / elements, mae_db=sums[1].item() / elements, l1=sums[2].item() / elements,
             quant_loss=sums[4].item() / max(windows, 1.0), windows=int(windows), frames=int(sums[3].item()) // n_mels,
-            codebook=self.usage.compute())
+            codebook=self.usage.compute(),
+            mae_db_common_floor=None if self.common_floor_db is None else sums[6].item() / elements)

@@ -43,8 +43,8 @@ class DecoderGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         quantizer = model.quantizer
-        if not hasattr(quantizer, "q_scale"):
-            raise TypeError(f"ONNX export needs a binary quantizer with q_scale; {type(quantizer).__name__} has none")
+        if not getattr(quantizer, "binary_codes", False):
+            raise TypeError(f"ONNX export needs a binary quantizer; {type(quantizer).__name__} has no binary codes")
         self.model = model
         self.q_scale = float(quantizer.q_scale)
         self.register_buffer("powers", 2 ** torch.arange(int(model.embed_dim), dtype=torch.int64), persistent=False)

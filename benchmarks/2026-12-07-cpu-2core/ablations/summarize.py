@@ -4,7 +4,9 @@
     python .../summarize.py results.jsonl --baseline gan_ref --variants gan_ref,gan_start --perceptual
 
 ``--variants`` keeps only the named variants (in that order); ``--perceptual`` prints DNSMOS OVRL and dWER
-(rows of a ``benchmark_quality.py --perceptual`` run) instead of the code and step-rate columns.
+(rows of a ``benchmark_quality.py --perceptual`` run) instead of the code and step-rate columns; ``--metric
+spectrogram.mae_db_common_floor`` compares the MAE above a common dB floor (``benchmark_quality.py
+--common-floor-db``) instead of the MAE at each variant's own floor.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--weights", default="raw")
     parser.add_argument("--variants", default=None, help="comma-separated variants to show, in this order")
     parser.add_argument("--perceptual", action="store_true", help="DNSMOS OVRL and dWER columns")
+    parser.add_argument("--metric", default="spectrogram.mae_db", help="the MAE compared (dotted path in a row)")
     args = parser.parse_args()
     rows = load_rows(args.results)
     runs = list(dict.fromkeys((r["variant"], r.get("seed", 0)) for r in rows))
@@ -69,7 +72,7 @@ def main() -> None:
     if args.perceptual:
         perceptual_table(rows, runs, args)
         return
-    base = {s: metric(rows, args.baseline, 0, args.weights, s, "spectrogram.mae_db") for s in ("unseen", "english")}
+    base = {s: metric(rows, args.baseline, 0, args.weights, s, args.metric) for s in ("unseen", "english")}
     print(f"| variant | seed | steps | samples | params (M) | unseen MAE dB ({args.weights}) | vs {args.baseline} | "
           "unseen MAE (other weights) | English MAE dB | vs base | distinct codes (unseen) | STOI unseen | "
           "PESQ unseen | steps/s (1 thread, shared) |")
@@ -77,9 +80,9 @@ def main() -> None:
     other = "ema" if args.weights == "raw" else "raw"
     for variant, seed in runs:
         first = next(r for r in rows if (r["variant"], r.get("seed", 0)) == (variant, seed))
-        unseen = metric(rows, variant, seed, args.weights, "unseen", "spectrogram.mae_db")
-        english = metric(rows, variant, seed, args.weights, "english", "spectrogram.mae_db")
-        other_unseen = metric(rows, variant, seed, other, "unseen", "spectrogram.mae_db")
+        unseen = metric(rows, variant, seed, args.weights, "unseen", args.metric)
+        english = metric(rows, variant, seed, args.weights, "english", args.metric)
+        other_unseen = metric(rows, variant, seed, other, "unseen", args.metric)
         codes = metric(rows, variant, seed, args.weights, "unseen", "codebook.distinct_codes")
         stoi = metric(rows, variant, seed, args.weights, "unseen", "audio.recon.stoi")
         pesq = metric(rows, variant, seed, args.weights, "unseen", "audio.recon.pesq")

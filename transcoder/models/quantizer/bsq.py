@@ -155,6 +155,9 @@ class BinarySphericalQuantizer(nn.Module):
             sub_bits = (sub_indices[:, None] >> torch.arange(group_size)) & 1
             self.register_buffer("group_codebook", (2.0 * sub_bits - 1.0), persistent=False)
 
+    #: Codes are the corners ``+-q_scale`` of a hypercube, one bit per dimension (what the ONNX graphs read).
+    binary_codes = True
+
     @property
     def bits(self) -> int:
         return self.embed_dim

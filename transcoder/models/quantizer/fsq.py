@@ -97,6 +97,9 @@ class FiniteScalarQuantizer(nn.Module):
         self.register_buffer("step", (2.0 / (level_counts.to(torch.float64) - 1.0)).to(torch.float32),
                              persistent=False)
 
+    #: Codes take several levels per dimension, not the signed bits the ONNX graphs read.
+    binary_codes = False
+
     @property
     def bits(self) -> int | float:
         """Bits per token, ``log2(prod(levels)) = sum(log2(levels))``: an ``int`` when every level count is a
