@@ -70,9 +70,17 @@ from transcoder.evaluation.anchors import evaluate_anchors
 from transcoder.evaluation.evaluate import (
     evaluate_tokenizer,
     example_title,
-    finite_or_none,
     parse_bits,
     write_metrics_json,
+)
+from transcoder.evaluation.grid import (
+    append_results,
+    parse_seeds,
+    parse_variant,
+    pending_runs,
+    read_grid_file,
+    read_results,
+    run_folder_name,
 )
 from transcoder.evaluation.perceptual import MissingExtraError, PerceptualScorer, require_eval_extra
 from transcoder.evaluation.seams import seam_scores
@@ -111,35 +119,6 @@ RUN_OVERRIDES = ["data.val=null", "training.image_every=0", "training.log_every=
                  "training.latest_every=1000000"]
 
 
-def split_overrides(text: str) -> list[str]:
-    """``a=1,b=[1,2],c=x`` → ``["a=1", "b=[1,2]", "c=x"]`` (commas inside brackets or braces are kept)."""
-    items, depth, current = [], 0, []
-    for char in text:
-        if char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-        if char == "," and depth == 0:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    return [item.strip() for item in items if item.strip()]
-
-
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    """``NAME:KEY=VALUE,...`` (or ``NAME`` / ``NAME:``, no overrides) → (name, overrides)."""
-    name, _, rest = text.partition(":")
-    name = name.strip()
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ValueError(f"--variant {text!r}: expected NAME:KEY=VALUE,KEY=VALUE with NAME made of letters, digits, "
-                         "'-', '_' or '.'")
-    overrides = split_overrides(rest)
-    for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"--variant {text!r}: override {override!r} is not KEY=VALUE")
-    return name, overrides
 
 
 def cpu_name() -> str:
@@ -338,65 +317,9 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, seed:
     return rows
 
 
-def run_folder_name(name: str, seed: int | None, seeds: list[int] | None) -> str:
-    """``NAME`` for the first (or only) seed, ``NAME_s<seed>`` for the others."""
-    return name if seed is None or not seeds or seed == seeds[0] else f"{name}_s{seed}"
 
 
-def read_grid_file(path: str) -> list[str]:
-    """The ``NAME:KEY=VALUE,...`` lines of a grid file (blank lines and ``#`` comments skipped)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as err:
-        raise ValueError(f"--grid {path}: cannot read it ({err.strerror or err})") from err
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Rows of a results file (JSON lines); a torn last line (a run killed mid-write) is dropped with a warning."""
-    if not path.exists():
-        return []
-    rows = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                print(f"warning: {path}:{number}: incomplete last line dropped ({err.msg})", file=sys.stderr)
-                continue
-            raise ValueError(f"{path}:{number}: not a JSON row ({err.msg}); fix or remove the line") from err
-    return rows
-
-
-def append_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append ``rows`` as JSON lines and fsync, so a finished variant survives a crash of the next one."""
-    text = "".join(json.dumps(finite_or_none(row), allow_nan=False, default=float) + "\n" for row in rows)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def pending_runs(variants: list[tuple[str, list[str]]], seeds: list[int] | None,
-                 done: list[dict[str, Any]]) -> list[tuple[str, list[str], int | None]]:
-    """The (name, overrides, seed) runs without rows in ``done``; a name whose rows have other overrides raises."""
-    finished: dict[tuple[str, int], list[str]] = {}
-    for row in done:
-        finished[(row["variant"], int(row.get("seed") or 0))] = list(row.get("overrides") or [])
-    runs = []
-    for name, overrides in variants:
-        for seed in seeds or [None]:
-            key = (name, 0 if seed is None else seed)
-            if key in finished:
-                if finished[key] != overrides:
-                    raise ValueError(f"variant {name!r} (seed {key[1]}) is in the results file with overrides "
-                                     f"{finished[key]}, not {overrides}: give the new variant another name")
-                continue
-            runs.append((name, overrides, seed))
-    return runs
 
 
 def check_widths(config: dict[str, Any], widths: list[int] | None, variant: str) -> None:
@@ -465,16 +388,6 @@ def _ratio(value: float | None) -> str:
     """A seam ratio, "-" where the axis has no patch boundary."""
     return "-" if value is None else f"{value:.2f}"
 
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1"`` → ``[0, 1]`` (argparse type; distinct integers)."""
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas") from err
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct integers separated by commas")
-    return seeds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

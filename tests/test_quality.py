@@ -253,8 +253,10 @@ def _benchmark() -> object:
 
 def test_benchmark_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = _benchmark()
-    assert bench.split_overrides("a=1,b=[1,2],c={x: 1, y: 2}") == ["a=1", "b=[1,2]", "c={x: 1, y: 2}"]
-    assert bench.parse_variant("lr:optimizer.lr=1e-3") == ("lr", ["optimizer.lr=1e-3"])
+    from transcoder.evaluation.grid import parse_variant, split_overrides
+
+    assert split_overrides("a=1,b=[1,2],c={x: 1, y: 2}") == ["a=1", "b=[1,2]", "c={x: 1, y: 2}"]
+    assert parse_variant("lr:optimizer.lr=1e-3") == ("lr", ["optimizer.lr=1e-3"])
     code = bench.main(["--config", str(DEMO), "--preset", "tiny", "--steps", "2", "--train", str(DATA_ROOT),
                        "--val", str(DATA_ROOT), "--output", str(tmp_path), "--audio-batches", "1",
                        "--eval-batch-size", "2", "--num-audio", "0", "--set", "data.target_length=64",
