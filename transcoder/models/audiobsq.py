@@ -17,13 +17,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
@@ -31,11 +29,12 @@ from torch.utils.checkpoint import checkpoint
 
 from transcoder.models.causal import CausalTransformerBlock, band_position_embedding
 from transcoder.models.conformer_conv import ConformerConvModule
+from transcoder.models.mel_layers import OutputConvHead, PerBinNorm
 from transcoder.models.patching import patchify, unpatchify, valid_token_mask
 from transcoder.models.quantizer.bsq import MAX_INDEX_BITS
 from transcoder.models.quantizer.nested import NestedBits, truncate_indices
+from transcoder.models.quantizer.spec import build_quantizer, keyword_names, quantizer_bits, quantizer_spec
 from transcoder.utils.rates import token_rates
-from transcoder.utils.targets import get_obj_from_str
 
 
 @dataclass
@@ -273,86 +272,6 @@ class AudioTransformerEncoder(_AudioTransformer):
         return self.run_blocks(self.patch_embed(patchify(mel, self.config.patch_tf)), grid), grid
 
 
-class OutputConvHead(nn.Module):
-    """Residual 3x3 convolutions over the decoded (B, T, F) mel: ``x + conv(gelu(conv(x)))``.
-
-    Each patch is predicted by its own linear head, so the decoder has no direct way to match the cells on
-    either side of a patch boundary; two 3x3 convolutions see across it. The last convolution starts at
-    zero, so the head starts as the identity.
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv_in = nn.Conv2d(1, channels, kernel_size=3, padding=1)
-        self.conv_out = nn.Conv2d(channels, 1, kernel_size=3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, mel: Tensor) -> Tensor:
-        """(B, T, F) → (B, T, F)."""
-        x = mel.unsqueeze(1)
-        return (x + self.conv_out(F.gelu(self.conv_in(x)))).squeeze(1)
-
-
-class PerBinNorm(nn.Module):
-    """Per-mel-bin standardisation whose statistics are the mean / std of the first ``batches`` training batches.
-
-    In training mode the first ``batches`` calls of :meth:`update` accumulate each bin's sum and sum of squares
-    over the valid frames; afterwards the statistics are frozen. They are buffers, so checkpoints carry them and
-    evaluation, tokenization and export use the statistics the model was trained with. Before any update the
-    map is the identity (mean 0, std 1).
-    """
-
-    def __init__(self, bins: int, batches: int) -> None:
-        super().__init__()
-        self.batches = batches
-        self.register_buffer("mean", torch.zeros(bins))
-        self.register_buffer("std", torch.ones(bins))
-        self.register_buffer("seen_batches", torch.zeros((), dtype=torch.long))
-        self.register_buffer("frame_count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("bin_sum", torch.zeros(bins, dtype=torch.float64))
-        self.register_buffer("bin_sum_sq", torch.zeros(bins, dtype=torch.float64))
-        # Set once the statistics are frozen, so later training steps read no buffer back from the device.
-        self._frozen = False
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._frozen = False  # the loaded count decides again
-
-    @torch.no_grad()
-    def update(self, mel: Tensor, valid_frames: Tensor | None = None) -> None:
-        """Accumulate (B, T, F) ``mel`` (only the first ``valid_frames[b]`` frames of item b) while training."""
-        if not self.training or self._frozen:
-            return
-        if int(self.seen_batches) >= self.batches:
-            self._frozen = True
-            return
-        values = mel.detach().double()
-        if valid_frames is not None:
-            keep = torch.arange(mel.shape[1], device=mel.device)[None, :] < valid_frames.to(mel.device)[:, None]
-            values = values[keep]  # (frames, F)
-        else:
-            values = values.reshape(-1, mel.shape[-1])
-        if values.shape[0] == 0 or not bool(torch.isfinite(values).all()):
-            return  # nothing to count, or a damaged batch (its step is skipped too): the statistics stay clean
-        self.frame_count += values.shape[0]
-        self.bin_sum += values.sum(0)
-        self.bin_sum_sq += values.square().sum(0)
-        self.seen_batches += 1
-        mean = self.bin_sum / self.frame_count
-        variance = (self.bin_sum_sq / self.frame_count - mean.square()).clamp_min(0.0)
-        self.mean.copy_(mean.float())
-        self.std.copy_(variance.sqrt().float().clamp_min(1e-2))
-
-    def normalize(self, mel: Tensor) -> Tensor:
-        """(B, T, F) model-space mel → standardised (B, T, F)."""
-        return (mel - self.mean.to(mel.dtype)) / self.std.to(mel.dtype)
-
-    def denormalize(self, mel: Tensor) -> Tensor:
-        """Standardised (B, T, F) → model-space (B, T, F)."""
-        return mel * self.std.to(mel.dtype) + self.mean.to(mel.dtype)
-
-
 class AudioTransformerDecoder(_AudioTransformer):
     """Token features (B, Nt*Nf, width) on ``grid`` → log-mel (B, Nt*pt, Nf*pf)."""
 
@@ -367,96 +286,14 @@ class AudioTransformerDecoder(_AudioTransformer):
         return self.output_conv(mel) if self.output_conv is not None else mel
 
 
-#: The quantizer a model builds when its spec names no ``target``.
-DEFAULT_QUANTIZER = "transcoder.models.quantizer.bsq.BinarySphericalQuantizer"
-#: Quantizer keywords the model itself owns and passes on (they size the model's own layers).
-MODEL_OWNED_QUANTIZER_KEYS = ("embed_dim", "l2_norm")
-
-
-def quantizer_spec(quantizer: Mapping[str, Any] | None = None, **flat: Any) -> dict[str, Any]:
-    """The model's quantizer as a ``{"target", "params"}`` spec; the one place flat settings are nested.
-
-    Args:
-        quantizer: ``{"target": dotted class path (default :data:`DEFAULT_QUANTIZER`), "params": {...}}``,
-            the quantizer's own settings (``beta``, ``inv_temperature`` ...; not ``embed_dim`` / ``l2_norm``,
-            which the model passes on).
-        flat: the same settings given as keywords of the model itself, as configs and checkpoints written
-            before the nested form do (``model.params.inv_temperature: 10``); they go into ``params``. A flat
-            setting of the default quantizer (BSQ) set to ``None`` that the chosen quantizer does not take counts
-            as not given, so a config built on one with flat BSQ settings switches quantizer by nulling them
-            (``model.params.inv_temperature=null``).
-
-    Raises:
-        TypeError: a flat keyword the quantizer does not take (the message lists the valid ones).
-        ValueError: a malformed ``quantizer`` mapping, a model-owned key inside it, or a setting given both
-            flat and nested with different values.
-    """
-    if quantizer is None:
-        quantizer = {}
-    if not isinstance(quantizer, Mapping):
-        raise ValueError(f"quantizer={quantizer!r}: expected a mapping {{target: ..., params: {{...}}}}")
-    unknown = sorted(set(quantizer) - {"target", "params"})
-    if unknown:
-        raise ValueError(f"quantizer: unknown key(s) {unknown}; expected 'target' (optional, default "
-                         f"{DEFAULT_QUANTIZER}) and 'params' (the quantizer's settings)")
-    target = quantizer.get("target") or DEFAULT_QUANTIZER
-    params = quantizer.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise ValueError(f"quantizer.params={params!r}: expected a mapping of the quantizer's settings")
-    owned = sorted(set(params) & set(MODEL_OWNED_QUANTIZER_KEYS))
-    if owned:
-        raise ValueError(f"quantizer.params sets {owned}: these are the model's own keys "
-                         f"(model.params.{owned[0]}), which it passes to the quantizer")
-    if flat:
-        accepted = _keyword_names(get_obj_from_str(target)) - set(MODEL_OWNED_QUANTIZER_KEYS)
-        default_settings = (set() if target == DEFAULT_QUANTIZER else
-                            _keyword_names(get_obj_from_str(DEFAULT_QUANTIZER)) - set(MODEL_OWNED_QUANTIZER_KEYS))
-        flat = {k: v for k, v in flat.items() if not (v is None and k not in accepted and k in default_settings)}
-        stray = sorted(set(flat) - accepted)
-        if stray:
-            inherited = [k for k in stray if k in default_settings]
-            hint = (f" (a setting of {DEFAULT_QUANTIZER} inherited from a base config is dropped when set to null, "
-                    f"e.g. model.params.{inherited[0]}=null)" if inherited else "")
-            raise TypeError(f"AudioBSQModel got unexpected keyword(s) {stray}; the model takes audioconfig, "
-                            f"embed_dim, l2_norm, clamp_range, quantizer, and (flat) the settings of {target}: "
-                            f"{sorted(accepted)}{hint}")
-        clash = sorted(k for k in set(flat) & set(params) if flat[k] != params[k])
-        if clash:
-            raise ValueError(f"quantizer setting(s) {clash} given both flat ({ {k: flat[k] for k in clash} }) and in "
-                             f"quantizer.params ({ {k: params[k] for k in clash} }): give each once")
-    return {"target": target, "params": {**params, **flat}}
-
-
-def _quantizer_bits(quantizer: nn.Module, embed_dim: int) -> int:
-    """Bits per token of ``quantizer`` (its ``bits``; ``embed_dim`` for one without); ``ValueError`` unless a
-    whole number in ``1..MAX_INDEX_BITS`` (codes files store ``bits``-bit indices, rates count whole bits)."""
-    bits = getattr(quantizer, "bits", embed_dim)
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_INDEX_BITS:
-        levels = getattr(quantizer, "levels", None)
-        detail = f" (levels={levels})" if levels is not None else ""
-        shown = f"{bits:.4g}" if isinstance(bits, float) else repr(bits)
-        raise ValueError(f"{type(quantizer).__name__} makes {shown} bits per token{detail}: the model needs a whole "
-                         f"number of bits in 1..{MAX_INDEX_BITS} (codes files and bitrates); use level counts that "
-                         "are powers of two (e.g. levels: [8, 8, 8, 8, 8, 8] for 18 bits)")
-    return bits
-
-
 def bits_per_token(params: Mapping[str, Any]) -> int:
     """Bits per token of the :class:`AudioBSQModel` a config's ``model.params`` describe, building the quantizer
     only (not the model): ``embed_dim`` for BSQ, ``sum(log2(levels))`` for FSQ."""
-    own = _keyword_names(AudioBSQModel)
+    own = keyword_names(AudioBSQModel)
     flat = {k: v for k, v in params.items() if k not in own}
     embed_dim = params.get("embed_dim", 18)
     spec = quantizer_spec(params.get("quantizer"), **flat)
-    quantizer = get_obj_from_str(spec["target"])(embed_dim=embed_dim, l2_norm=params.get("l2_norm", True),
-                                                 **spec["params"])
-    return _quantizer_bits(quantizer, embed_dim)
-
-
-def _keyword_names(cls: type) -> set[str]:
-    """Names of the keyword parameters of ``cls.__init__``."""
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {p.name for p in inspect.signature(cls).parameters.values() if p.kind in kinds}
+    return quantizer_bits(build_quantizer(spec, embed_dim, params.get("l2_norm", True)), embed_dim)
 
 
 class AudioBSQModel(nn.Module):
@@ -505,9 +342,8 @@ class AudioBSQModel(nn.Module):
         self.quantizer_spec = quantizer_spec(quantizer, **quantizer_params)
         self.encoder = AudioTransformerEncoder(self.config)
         self.quant_embed = nn.Linear(self.config.width, embed_dim)
-        self.quantizer = get_obj_from_str(self.quantizer_spec["target"])(
-            embed_dim=embed_dim, l2_norm=l2_norm, **self.quantizer_spec["params"])
-        self.bits = _quantizer_bits(self.quantizer, embed_dim)
+        self.quantizer = build_quantizer(self.quantizer_spec, embed_dim, l2_norm)
+        self.bits = quantizer_bits(self.quantizer, embed_dim)
         if nested_bits is not None and not isinstance(nested_bits, dict):
             raise ValueError(f"nested_bits={nested_bits!r}: expected null or a mapping "
                              "{widths: [...], probs, per, fill}")
