@@ -119,8 +119,6 @@ RUN_OVERRIDES = ["data.val=null", "training.image_every=0", "training.log_every=
                  "training.latest_every=1000000"]
 
 
-
-
 def cpu_name() -> str:
     """The CPU model (from /proc/cpuinfo on Linux) and the core count."""
     return f"{cpu_model()} ({os.cpu_count()} cores visible)"
@@ -317,11 +315,6 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace, seed:
     return rows
 
 
-
-
-
-
-
 def check_widths(config: dict[str, Any], widths: list[int] | None, variant: str) -> None:
     """Refuse ``--bits`` a variant's model cannot score, before training it: a width above its bits per token
     (``embed_dim`` for BSQ, ``sum(log2(levels))`` for FSQ), or fewer bits without ``model.params.nested_bits``."""
@@ -387,7 +380,6 @@ def _fmt(value: Any) -> str:
 def _ratio(value: float | None) -> str:
     """A seam ratio, "-" where the axis has no patch boundary."""
     return "-" if value is None else f"{value:.2f}"
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -547,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voices: {args.holdout_plan['note']}", flush=True)
         rows = read_results(results_path)
         runs = pending_runs(variants, args.seeds, rows)
+        other_floor = sorted({row["variant"] for row in rows if row["variant"] in names
+                              and (row.get("spectrogram") or {}).get("common_floor_db") != args.common_floor_db})
+        if other_floor:
+            raise ValueError(f"{results_path}: the rows of {other_floor} were scored with another --common-floor-db "
+                             f"than {args.common_floor_db}; keep the value or write to another --results file")
         skipped = len(variants) * len(args.seeds or [None]) - len(runs)
         if skipped:
             print(f"{skipped} (variant, seed) run(s) already in {results_path}: skipped", flush=True)

@@ -69,16 +69,17 @@ def test_common_floor_mae_ignores_errors_below_the_floor_and_keeps_those_above()
     target_db = torch.full((2, 8, frontend.config.n_mels), -30.0)
     target_db[:, :, :64] = -75.0  # half the bins below a -60 dB floor
     recon_db = target_db.clone()
-    recon_db[:, :, :64] = -65.0  # 10 dB off, but below the floor on both sides
-    recon_db[:, :, 64:] += 2.0  # 2 dB off above the floor
+    recon_db[:, :, :64] = -65.0  # 10 dB off, but below the floor on both sides: 0 above it
+    recon_db[:, :, 64:72] = -50.0  # 25 dB off, one side below the floor: 10 dB above it
+    recon_db[:, :, 72:] += 2.0  # 2 dB off above the floor
     recon_db[1, 4:] = 0.0  # frames past num_valid: never counted
     metrics = ReconstructionMetrics(frontend, bits=4, patch_t=4, common_floor_db=-60.0)
     indices = torch.zeros(2, 2, 1, dtype=torch.long)
     num_valid = torch.tensor([8 * frontend.hop_length, 4 * frontend.hop_length])
     metrics.update(frontend.db_to_model(recon_db), frontend.db_to_model(target_db), 0.0, indices, num_valid)
     summary = metrics.compute()
-    assert summary.mae_db == pytest.approx((10.0 + 2.0) / 2, rel=1e-5)
-    assert summary.mae_db_common_floor == pytest.approx(2.0 / 2, rel=1e-5)
+    assert summary.mae_db == pytest.approx((64 * 10.0 + 8 * 25.0 + 56 * 2.0) / 128, rel=1e-5)
+    assert summary.mae_db_common_floor == pytest.approx((8 * 10.0 + 56 * 2.0) / 128, rel=1e-5)
     plain = ReconstructionMetrics(frontend, bits=4, patch_t=4)
     plain.update(frontend.db_to_model(recon_db), frontend.db_to_model(target_db), 0.0, indices, num_valid)
     assert plain.compute().mae_db_common_floor is None
@@ -98,3 +99,6 @@ def test_evaluation_reports_the_common_floor_mae_when_asked(tmp_path: Path) -> N
     assert floored["mae_db"] == pytest.approx(plain["mae_db"], rel=1e-12)
     # Clamping both sides can only shrink each error.
     assert 0.0 <= floored["mae_db_common_floor"] < floored["mae_db"]
+    for below_own_floor in (-100.0, float("nan")):  # the model's db_min is -80: such a clamp would change nothing
+        with pytest.raises(ValueError, match="at or above this model's own floor data.db_min=-80"):
+            evaluate_tokenizer(tok, dataset, batch_size=8, audio_metrics=False, common_floor_db=below_own_floor)

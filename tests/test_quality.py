@@ -444,3 +444,22 @@ def test_a_rerun_over_a_finished_run_folder_times_only_its_own_steps(tmp_path: P
     again = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert {(r["steps"], r["resumed_at_step"], r["steps_per_second"]) for r in again} == {(2, 2, None)}
     assert [r["spectrogram"]["mae_db"] for r in again] == [r["spectrogram"]["mae_db"] for r in first]
+
+
+def test_benchmark_common_floor_is_in_every_row_and_a_rerun_keeps_it(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark()
+    output = tmp_path / "out"
+    args = ["--config", str(DEMO), "--preset", "tiny", "--steps", "1", "--train", str(DATA_ROOT), "--val",
+            str(DATA_ROOT), "--output", str(output), "--audio-batches", "0", "--eval-max-batches", "1",
+            "--set", "data.target_length=64", "--variant", "plain:", "--common-floor-db", "-60"]
+    assert bench.main(args) == 0
+    rows = bench.read_results(output / "results.jsonl")
+    assert rows
+    for row in rows:
+        spectrogram = row["spectrogram"]
+        assert spectrogram["common_floor_db"] == -60.0
+        assert 0.0 <= spectrogram["mae_db_common_floor"] <= spectrogram["mae_db"]
+    capsys.readouterr()
+    assert bench.main([*args[:-1], "-50"]) == 2  # the finished rows were scored above another floor
+    assert "were scored with another --common-floor-db than -50.0" in capsys.readouterr().err

@@ -328,12 +328,19 @@ def evaluate_tokenizer(
             codes (``quant_loss`` is the quantizer's, at full width).
         common_floor_db: also score the log-mel MAE with both mels clamped below at this dB level
             (``results["spectrogram"]["mae_db_common_floor"]``), to compare models trained with different
-            ``data.db_min``: use the highest of their floors.
+            ``data.db_min``: use the highest of their floors (``ValueError`` below this model's own floor, where
+            the clamp would change nothing).
 
     Returns:
         The results dict (also written to ``output_dir/metrics.json`` with NaN as ``null``).
     """
     width = scored_bits(tok, bits)
+    if common_floor_db is not None:
+        own_floor = tok.frontend.config.db_min
+        if not math.isfinite(common_floor_db) or common_floor_db < own_floor:
+            raise ValueError(f"common_floor_db={common_floor_db!r}: expected a finite level at or above this model's "
+                             f"own floor data.db_min={own_floor:g} dB (give the highest floor among the models "
+                             "compared)")
     scorer = None
     if perceptual:
         if not audio_metrics:

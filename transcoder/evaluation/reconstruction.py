@@ -38,7 +38,8 @@ class ReconstructionSummary:
     windows: int  # windows with at least one valid sample
     frames: int  # valid frames
     codebook: CodebookStats
-    mae_db_common_floor: float | None = None  # MAE with both mels clamped below at ``common_floor_db``
+    # mean of |max(X̂, c) - max(X, c)| over all valid cells (those below the floor on both sides count as 0)
+    mae_db_common_floor: float | None = None
 
 
 class ReconstructionMetrics:
@@ -61,7 +62,7 @@ class ReconstructionMetrics:
         self.device = torch.device(device)
         self.common_floor_db = None if common_floor_db is None else float(common_floor_db)
         # squared dB error, absolute dB error, model-space L1, valid elements, quant loss * windows, windows,
-        # absolute dB error above the common floor
+        # absolute dB error of both mels clamped below at the common floor
         self.sums = torch.zeros(7, dtype=torch.float64, device=self.device)
         self.usage = CodebookUsage(bits)
 

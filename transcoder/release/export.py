@@ -144,9 +144,9 @@ def export_release(
     model, state = load_checkpoint_model(checkpoint, use_ema=weights != "model")
     if weights == "ema" and state["weights"] != "ema":
         raise ValueError(f"checkpoint {checkpoint} holds no EMA weights; export --weights model")
-    if onnx and not getattr(model.quantizer, "binary_codes", False):
+    if onnx and not getattr(getattr(model, "quantizer", None), "binary_codes", False):
         raise ValueError(f"--onnx: the ONNX decoder graph reads binary (BSQ) codes only; {checkpoint} uses "
-                         f"{type(model.quantizer).__name__}: export it without --onnx")
+                         f"{type(getattr(model, 'quantizer', None)).__name__}: export it without --onnx")
     settings = checkpoint_mel_settings(state, checkpoint)
     mel = MelConfig.from_dict(settings, strict=settings is state.get("mel"))
     scores = _read_metrics(Path(metrics)) if metrics is not None else None

@@ -92,6 +92,9 @@ class BinarySphericalQuantizer(nn.Module):
 
     #: The first ``k`` code dimensions are a ``k``-bit code (what ``nested_bits`` trains and decodes).
     nested_prefixes = True
+    #: Codes are the corners ``+-q_scale`` of a hypercube, one bit per dimension: what the ONNX graphs read (a
+    #: quantizer that sets this flag has a float ``q_scale``).
+    binary_codes = True
 
     def __init__(
         self,
@@ -154,9 +157,6 @@ class BinarySphericalQuantizer(nn.Module):
             sub_indices = torch.arange(2**group_size)
             sub_bits = (sub_indices[:, None] >> torch.arange(group_size)) & 1
             self.register_buffer("group_codebook", (2.0 * sub_bits - 1.0), persistent=False)
-
-    #: Codes are the corners ``+-q_scale`` of a hypercube, one bit per dimension (what the ONNX graphs read).
-    binary_codes = True
 
     @property
     def bits(self) -> int:

@@ -74,6 +74,8 @@ class FiniteScalarQuantizer(nn.Module):
 
     #: The first ``k`` code dimensions are no ``k``-bit code: a model refuses ``nested_bits`` with FSQ.
     nested_prefixes = False
+    #: Codes take several levels per dimension, not the signed bits the ONNX graphs read.
+    binary_codes = False
 
     def __init__(self, *, embed_dim: int, levels: Sequence[int], l2_norm: bool = False) -> None:
         super().__init__()
@@ -96,9 +98,6 @@ class FiniteScalarQuantizer(nn.Module):
         # Code value of level k: k * step - 1, with step = 2 / (L - 1) (fp32, shared by forward and decode).
         self.register_buffer("step", (2.0 / (level_counts.to(torch.float64) - 1.0)).to(torch.float32),
                              persistent=False)
-
-    #: Codes take several levels per dimension, not the signed bits the ONNX graphs read.
-    binary_codes = False
 
     @property
     def bits(self) -> int | float:
