@@ -67,7 +67,7 @@ def test_metrics_json_is_strict_json_with_null_for_nan(tmp_path: Path) -> None:
 def test_common_floor_mae_ignores_errors_below_the_floor_and_keeps_those_above() -> None:
     frontend = LogMelFrontend(MelConfig())  # db_min -80
     target_db = torch.full((2, 8, frontend.config.n_mels), -30.0)
-    target_db[:, :, :64] = -75.0  # half the bins below a -60 dB floor
+    target_db[:, :, :72] = -75.0  # 72 of 128 bins below a -60 dB floor
     recon_db = target_db.clone()
     recon_db[:, :, :64] = -65.0  # 10 dB off, but below the floor on both sides: 0 above it
     recon_db[:, :, 64:72] = -50.0  # 25 dB off, one side below the floor: 10 dB above it
