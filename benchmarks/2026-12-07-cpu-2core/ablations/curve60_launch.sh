@@ -4,7 +4,7 @@
 # a numbered checkpoint every 1,000 steps, the cosine ending at the 60-minute budget; then the curve, scored
 # beside the anchors, with the previous recipe's curve in the same plot (x axis: minutes).
 #
-#   bash curve60_launch.sh previous   # input_norm: none (the recipe before per-bin standardisation)
+#   bash curve60_launch.sh previous   # the recipe before this wave: input_norm none, lr 5e-4 with 50 warm-up steps
 #   bash curve60_launch.sh adopted    # the shipped audio_simple_cpu_b18.yaml
 #   bash curve60_launch.sh curves     # score both runs' checkpoints, plot them together
 #
@@ -32,7 +32,7 @@ curve() {  # NAME [--compare LABEL=JSON]
     --output "$OUT/$name" "$@"
 }
 case "${1:?previous | adopted | curves}" in
-  previous) train previous model.params.audioconfig.input_norm=none ;;
+  previous) train previous model.params.audioconfig.input_norm=none optimizer.lr=0.0005 optimizer.warmup_steps=50 ;;
   adopted) train adopted ;;
   curves) curve previous; curve adopted --compare "previous recipe=$OUT/previous/results.json" ;;
   *) echo "usage: $0 previous | adopted | curves" >&2; exit 2 ;;
