@@ -87,6 +87,7 @@ from transcoder.evaluation.seams import seam_scores
 from transcoder.evaluation.subset import representative_windows, sources_line
 from transcoder.models.audiobsq import bits_per_token
 from transcoder.training.config import load_config
+from transcoder.training.step import NonFiniteLossError
 from transcoder.training.trainer import Trainer
 from transcoder.utils.distributed import init_distributed
 from transcoder.utils.machine import cpu_model
@@ -337,6 +338,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             "| code entropy bits | bit/s | PESQ-WB | STOI | DNSMOS OVRL | dWER | seams f/t |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
+        if row.get("failed"):
+            lines.append(f"| {row['variant']} | - | - | - | {_fmt(row.get('steps'))} | - | - | failed: "
+                         f"{row['failed']} |" + " - |" * (head.count("|") - 9))
+            continue
         audio = row.get("audio", {}).get("recon", {})
         perceptual = row.get("perceptual", {}).get("recon", {})
         lines.append(
@@ -449,7 +454,11 @@ def write_reports(rows: list[dict[str, Any]], anchors: dict[str, dict[str, Any]]
     """``--output/report_<set>.html`` for the last variant's last weights on each evaluation set."""
     from transcoder.evaluation.report_html import QUALITY_COLUMNS, quality_table, write_report
 
-    last = rows[-1]
+    scored = [row for row in rows if not row.get("failed")]
+    if not scored:
+        print("warning: --report: every variant failed, no report written", file=sys.stderr)
+        return
+    last = scored[-1]
     run_dir = Path(args.output) / last["variant"]
     checkpoint = run_dir / "checkpoints" / "latest.pt"
     tok = load_scored_tokenizer(checkpoint, args.device, last["weights"] == "ema", args.vocoder, args.trust_config)
@@ -539,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voices: {args.holdout_plan['note']}", flush=True)
         rows = read_results(results_path)
         runs = pending_runs(variants, args.seeds, rows)
-        other_floor = sorted({row["variant"] for row in rows if row["variant"] in names
+        other_floor = sorted({row["variant"] for row in rows if row["variant"] in names and not row.get("failed")
                               and (row.get("spectrogram") or {}).get("common_floor_db") != args.common_floor_db})
         if other_floor:
             raise ValueError(f"{results_path}: the rows of {other_floor} were scored with another --common-floor-db "
@@ -551,10 +560,16 @@ def main(argv: list[str] | None = None) -> int:
         anchors: dict[str, dict[str, Any]] = json.loads(anchors_path.read_text()) if anchors_path.exists() else {}
         for index, (name, overrides, seed) in enumerate(runs, 1):
             print(f"[{index}/{len(runs)}] variant {name}" + ("" if seed is None else f" seed {seed}"), flush=True)
-            new_rows = run_variant(name, overrides, args, seed)
+            try:
+                new_rows = run_variant(name, overrides, args, seed)
+            except NonFiniteLossError as err:  # a diverging variant is a result: record it, go on with the grid
+                print(f"warning: variant {name}" + ("" if seed is None else f" seed {seed}") + f" failed: {err}; "
+                      "recorded in the results file (remove its line to run it again)", file=sys.stderr, flush=True)
+                new_rows = [{"variant": name, "overrides": overrides, "seed": 0 if seed is None else seed,
+                             "preset": args.preset, "failed": f"diverged: {err}"}]
             append_results(results_path, new_rows)
             rows += new_rows
-            if args.anchors and not anchors and args.audio_batches > 0:
+            if args.anchors and not anchors and args.audio_batches > 0 and not new_rows[0].get("failed"):
                 checkpoint = output / run_folder_name(name, seed, args.seeds) / "checkpoints" / "latest.pt"
                 anchors = {set_name: score_anchors(checkpoint, root, args, language)
                            for set_name, (root, language) in args.holdout_plan["sets"].items()
@@ -568,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
             (output / "results.md").write_text(table(rows) + "\n\n" + (anchor_table(anchors) + "\n" if anchors else ""))
         if not rows:
             raise ValueError("no variant was run and the results file holds none")
+        if all(row.get("failed") for row in rows):
+            raise ValueError(f"every variant failed (see {results_path})")
         if args.report:
             write_reports(rows, anchors, args)
     except (ConfigError, ValueError, FileNotFoundError, NotImplementedError, MissingExtraError) as err:
@@ -577,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     if anchors:
         print(anchor_table(anchors))
     print(f"voices: {args.holdout_plan['note']}")
-    print(f"device: {rows[0]['device']}, {rows[0]['threads']} torch threads; wrote {output / 'results.json'} and "
+    scored = next(row for row in rows if not row.get("failed"))
+    print(f"device: {scored['device']}, {scored['threads']} torch threads; wrote {output / 'results.json'} and "
           f"{results_path}")
     return 0
 

@@ -463,3 +463,24 @@ def test_benchmark_common_floor_is_in_every_row_and_a_rerun_keeps_it(tmp_path: P
     capsys.readouterr()
     assert bench.main([*args[:-1], "-50"]) == 2  # the finished rows were scored above another floor
     assert "were scored with another --common-floor-db than -50.0" in capsys.readouterr().err
+
+
+def test_benchmark_grid_records_a_diverging_variant_and_goes_on(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark()
+    grid = tmp_path / "grid.txt"
+    grid.write_text("diverges:optimizer.lr=1e30,optimizer.warmup_steps=0,training.max_nonfinite_steps=1\nplain:\n")
+    output = tmp_path / "out"
+    args = ["--config", str(DEMO), "--preset", "tiny", "--steps", "3", "--train", str(DATA_ROOT), "--val",
+            str(DATA_ROOT), "--output", str(output), "--audio-batches", "0", "--eval-max-batches", "1",
+            "--set", "data.target_length=64", "--set", "training.ema_decay=null", "--grid", str(grid)]
+    assert bench.main(args) == 0
+    captured = capsys.readouterr()
+    assert "warning: variant diverges failed: " in captured.err and "non-finite" in captured.err
+    rows = bench.read_results(output / "results.jsonl")
+    assert [row["variant"] for row in rows] == ["diverges", "plain"]
+    assert rows[0]["failed"].startswith("diverged: ") and "spectrogram" not in rows[0]
+    assert rows[1]["spectrogram"]["mae_db"] > 0
+    assert "| diverges | - | - | - |" in captured.out and "failed: diverged" in captured.out
+    assert bench.main(args) == 0  # a rerun counts the failed variant as done
+    assert "2 (variant, seed) run(s) already in" in capsys.readouterr().out

@@ -64,14 +64,24 @@ def main() -> None:
     parser.add_argument("--perceptual", action="store_true", help="DNSMOS OVRL and dWER columns")
     parser.add_argument("--metric", default="spectrogram.mae_db", help="the MAE compared (dotted path in a row)")
     args = parser.parse_args()
-    rows = load_rows(args.results)
+    every_row = load_rows(args.results)
+    rows = [r for r in every_row if not r.get("failed")]
+    failed = [r for r in every_row if r.get("failed")]
     runs = list(dict.fromkeys((r["variant"], r.get("seed", 0)) for r in rows))
     if args.variants:
         wanted = args.variants.split(",")
         runs = sorted((run for run in runs if run[0] in wanted), key=lambda run: (wanted.index(run[0]), run[1]))
     if args.perceptual:
         perceptual_table(rows, runs, args)
-        return
+    else:
+        mae_table(rows, runs, args)
+    for row in failed:
+        if not args.variants or row["variant"] in args.variants.split(","):
+            print(f"\n{row['variant']} (seed {row.get('seed', 0)}): {row['failed']}")
+
+
+def mae_table(rows: list[dict[str, Any]], runs: list[tuple[str, int]], args: argparse.Namespace) -> None:
+    """MAE per set relative to the baseline, code use, STOI / PESQ and the step rate per (variant, seed)."""
     base = {s: metric(rows, args.baseline, 0, args.weights, s, args.metric) for s in ("unseen", "english")}
     print(f"| variant | seed | steps | samples | params (M) | unseen MAE dB ({args.weights}) | vs {args.baseline} | "
           "unseen MAE (other weights) | English MAE dB | vs base | distinct codes (unseen) | STOI unseen | "
