@@ -270,15 +270,20 @@ def test_benchmark_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "| seen |" in rows[0] and "trivial pooled-mel" in out  # the evaluation set, the anchors
 
 
+def _tiny_grid(tmp_path: Path, grid_text: str, steps: int) -> tuple[Path, list[str]]:
+    """A grid file of ``grid_text`` → (output folder, benchmark_quality arguments at the tiny preset, no audio)."""
+    grid, output = tmp_path / "grid.txt", tmp_path / "out"
+    grid.write_text(grid_text)
+    return output, ["--config", str(DEMO), "--preset", "tiny", "--steps", str(steps), "--train", str(DATA_ROOT),
+                    "--val", str(DATA_ROOT), "--output", str(output), "--audio-batches", "0", "--eval-max-batches",
+                    "1", "--set", "data.target_length=64", "--set", "training.ema_decay=null", "--grid", str(grid)]
+
+
 def test_benchmark_grid_appends_each_run_and_skips_finished_ones(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     bench = _benchmark()
+    output, args = _tiny_grid(tmp_path, "# two variants\nplain:\nlr:optimizer.lr=2e-3  # a comment\n", steps=1)
     grid = tmp_path / "grid.txt"
-    grid.write_text("# two variants\nplain:\nlr:optimizer.lr=2e-3  # a comment\n")
-    output = tmp_path / "out"
-    args = ["--config", str(DEMO), "--preset", "tiny", "--steps", "1", "--train", str(DATA_ROOT), "--val",
-            str(DATA_ROOT), "--output", str(output), "--audio-batches", "0", "--eval-max-batches", "1",
-            "--set", "data.target_length=64", "--set", "training.ema_decay=null", "--grid", str(grid)]
     assert bench.main([*args, "--seeds", "0"]) == 0
     results = output / "results.jsonl"
     first = bench.read_results(results)
@@ -468,12 +473,8 @@ def test_benchmark_common_floor_is_in_every_row_and_a_rerun_keeps_it(tmp_path: P
 def test_benchmark_grid_records_a_diverging_variant_and_goes_on(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     bench = _benchmark()
-    grid = tmp_path / "grid.txt"
-    grid.write_text("diverges:optimizer.lr=1e30,optimizer.warmup_steps=0,training.max_nonfinite_steps=1\nplain:\n")
-    output = tmp_path / "out"
-    args = ["--config", str(DEMO), "--preset", "tiny", "--steps", "3", "--train", str(DATA_ROOT), "--val",
-            str(DATA_ROOT), "--output", str(output), "--audio-batches", "0", "--eval-max-batches", "1",
-            "--set", "data.target_length=64", "--set", "training.ema_decay=null", "--grid", str(grid)]
+    output, args = _tiny_grid(
+        tmp_path, "diverges:optimizer.lr=1e30,optimizer.warmup_steps=0,training.max_nonfinite_steps=1\nplain:\n", 3)
     assert bench.main(args) == 0
     captured = capsys.readouterr()
     assert "warning: variant diverges failed: " in captured.err and "non-finite" in captured.err
